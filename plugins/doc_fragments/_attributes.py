@@ -1,0 +1,46 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) 2026, edgeai.fleet contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+
+class ModuleDocFragment(object):
+    """Attribute documentation shared by this collection's modules. Private: may change without notice."""
+
+    # Every module: the attributes themselves are filled in by the variants below or by the module.
+    DOCUMENTATION = r"""
+options: {}
+attributes:
+  check_mode:
+    description: Can run in check mode and return a changed status prediction without modifying the target.
+  diff_mode:
+    description: Returns details on what has changed (or possibly needs changing in check mode), when in diff mode.
+  idempotent:
+    description: Running the module twice with the same options on an unchanged target reports no change the second time.
+"""
+
+    # Modules that only read.
+    FACTS = r"""
+options: {}
+attributes:
+  check_mode:
+    support: full
+    details: This action does not modify state.
+  diff_mode:
+    support: none
+    details: This action does not modify state.
+  idempotent:
+    support: full
+    details: This action does not modify state.
+"""
+
+    # Modules that return ansible_facts.
+    FACTS_MODULE = r"""
+options: {}
+attributes:
+  facts:
+    description: Action returns an C(ansible_facts) dictionary that will update existing host facts.
+    support: full
+"""

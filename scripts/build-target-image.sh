@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Build the simulated-device base image for one architecture (amd64 or arm64)
+# with debootstrap and `podman import`: no container registry is needed.
+# Idempotent: an image whose tag carries the current recipe hash is reused.
+#   scripts/build-target-image.sh amd64|arm64
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+
+arch=${1:?usage: build-target-image.sh amd64|arm64}
+case "$arch" in amd64|arm64) ;; *) die "unknown architecture '$arch' (amd64 or arm64)";; esac
+
+if [ -n "${EDGEAI_TARGET_IMAGE:-}" ]; then
+  log "EDGEAI_TARGET_IMAGE=$EDGEAI_TARGET_IMAGE is set: not building $arch"
+  podman image exists "$EDGEAI_TARGET_IMAGE" || die "image $EDGEAI_TARGET_IMAGE is not present; pull it first"
+  exit 0
+fi
+
+image=$(target_image "$arch")
+if podman image exists "$image"; then
+  log "image $image is up to date"
+  exit 0
+fi
+
+host_arch=$(dpkg --print-architecture)
+if [ "$arch" != "$host_arch" ]; then
+  # Foreign targets run under qemu-user through binfmt_misc.
+  if [ ! -e /proc/sys/fs/binfmt_misc/register ]; then
+    mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+  fi
+  update-binfmts --enable qemu-aarch64 >/dev/null 2>&1 || true
+  [ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || die "binfmt for qemu-aarch64 is not enabled; is qemu-user-static installed?"
+fi
+
+work=$(mktemp -d "${TMPDIR:-/var/tmp}/edgeai-rootfs-$arch.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+log "debootstrap $EDGEAI_IMAGE_SUITE/$arch into $work (amd64 ~1 min, arm64 under qemu ~3-4 min)"
+debootstrap --arch="$arch" --variant=minbase --include="$EDGEAI_IMAGE_PACKAGES" \
+  "$EDGEAI_IMAGE_SUITE" "$work/rootfs" "$EDGEAI_IMAGE_MIRROR" > "$work/debootstrap.log" 2>&1 \
+  || { tail -20 "$work/debootstrap.log" >&2; die "debootstrap for $arch failed"; }
+
+# Slim the image: package lists and docs are not needed on a simulated device.
+rm -rf "$work/rootfs"/var/lib/apt/lists/* "$work/rootfs"/var/cache/apt/*.bin \
+       "$work/rootfs"/usr/share/doc/* "$work/rootfs"/usr/share/man/*
+# systemd in a container: no getty or udev-settle waits at boot.
+ln -sf /dev/null "$work/rootfs/etc/systemd/system/getty@tty1.service"
+ln -sf /dev/null "$work/rootfs/etc/systemd/system/systemd-udevd.service"
+ln -sf /dev/null "$work/rootfs/etc/systemd/system/systemd-networkd-wait-online.service"
+
+log "podman import -> $image"
+tar -C "$work/rootfs" -c . | podman import --quiet --arch "$arch" \
+  --change 'CMD ["/sbin/init"]' --change 'STOPSIGNAL SIGRTMIN+3' \
+  --change "LABEL org.edgeai.recipe=$(image_recipe_hash)" - "$image" >/dev/null
+log "built $image"

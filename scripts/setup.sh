@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Set up everything this checkout needs, on Debian as root. Idempotent, and quick
+# when everything is in place:
+#   - Debian packages: podman, runc, debootstrap, qemu-user-static + binfmt (arm64 targets)
+#   - .venv with the pinned controller/test toolchain (requirements-dev.txt)
+#   - the target images, amd64 and arm64 (debootstrap + podman import; no registry)
+#   - the .collections link that lets ansible find this collection
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+cd "$EDGEAI_ROOT"
+
+APT_PACKAGES=(podman runc debootstrap qemu-user-static binfmt-support uidmap rsync python3 python3-venv ca-certificates git)
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f '${db:Status-Abbrev}' "$p" 2>/dev/null | grep -q '^ii' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  [ "$(id -u)" = 0 ] || die "installing ${missing[*]} needs root"
+  log "apt-get install ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# arm64 targets run under qemu-user through binfmt_misc.
+if [ ! -e /proc/sys/fs/binfmt_misc/register ]; then
+  mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc || die "cannot mount binfmt_misc"
+fi
+[ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || update-binfmts --enable qemu-aarch64 \
+  || die "cannot enable binfmt for qemu-aarch64"
+
+# The venv, reinstalled only when requirements-dev.txt changes.
+stamp="$EDGEAI_VENV/.requirements.sha256"
+want=$(sha256sum requirements-dev.txt | cut -d' ' -f1)
+if [ ! -x "$EDGEAI_VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  log "creating $EDGEAI_VENV from requirements-dev.txt"
+  python3 -m venv "$EDGEAI_VENV"
+  "$EDGEAI_VENV/bin/pip" install -q --upgrade pip
+  "$EDGEAI_VENV/bin/pip" install -q -r requirements-dev.txt
+  echo "$want" > "$stamp"
+fi
+
+# ansible.cfg's collections_path finds this checkout through this link.
+link=.collections/ansible_collections/edgeai/fleet
+if [ "$(readlink "$link" 2>/dev/null)" != "../../.." ]; then
+  mkdir -p "$(dirname "$link")"
+  ln -sfn ../../.. "$link"
+fi
+
+mkdir -p "$ANSIBLE_HOME"
+bash scripts/build-target-image.sh amd64
+bash scripts/build-target-image.sh arm64
+log "setup complete"
