@@ -72,6 +72,7 @@ ARCH_ALIASES = {
     'armv6l': 'armhf',
 }
 
+
 class HostView(object):
     """Read-only view of a host's files.
 

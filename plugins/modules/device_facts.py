@@ -20,7 +20,7 @@ description:
     Nothing is imported, so a TensorRT build that crashes without a GPU driver cannot crash the module.
   - Only reads files and package metadata; it changes nothing on the device.
 author:
-  - edgeai.fleet contributors
+  - edgeai.fleet contributors (@edgeai)
 extends_documentation_fragment:
   - edgeai.fleet._attributes
   - edgeai.fleet._attributes.facts
@@ -50,8 +50,6 @@ options:
 notes:
   - Targets running JetPack 4 (Ubuntu 18.04, Python 3.6) need a newer interpreter for current ansible-core,
     for example C(ansible_python_interpreter=/usr/bin/python3.8).
-seealso:
-  - role: edgeai.fleet.provision
 """
 
 EXAMPLES = r"""
@@ -132,7 +130,7 @@ ansible_facts:
         accelerators:
           description:
             - The inference accelerators present; an empty list means none.
-            - Each has a O(kind) of V(nvidia_dgpu), V(tegra_igpu), V(edgetpu_usb) or V(edgetpu_pcie), and the ids it was found by.
+            - Each has a C(kind) of V(nvidia_dgpu), V(tegra_igpu), V(edgetpu_usb) or V(edgetpu_pcie), and the ids it was found by.
           type: list
           elements: dict
           returned: always
