@@ -48,6 +48,8 @@ if [ "$(readlink "$link" 2>/dev/null)" != "../../.." ]; then
 fi
 
 mkdir -p "$ANSIBLE_HOME"
-bash scripts/build-target-image.sh amd64
-bash scripts/build-target-image.sh arm64
+# Both images at once: the arm64 debootstrap runs under qemu and takes longest.
+bash scripts/build-target-image.sh amd64 & amd64_build=$!
+bash scripts/build-target-image.sh arm64 || die "building the arm64 target image failed"
+wait "$amd64_build" || die "building the amd64 target image failed"
 log "setup complete"

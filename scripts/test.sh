@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The whole test suite: set everything up, then unit tests, ansible-lint, ansible-test
+# sanity, changelog lint, integration tests against fresh containers, and the Molecule
+# default scenario. Exits non-zero on the first failing stage.
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+cd "$EDGEAI_ROOT"
+
+bash scripts/setup.sh
+. "$EDGEAI_VENV/bin/activate"
+# Molecule, ansible-compat and ansible-test write into ~; keep that inside the checkout.
+export HOME="$EDGEAI_STATE/home"
+mkdir -p "$HOME"
+EDGEAI_IMAGE_AMD64=$(target_image amd64)
+EDGEAI_IMAGE_ARM64=$(target_image arm64)
+export EDGEAI_IMAGE_AMD64 EDGEAI_IMAGE_ARM64 NO_COLOR=1 PY_COLORS=0 ANSIBLE_FORCE_COLOR=0
+
+stage() { log "=== $* ==="; }
+
+stage "ansible-lint --profile production"
+ansible-lint --offline --profile production
+
+stage "antsibull-changelog lint"
+antsibull-changelog lint
+
+stage "ansible-test sanity"
+bash scripts/sanity.sh
+
+stage "molecule test (default: generic amd64 + raspberry_pi arm64)"
+molecule test --scenario-name default
+
+stage "pytest: unit and integration"
+# Exit code 5 (no tests collected) is a failure here: the suite must never be empty.
+set +e
+python -m pytest tests/unit tests/integration -p no:cacheprovider -ra
+rc=$?
+set -e
+[ "$rc" = 5 ] && die "pytest collected no tests"
+exit "$rc"

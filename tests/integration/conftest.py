@@ -1,0 +1,99 @@
+"""Integration fixtures: fresh podman containers of the target images, and ansible-playbook runs.
+
+These tests start their own containers (network: none, reached through the
+containers.podman.podman connection) and remove them afterwards. They need the
+images that scripts/setup.sh builds; scripts/test.sh exports their names as
+EDGEAI_IMAGE_AMD64 / EDGEAI_IMAGE_ARM64.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+PODMAN = shutil.which('podman')
+
+
+def podman(*args, check=True, **kwargs):
+    return subprocess.run([PODMAN, *args], check=check, capture_output=True, text=True, **kwargs)
+
+
+def _image(arch):
+    image = os.environ.get('EDGEAI_IMAGE_%s' % arch.upper())
+    if not PODMAN or not image:
+        pytest.skip('needs podman and EDGEAI_IMAGE_%s (run through scripts/test.sh)' % arch.upper())
+    return image
+
+
+@pytest.fixture
+def make_device(tmp_path):
+    """Start fresh simulated devices; returns a function (hardware_class, arch='amd64') -> container name."""
+    started = []
+
+    def start(hardware_class, arch='amd64'):
+        name = 'edgeai-it-%s-%s' % (hardware_class.replace('_', '-'), uuid.uuid4().hex[:8])
+        podman('run', '-d', '--name', name, '--hostname', name, '--network', 'none', '--systemd', 'always',
+               '--arch', arch, '--label', 'org.edgeai.test=integration',
+               '-v', '%s/sim/evidence/%s:/var/lib/edgeai-sim:ro' % (REPO, hardware_class),
+               _image(arch), '/sbin/init')
+        started.append(name)
+        return name
+
+    yield start
+    for name in started:
+        podman('rm', '-f', '-t', '0', name, check=False)
+
+
+def write_inventory(path, hosts, **group_vars):
+    """A YAML inventory: hosts is {name: {hardware_class: ..., vars...}}, grouped as the sim inventory is."""
+    children = {}
+    for name, host_vars in hosts.items():
+        group = host_vars.pop('group')
+        children.setdefault(group, {'hosts': {}})['hosts'][name] = host_vars
+    gv = {'ansible_connection': 'containers.podman.podman', 'ansible_python_interpreter': '/usr/bin/python3',
+          'edgeai_evidence_root': '/var/lib/edgeai-sim'}
+    gv.update(group_vars)
+    inventory = {'all': {'children': {'edgeai_devices': {'children': children, 'vars': gv}}}}
+    path.write_text(json.dumps(inventory))
+    return path
+
+
+class PlaybookRun(object):
+    def __init__(self, proc):
+        self.proc = proc
+        self.rc = proc.returncode
+        try:
+            self.result = json.loads(proc.stdout[proc.stdout.index('{'):])
+        except ValueError:
+            raise AssertionError('ansible-playbook printed no JSON (rc=%s):\n%s\n%s'
+                                 % (proc.returncode, proc.stdout[-3000:], proc.stderr[-3000:]))
+        self.stats = self.result['stats']
+
+    def changed(self, host):
+        return self.stats[host]['changed']
+
+    def tasks(self, host):
+        """[(task name, host result)] for every task that ran on host."""
+        return [(t['task']['name'], t['hosts'][host]) for play in self.result['plays']
+                for t in play['tasks'] if host in t['hosts']]
+
+    def failures(self, host):
+        return [(name, r.get('msg')) for name, r in self.tasks(host) if r.get('failed') or r.get('unreachable')]
+
+
+@pytest.fixture
+def run_playbook():
+    """Run ansible-playbook with the JSON callback; returns a PlaybookRun."""
+    def run(playbook, inventory, *args):
+        env = dict(os.environ, ANSIBLE_STDOUT_CALLBACK='ansible.posix.json', ANSIBLE_CONFIG=str(REPO / 'ansible.cfg'),
+                   ANSIBLE_NOCOLOR='1')
+        proc = subprocess.run(['ansible-playbook', '-i', str(inventory), str(playbook), *args],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+        return PlaybookRun(proc)
+    return run
