@@ -10,7 +10,7 @@ from conftest import REPO
 
 
 def run(argv, **env):
-    return subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=600,
+    return subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=600, check=False,
                           env=dict(os.environ, **env))
 
 
