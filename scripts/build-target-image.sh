@@ -45,9 +45,19 @@ rm -rf "$work/rootfs"/var/lib/apt/lists/* "$work/rootfs"/var/cache/apt/*.bin \
 ln -sf /dev/null "$work/rootfs/etc/systemd/system/getty@tty1.service"
 ln -sf /dev/null "$work/rootfs/etc/systemd/system/systemd-udevd.service"
 ln -sf /dev/null "$work/rootfs/etc/systemd/system/systemd-networkd-wait-online.service"
+# Under qemu-user, systemd cannot set up unit credentials (LoadCredential=) and these
+# early-boot units fail with 243/CREDENTIALS, leaving the system "degraded". They need
+# no credentials in a container: clear the list so boot ends "running" on every arch.
+for unit in systemd-tmpfiles-setup systemd-tmpfiles-setup-dev systemd-sysusers; do
+  mkdir -p "$work/rootfs/etc/systemd/system/$unit.service.d"
+  printf '[Service]\nLoadCredential=\n' > "$work/rootfs/etc/systemd/system/$unit.service.d/no-credentials.conf"
+done
 
 log "podman import -> $image"
 tar -C "$work/rootfs" -c . | podman import --quiet --arch "$arch" \
   --change 'CMD ["/sbin/init"]' --change 'STOPSIGNAL SIGRTMIN+3' \
   --change "LABEL org.edgeai.recipe=$(image_recipe_hash)" - "$image" >/dev/null
 log "built $image"
+# Images of older recipes are dead weight; those still used by a container stay.
+podman images --format '{{.Repository}}:{{.Tag}}' | grep "^localhost/edgeai-target:$arch-" | grep -vxF "$image" \
+  | xargs -r podman rmi >/dev/null 2>&1 || true

@@ -20,7 +20,7 @@ EDGEAI_IMAGE_SUITE=bookworm
 EDGEAI_IMAGE_MIRROR=${EDGEAI_IMAGE_MIRROR:-http://deb.debian.org/debian}
 
 # Bump EDGEAI_IMAGE_RECIPE when build-target-image.sh changes what goes into an image.
-EDGEAI_IMAGE_RECIPE=1
+EDGEAI_IMAGE_RECIPE=2
 image_recipe_hash() {
   printf '%s %s %s\n' "$EDGEAI_IMAGE_RECIPE" "$EDGEAI_IMAGE_PACKAGES" "$EDGEAI_IMAGE_SUITE" | sha256sum | cut -c1-12
 }
