@@ -160,7 +160,10 @@ def accelerators(view, compatible, l4t):
     found = []
     tegra = [c for c in compatible if c.startswith('nvidia,tegra')]
     if tegra or l4t:
-        found.append({'kind': 'tegra_igpu', 'soc': tegra[-1].split(',', 1)[1] if tegra else None})
+        # A known SoC name wins over family wildcards such as L4T R35's trailing 'nvidia,tegra23x';
+        # otherwise the most specific (first) Tegra entry.
+        soc = ([c for c in tegra if c in TEGRA_SOC_CLASS] or tegra or [None])[0]
+        found.append({'kind': 'tegra_igpu', 'soc': soc.split(',', 1)[1] if soc else None})
     for slot, vendor, device, pci_class in pci_devices(view):
         if vendor == NVIDIA_PCI_VENDOR and pci_class.startswith(PCI_DISPLAY_CLASSES) and not tegra:
             found.append({'kind': 'nvidia_dgpu', 'pci_slot': slot, 'pci_id': '%s:%s' % (vendor[2:], device[2:])})

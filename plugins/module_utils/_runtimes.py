@@ -73,12 +73,13 @@ def python_versions(run_command, python):
 def parse_dpkg_query(output):
     """Parse `dpkg-query -W -f '${Package}\\t${Version}\\t${db:Status-Abbrev}\\n'` output.
 
-    Only packages whose status says installed ('ii') are returned.
+    Only packages whose status (the second letter of the abbreviation) says installed are
+    returned: 'ii', and 'hi' for a package on hold (apt-mark hold is common for JetPack's TensorRT).
     """
     found = {}
     for line in output.splitlines():
         parts = line.split('\t')
-        if len(parts) == 3 and parts[2].strip().startswith('ii') and parts[1]:
+        if len(parts) == 3 and parts[2][1:2] == 'i' and parts[1]:
             found[parts[0].split(':')[0]] = parts[1]
     return found
 
