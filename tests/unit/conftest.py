@@ -9,6 +9,8 @@ namespace package, so collections installed in the venv stay importable too.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -22,11 +24,28 @@ if str(COLLECTIONS) not in sys.path:
     sys.path.insert(0, str(COLLECTIONS))
 
 
+@pytest.fixture(scope='session')
+def hardware_fixtures(tmp_path_factory):
+    """A copy of tests/unit/fixtures/hardware with the real sysfs names restored.
+
+    sysfs names such as PCI slots (0000:01:00.0) and USB interfaces (1-1:1.0) contain ':',
+    which a collection may not ship (ansible-test sanity refuses it, for Windows). The
+    committed trees spell it '%3A'; this copy turns it back into ':'.
+    """
+    dest = tmp_path_factory.mktemp('hardware') / 'hardware'
+    shutil.copytree(FIXTURES / 'hardware', dest)
+    for root, dirs, files in os.walk(dest, topdown=False):
+        for name in dirs + files:
+            if '%3A' in name:
+                os.rename(os.path.join(root, name), os.path.join(root, name.replace('%3A', ':')))
+    return dest
+
+
 @pytest.fixture
-def hardware_fixture():
-    """Return the path of a fixture tree under tests/unit/fixtures/hardware/ by case name."""
+def hardware_fixture(hardware_fixtures):
+    """Return the path of a fixture tree by case name (from the restored copy)."""
     def get(case):
-        path = FIXTURES / 'hardware' / case
+        path = hardware_fixtures / case
         assert path.is_dir(), 'no fixture tree %s' % path
         return str(path)
     return get
