@@ -9,7 +9,7 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 cd "$EDGEAI_ROOT"
 
-APT_PACKAGES=(podman runc debootstrap qemu-user-static binfmt-support uidmap rsync python3 python3-venv ca-certificates git)
+APT_PACKAGES=(podman runc debootstrap qemu-user-static binfmt-support uidmap rsync python3 python3-venv ca-certificates git shellcheck prometheus)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -29,14 +29,16 @@ fi
 [ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || update-binfmts --enable qemu-aarch64 \
   || die "cannot enable binfmt for qemu-aarch64"
 
-# The venv, reinstalled only when requirements-dev.txt changes.
+# The venv, reinstalled only when requirements-dev.txt or device_runtime/pyproject.toml changes.
 stamp="$EDGEAI_VENV/.requirements.sha256"
-want=$(sha256sum requirements-dev.txt | cut -d' ' -f1)
+want=$(cat requirements-dev.txt device_runtime/pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ ! -x "$EDGEAI_VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   log "creating $EDGEAI_VENV from requirements-dev.txt"
   python3 -m venv "$EDGEAI_VENV"
   "$EDGEAI_VENV/bin/pip" install -q --upgrade pip
   "$EDGEAI_VENV/bin/pip" install -q -r requirements-dev.txt
+  # The device runtime, editable: tests and the controller-side tools import it.
+  "$EDGEAI_VENV/bin/pip" install -q --no-deps -e device_runtime
   echo "$want" > "$stamp"
 fi
 

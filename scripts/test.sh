@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The whole test suite: set everything up, then unit tests, ansible-lint, ansible-test
-# sanity, changelog lint, integration tests against fresh containers, and the Molecule
-# default scenario. Exits non-zero on the first failing stage.
+# The whole test suite: set everything up, then ansible-lint, changelog lint, ansible-test
+# sanity, the Molecule default scenario, and pytest (collection unit tests, the device
+# runtime against real ONNX Runtime/LiteRT and a real HTTP server, integration tests
+# against fresh containers). Exits non-zero on the first failing stage.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 cd "$EDGEAI_ROOT"
@@ -32,7 +33,7 @@ molecule test --scenario-name default
 stage "pytest: unit and integration"
 # Exit code 5 (no tests collected) is a failure here: the suite must never be empty.
 set +e
-python -m pytest tests/unit tests/integration -p no:cacheprovider -ra
+python -m pytest tests/unit tests/device_runtime tests/integration -p no:cacheprovider -ra
 rc=$?
 set -e
 [ "$rc" = 5 ] && die "pytest collected no tests"

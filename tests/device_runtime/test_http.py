@@ -1,0 +1,212 @@
+"""The inference service as a real server process on 127.0.0.1: KServe v2, errors, metrics, admin, auth."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import httpx
+import numpy as np
+import pytest
+
+from edgeai_runtime.store import ModelStore
+from support import modelgen
+from support.digits_store import install_digits
+
+BODY_LIMIT = 256 * 1024
+
+
+@dataclass
+class Server:
+    client: httpx.Client
+    root: object
+    proc: subprocess.Popen
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def runtime(root, *args, env=None):
+    return subprocess.run([sys.executable, "-m", "edgeai_runtime.cli", "--root", str(root), *args],
+                          capture_output=True, text=True, timeout=120, env=env, check=False)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return modelgen.train_digits_mlp(seed=0)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, digits):
+    root = tmp_path_factory.mktemp("device")
+    store = ModelStore(str(root))
+    install_digits(store, "1.0.0", modelgen.digits_onnx(digits), digits)
+    install_digits(store, "2.0.0", modelgen.digits_onnx(modelgen.train_digits_mlp(seed=3)), digits)
+    store.activate("digits", "1.0.0")
+    port = free_port()
+    (root / "etc").mkdir()
+    (root / "etc" / "runtime.json").write_text(json.dumps(
+        {"port": port, "max_batch_size": 8, "max_body_bytes": BODY_LIMIT, "max_queue": 64}))
+    log = open(root / "service.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "edgeai_runtime.cli", "--root", str(root), "serve"],
+                            stdout=log, stderr=subprocess.STDOUT)
+    base = "http://127.0.0.1:%d" % port
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(base + "/v2/health/ready", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert proc.poll() is None, (root / "service.log").read_text()
+        time.sleep(0.2)
+    else:
+        pytest.fail("service never became ready:\n" + (root / "service.log").read_text())
+    with httpx.Client(base_url=base, timeout=30) as client:
+        yield Server(client, root, proc)
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def infer_body(x, **extra):
+    body = {"id": "req-1", "inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32",
+                                       "data": x.ravel().tolist()}]}
+    body.update(extra)
+    return body
+
+
+def test_health_and_server_metadata(server):
+    client = server.client
+    assert client.get("/v2/health/live").json() == {"live": True}
+    assert client.get("/v2/health/ready").status_code == 200
+    meta = client.get("/v2").json()
+    assert meta["name"] == "edgeai-runtime" and "version" in meta
+
+
+def test_model_metadata_and_ready(server):
+    client = server.client
+    meta = client.get("/v2/models/digits").json()
+    assert meta["name"] == "digits" and meta["versions"] == ["1.0.0"] and meta["platform"] == "onnxruntime_onnx"
+    assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}]
+    assert client.get("/v2/models/digits/versions/1.0.0").status_code == 200
+    assert client.get("/v2/models/digits/ready").json() == {"name": "digits", "ready": True}
+    assert client.get("/v2/models/nope").status_code == 404
+    assert client.get("/v2/models/digits/versions/9.9.9").status_code == 404
+
+
+def test_infer_answers_right(server, digits):
+    client = server.client
+    x = digits.X_test[:32]
+    reply = client.post("/v2/models/digits/infer", json=infer_body(x))
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert body["model_name"] == "digits" and body["model_version"] == "1.0.0" and body["id"] == "req-1"
+    outputs = {o["name"]: o for o in body["outputs"]}
+    probs = np.array(outputs["probabilities"]["data"], dtype=np.float32).reshape(outputs["probabilities"]["shape"])
+    assert probs.shape == (32, 10)
+    np.testing.assert_allclose(probs, digits.predict_proba(x), atol=1e-4)
+    assert outputs["label"]["datatype"] == "INT64"
+    only = client.post("/v2/models/digits/versions/1.0.0/infer",
+                       json=infer_body(x[:1], outputs=[{"name": "label"}])).json()
+    assert [o["name"] for o in only["outputs"]] == ["label"]
+
+
+@pytest.mark.parametrize("mutate,status,needle", [
+    (lambda b: b["inputs"][0].update(name="pixels"), 400, "inputs[0].name: unknown input 'pixels'"),
+    (lambda b: b["inputs"][0].update(datatype="INT32"), 400, "inputs[0] (input).datatype: 'INT32'"),
+    (lambda b: b["inputs"][0].update(shape=[2, 63]), 400, "inputs[0] (input).shape: [2, 63]"),
+    (lambda b: b["inputs"][0].update(data=[1.0] * 5), 400, "inputs[0] (input).data: 5 values"),
+    (lambda b: b.pop("inputs"), 400, "inputs: must be a non-empty list"),
+    (lambda b: b.update(outputs=[{"name": "logits"}]), 400, "outputs: unknown output 'logits'"),
+])
+def test_bad_tensors_name_the_field(server, digits, mutate, status, needle):
+    client = server.client
+    body = infer_body(digits.X_test[:2])
+    mutate(body)
+    reply = client.post("/v2/models/digits/infer", json=body)
+    assert reply.status_code == status and needle in reply.json()["error"], reply.text
+
+
+def test_malformed_unknown_and_oversized(server, digits):
+    client = server.client
+    bad = client.post("/v2/models/digits/infer", content=b"{not json", headers={"content-type": "application/json"})
+    assert bad.status_code == 400 and "not valid JSON" in bad.json()["error"]
+    assert client.post("/v2/models/nope/infer", json=infer_body(digits.X_test[:1])).status_code == 404
+    assert client.post("/v2/models/digits/versions/7/infer", json=infer_body(digits.X_test[:1])).status_code == 404
+    big = client.post("/v2/models/digits/infer", content=b" " * (BODY_LIMIT + 1),
+                      headers={"content-type": "application/json"})
+    assert big.status_code == 413
+
+
+def test_metrics_carry_the_design_notes_names(server, digits):
+    client = server.client
+    client.post("/v2/models/digits/infer", json=infer_body(digits.X_test[:1]))
+    text = client.get("/metrics").text
+    for name in ("edge_ai_inferences_total", "edge_ai_inference_duration_seconds_bucket",
+                 "edge_ai_memory_usage_bytes", "edge_ai_inference_errors_total", "edge_ai_model_accuracy"):
+        assert name in text, name
+    assert 'edge_ai_inferences_total{model="digits",version="1.0.0"}' in text
+    promtool = shutil.which("promtool")
+    if not promtool:
+        pytest.skip("promtool (Debian package prometheus) is not installed; scripts/setup.sh installs it")
+    check = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_openapi_document(server):
+    client = server.client
+    doc = client.get("/openapi.json").json()
+    assert doc["openapi"].startswith("3.") and "/v2/models/{name}/infer" in doc["paths"]
+
+
+def test_cli_activation_switches_the_running_service(server, digits):
+    client, root = server.client, server.root
+    switched = runtime(root, "model", "activate", "digits", "2.0.0")
+    assert switched.returncode == 0, switched.stdout + switched.stderr
+    result = json.loads(switched.stdout)
+    assert result["changed"] and result["via"] == "service" and result["previous"] == "1.0.0"
+    assert client.post("/v2/models/digits/infer", json=infer_body(digits.X_test[:1])).json()["model_version"] == "2.0.0"
+    # Both versions answer while 1.0.0 stays loaded as the rollback target.
+    assert client.get("/v2/models/digits/versions/1.0.0/ready").status_code == 200
+    back = json.loads(runtime(root, "model", "rollback", "digits").stdout)
+    assert back["version"] == "1.0.0" and back["instant"]
+    listed = json.loads(runtime(root, "model", "list").stdout)
+    assert listed["models"][0]["active"] == "1.0.0"
+
+
+def test_admin_needs_loopback_and_non_loopback_needs_a_token(tmp_path):
+    refused = runtime(tmp_path, "serve", "--host", "0.0.0.0", "--port", str(free_port()))
+    assert refused.returncode == 1 and "bearer token" in json.loads(refused.stdout)["msg"]
+
+
+def test_token_is_required_when_configured(tmp_path, digits):
+    store = ModelStore(str(tmp_path))
+    install_digits(store, "1.0.0", modelgen.digits_onnx(digits), digits)
+    store.activate("digits", "1.0.0")
+    port = free_port()
+    env = dict(os.environ, EDGEAI_RUNTIME_TOKEN="s3cret-token")
+    proc = subprocess.Popen([sys.executable, "-m", "edgeai_runtime.cli", "--root", str(tmp_path), "serve",
+                             "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        base = "http://127.0.0.1:%d" % port
+        for attempt in range(150):  # pylint: disable=unused-variable
+            try:
+                if httpx.get(base + "/v2/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        assert httpx.get(base + "/v2/models/digits").status_code == 401
+        good = httpx.get(base + "/v2/models/digits", headers={"authorization": "Bearer s3cret-token"})
+        assert good.status_code == 200
+        assert httpx.get(base + "/v2/models/digits", headers={"authorization": "Bearer wrong"}).status_code == 401
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
