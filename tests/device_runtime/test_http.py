@@ -34,6 +34,33 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_service(root, env=None):
+    """Start `edgeai-runtime serve` on root's configured port; wait until it answers ready."""
+    config = json.loads((root / "etc" / "runtime.json").read_text())
+    log = open(root / "service.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "edgeai_runtime.cli", "--root", str(root), "serve"],
+                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    base = "http://127.0.0.1:%d" % config["port"]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(base + "/v2/health/ready", timeout=1).status_code == 200:
+                return proc, base
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            break
+        time.sleep(0.2)
+    proc.kill()
+    pytest.fail("service never became ready:\n" + (root / "service.log").read_text())
+
+
+def write_config(root, **settings):
+    (root / "etc").mkdir(exist_ok=True)
+    settings.setdefault("port", free_port())
+    (root / "etc" / "runtime.json").write_text(json.dumps(settings))
+
+
 def runtime(root, *args, env=None):
     return subprocess.run([sys.executable, "-m", "edgeai_runtime.cli", "--root", str(root), *args],
                           capture_output=True, text=True, timeout=120, env=env, check=False)
@@ -51,25 +78,8 @@ def server(tmp_path_factory, digits):
     install_digits(store, "1.0.0", modelgen.digits_onnx(digits), digits)
     install_digits(store, "2.0.0", modelgen.digits_onnx(modelgen.train_digits_mlp(seed=3)), digits)
     store.activate("digits", "1.0.0")
-    port = free_port()
-    (root / "etc").mkdir()
-    (root / "etc" / "runtime.json").write_text(json.dumps(
-        {"port": port, "max_batch_size": 8, "max_body_bytes": BODY_LIMIT, "max_queue": 64}))
-    log = open(root / "service.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "edgeai_runtime.cli", "--root", str(root), "serve"],
-                            stdout=log, stderr=subprocess.STDOUT)
-    base = "http://127.0.0.1:%d" % port
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(base + "/v2/health/ready", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert proc.poll() is None, (root / "service.log").read_text()
-        time.sleep(0.2)
-    else:
-        pytest.fail("service never became ready:\n" + (root / "service.log").read_text())
+    write_config(root, max_batch_size=8, max_body_bytes=BODY_LIMIT, max_queue=64)
+    proc, base = start_service(root)
     with httpx.Client(base_url=base, timeout=30) as client:
         yield Server(client, root, proc)
     proc.terminate()
@@ -191,22 +201,26 @@ def test_token_is_required_when_configured(tmp_path, digits):
     store = ModelStore(str(tmp_path))
     install_digits(store, "1.0.0", modelgen.digits_onnx(digits), digits)
     store.activate("digits", "1.0.0")
-    port = free_port()
-    env = dict(os.environ, EDGEAI_RUNTIME_TOKEN="s3cret-token")
-    proc = subprocess.Popen([sys.executable, "-m", "edgeai_runtime.cli", "--root", str(tmp_path), "serve",
-                             "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    write_config(tmp_path)
+    proc, base = start_service(tmp_path, env=dict(os.environ, EDGEAI_RUNTIME_TOKEN="s3cret-token"))
     try:
-        base = "http://127.0.0.1:%d" % port
-        for attempt in range(150):  # pylint: disable=unused-variable
-            try:
-                if httpx.get(base + "/v2/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
         assert httpx.get(base + "/v2/models/digits").status_code == 401
         good = httpx.get(base + "/v2/models/digits", headers={"authorization": "Bearer s3cret-token"})
         assert good.status_code == 200
         assert httpx.get(base + "/v2/models/digits", headers={"authorization": "Bearer wrong"}).status_code == 401
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_cloud_fallback_answers_when_no_local_model_is_ready(server, tmp_path, digits):
+    """A device with no model forwards to the cloud URL (here: the other service, on loopback)."""
+    write_config(tmp_path, cloud_fallback_url=str(server.client.base_url).rstrip("/"))
+    proc, base = start_service(tmp_path)
+    try:
+        reply = httpx.post(base + "/v2/models/digits/infer", json=infer_body(digits.X_test[:1]), timeout=30)
+        assert reply.status_code == 200 and reply.headers["x-edgeai-served-by"] == "cloud-fallback"
+        assert reply.json()["model_name"] == "digits"
     finally:
         proc.terminate()
         proc.wait(timeout=30)

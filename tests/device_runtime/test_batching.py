@@ -1,0 +1,91 @@
+"""Dynamic batching: rows merged up to max_batch, bounded queue refusing at once when full."""
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from edgeai_runtime.batching import Batcher, Overloaded
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_concurrent_requests_share_a_batch_and_get_their_own_rows():
+    seen = []
+
+    def infer(inputs):
+        seen.append(len(inputs["x"]))
+        return {"y": inputs["x"] * 2}
+
+    async def main():
+        with ThreadPoolExecutor(2) as pool:
+            batcher = Batcher(infer, pool, max_batch=8, max_delay_s=0.05, max_queue=16)
+            results = await asyncio.gather(*[batcher.submit({"x": np.full((1, 3), i, np.float32)}) for i in range(8)])
+            batcher.close()
+            return results
+
+    results = run(main())
+    assert seen == [8]
+    for i, result in enumerate(results):
+        np.testing.assert_array_equal(result["y"], np.full((1, 3), 2 * i, np.float32))
+
+
+def test_batches_never_exceed_max_batch_rows():
+    seen = []
+
+    def infer(inputs):
+        seen.append(len(inputs["x"]))
+        return {"y": inputs["x"]}
+
+    async def main():
+        with ThreadPoolExecutor(1) as pool:
+            batcher = Batcher(infer, pool, max_batch=4, max_delay_s=0.02, max_queue=32)
+            await asyncio.gather(*[batcher.submit({"x": np.zeros((3, 2), np.float32)}) for i in range(5)])
+            batcher.close()
+
+    run(main())
+    assert sum(seen) == 15 and max(seen) <= 4
+
+
+def test_full_queue_is_refused_at_once_and_memory_stays_bounded():
+    release = threading.Event()
+
+    def slow_infer(inputs):
+        release.wait(5)
+        return {"y": inputs["x"]}
+
+    async def main():
+        with ThreadPoolExecutor(1) as pool:
+            batcher = Batcher(slow_infer, pool, max_batch=1, max_delay_s=0, max_queue=2)
+            first = asyncio.ensure_future(batcher.submit({"x": np.zeros((1, 1))}))
+            await asyncio.sleep(0.05)  # the worker takes it and blocks in the backend
+            queued = [asyncio.ensure_future(batcher.submit({"x": np.zeros((1, 1))})) for i in range(2)]
+            await asyncio.sleep(0.05)
+            with pytest.raises(Overloaded) as refused:
+                await batcher.submit({"x": np.zeros((1, 1))})
+            assert batcher.queue.qsize() == 2 and refused.value.retry_after >= 1
+            release.set()
+            await asyncio.gather(first, *queued)
+            batcher.close()
+
+    run(main())
+
+
+def test_backend_error_reaches_every_request_of_the_batch():
+    def broken(inputs):
+        raise RuntimeError("device lost")
+
+    async def main():
+        with ThreadPoolExecutor(1) as pool:
+            batcher = Batcher(broken, pool, max_batch=4, max_delay_s=0.02, max_queue=8)
+            results = await asyncio.gather(*[batcher.submit({"x": np.zeros((1, 1))}) for i in range(3)],
+                                           return_exceptions=True)
+            batcher.close()
+            return results
+
+    assert all(isinstance(r, RuntimeError) and "device lost" in str(r) for r in run(main()))
