@@ -8,5 +8,6 @@ cd "$EDGEAI_ROOT"
 bash scripts/setup.sh
 bash scripts/sim-fleet.sh up
 . "$EDGEAI_VENV/bin/activate"
+python scripts/build-demo-models.py "$EDGEAI_STATE/demo-models"
 log "ansible-playbook deploy.yml -i inventories/sim"
 ansible-playbook deploy.yml -i inventories/sim "$@"

@@ -158,6 +158,11 @@ ansible_facts:
           type: dict
           returned: always
           sample: {onnxruntime: {version: 1.20.1, package: onnxruntime, source: venv}}
+        python:
+          description: The interpreter the module ran with, and the C library; used to pick wheels for the device.
+          type: dict
+          returned: always
+          sample: {version: 3.11.2, executable: /usr/bin/python3, libc: glibc, libc_version: "2.36"}
         warnings:
           description: Probes that could not run, one line each; the facts they would have added are missing.
           type: list
@@ -167,6 +172,7 @@ ansible_facts:
 """
 
 import os
+import platform
 import sys
 
 from ansible.module_utils.basic import AnsibleModule
@@ -210,6 +216,9 @@ def main():
     if module.params['hardware_class']:
         facts = _hardware.apply_override(facts, module.params['hardware_class'])
     facts['runtimes'], facts['warnings'] = probe_runtimes(module, module.params['venv'])
+    libc, libc_version = platform.libc_ver()
+    facts['python'] = {'version': platform.python_version(), 'executable': sys.executable,
+                       'libc': libc or None, 'libc_version': libc_version or None}
     module.exit_json(changed=False, ansible_facts={'edgeai': facts})
 
 

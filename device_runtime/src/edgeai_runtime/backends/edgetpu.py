@@ -30,7 +30,7 @@ import os
 from typing import Dict, Optional, Sequence
 
 from .base import BackendOptions, BackendUnavailable
-from .litert import LiteRTBackend, _one_line, import_interpreter_module
+from .litert import LiteRTBackend, _one_line
 
 DEFAULT_LIBRARY = "libedgetpu.so.1"
 #: Test-only override of the delegate library (a name or a path).
@@ -120,4 +120,4 @@ class EdgeTPUBackend(LiteRTBackend):
 
 
 __all__ = ["EdgeTPUBackend", "DEFAULT_LIBRARY", "LIBRARY_ENV", "LIBRARY_NOT_FOUND", "NO_DEVICE",
-           "library_name", "import_interpreter_module"]
+           "library_name"]

@@ -1,0 +1,427 @@
+"""The inference service: KServe v2 / Open Inference Protocol over Starlette.
+
+Routes (all JSON):
+  GET  /v2/health/live, /v2/health/ready, /v2
+  GET  /v2/models/{name}[/versions/{version}]            model metadata
+  GET  /v2/models/{name}[/versions/{version}]/ready
+  POST /v2/models/{name}[/versions/{version}]/infer
+  GET  /metrics                                           Prometheus
+  GET  /openapi.json
+  GET  /v2/admin/status, POST /v2/admin/reload,           loopback clients only
+       POST /v2/admin/models/{name}/activate|rollback
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import ipaddress
+import logging
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Dict, Optional, Tuple
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.schemas import SchemaGenerator
+
+from . import __version__
+from .backends import BackendUnavailable, ModelLoadError
+from .batching import Batcher, Overloaded
+from .config import RuntimeConfig
+from .gate import GateFailed
+from .manifest import ManifestError
+from .metrics import Metrics
+from .serving import LoadedModel, ModelManager, ModelNotFound
+from .store import ModelStore, StoreError
+from .v2 import V2Error, decode_request, encode_response, model_metadata, parse_json
+
+log = logging.getLogger(__name__)
+
+PUBLIC_PATHS = ("/v2/health/live", "/v2/health/ready")
+PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "tflite": "tensorflow_lite", "edgetpu": "tensorflow_lite_edgetpu",
+             "tensorrt": "tensorrt_plan"}
+
+schemas = SchemaGenerator({"openapi": "3.0.0",
+                           "info": {"title": "edgeai-runtime (KServe v2)", "version": __version__}})
+
+
+def error(status: int, message: str, headers: Optional[Dict[str, str]] = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+class Service:
+    """Everything one process serves with: config, store, manager, metrics, batchers."""
+
+    def __init__(self, config: RuntimeConfig, manager: Optional[ModelManager] = None) -> None:
+        self.config = config
+        self.store = ModelStore(config.root, keep=config.keep_versions)
+        self.metrics = Metrics()
+        self.manager = manager or ModelManager(self.store, config)
+        self.manager.on_change = self._on_change
+        self.executor = ThreadPoolExecutor(max_workers=max(2, config.threads or 2), thread_name_prefix="infer")
+        self._batchers: Dict[Tuple[str, str, int], Batcher] = {}
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._http = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.store.recover()
+        await self.reload()
+        try:  # SIGHUP: pick up what the store says is active, without a restart
+            self._loop.add_signal_handler(signal.SIGHUP, lambda: self._loop.create_task(self.reload()))
+        except (NotImplementedError, RuntimeError, ValueError):
+            log.info("SIGHUP reload is not available in this thread; use POST /v2/admin/reload")
+
+    async def reload(self) -> Dict[str, Optional[str]]:
+        errors = await run_in_threadpool(self.manager.sync_from_store)
+        for name, err in errors.items():
+            if err:
+                log.error("model %s is not serving: %s", name, err)
+        return errors
+
+    async def shutdown(self) -> None:
+        for batcher in self._batchers.values():
+            batcher.close()
+        await run_in_threadpool(self.manager.close)
+        self.executor.shutdown(wait=False)
+        if self._http is not None:
+            await self._http.aclose()
+
+    def _on_change(self, model: LoadedModel) -> None:
+        """Called after a switch (from a worker thread): refresh gauges, drop batchers of unloaded versions."""
+        self.metrics.swaps.labels(model.name).inc()
+        for loaded in self.manager.loaded():
+            if loaded.name == model.name:
+                self.metrics.active.labels(loaded.name, loaded.version).set(1 if loaded is model else 0)
+        if model.gate.accuracy is not None:
+            self.metrics.accuracy.labels(model.name, model.version).set(model.gate.accuracy)
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._drop_stale_batchers)
+
+    def _drop_stale_batchers(self) -> None:
+        live = {id(m) for m in self.manager.loaded()}
+        for key in [k for k in self._batchers if k[2] not in live]:
+            self._batchers.pop(key).close()
+
+    def batcher(self, model: LoadedModel) -> Batcher:
+        key = (model.name, model.version, id(model))
+        batcher = self._batchers.get(key)
+        if batcher is None:
+            batchable = all(t.shape and t.shape[0] == -1 for t in model.manifest.inputs)
+            labels = (model.name, model.version)
+            batcher = Batcher(model.infer, self.executor,
+                              max_batch=self.config.max_batch_size if batchable else 1,
+                              max_delay_s=self.config.max_delay_ms / 1000.0, max_queue=self.config.max_queue,
+                              on_batch=lambda rows: self.metrics.batch_size.labels(*labels).observe(rows))
+            self._batchers[key] = batcher
+        return batcher
+
+    # -- auth ------------------------------------------------------------------------------
+
+    def authorized(self, request: Request) -> bool:
+        if not self.config.token or request.url.path in PUBLIC_PATHS:
+            return True
+        header = request.headers.get("authorization", "")
+        scheme, token = (header.split(" ", 1) + [""])[:2]
+        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip(), self.config.token)
+
+    @staticmethod
+    def from_loopback(request: Request) -> bool:
+        host = request.client.host if request.client else ""
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return host in ("localhost", "testclient")
+
+    async def read_body(self, request: Request) -> bytes:
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > self.config.max_body_bytes:
+            raise V2Error(413, "request body of %s bytes exceeds the limit of %d" % (length, self.config.max_body_bytes))
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.config.max_body_bytes:
+                raise V2Error(413, "request body exceeds the limit of %d bytes" % self.config.max_body_bytes)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    # -- cloud fallback --------------------------------------------------------------------
+
+    async def forward_to_cloud(self, request: Request, body: bytes) -> Response:
+        import httpx  # only needed when a fallback URL is configured
+
+        if self._http is None:
+            self._http = httpx.AsyncClient(timeout=self.config.cloud_fallback_timeout_s)
+        url = self.config.cloud_fallback_url.rstrip("/") + request.url.path
+        try:
+            upstream = await self._http.post(url, content=body, headers={"content-type": "application/json"})
+        except httpx.HTTPError as exc:
+            return error(502, "no local model is ready and the cloud fallback %s failed: %s"
+                         % (self.config.cloud_fallback_url, exc.__class__.__name__))
+        return Response(upstream.content, status_code=upstream.status_code,
+                        media_type=upstream.headers.get("content-type", "application/json"),
+                        headers={"x-edgeai-served-by": "cloud-fallback"})
+
+
+# -- endpoints -------------------------------------------------------------------------------
+
+def _service(request: Request) -> Service:
+    return request.app.state.service
+
+
+async def live(request: Request) -> Response:
+    """
+    summary: Liveness (KServe v2 server live)
+    responses:
+      200: {description: The process is up.}
+    """
+    return JSONResponse({"live": True})
+
+
+async def ready(request: Request) -> Response:
+    """
+    summary: Readiness (KServe v2 server ready)
+    responses:
+      200: {description: At least one model serves, or a cloud fallback is configured.}
+      503: {description: Nothing can answer an inference request yet.}
+    """
+    service = _service(request)
+    is_ready = bool(service.manager.names()) or bool(service.config.cloud_fallback_url)
+    return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
+
+
+async def server_metadata(request: Request) -> Response:
+    """
+    summary: Server metadata (KServe v2)
+    responses:
+      200: {description: Name, version and extensions.}
+    """
+    return JSONResponse({"name": "edgeai-runtime", "version": __version__, "extensions": []})
+
+
+def _model_args(request: Request) -> Tuple[str, Optional[str]]:
+    return request.path_params["name"], request.path_params.get("version")
+
+
+def _acquire(service: Service, name: str, version: Optional[str]) -> LoadedModel:
+    try:
+        return service.manager.acquire(name, version)
+    except ModelNotFound:
+        pass
+    known = name in service.store.names()
+    if known and (version is None or version in service.store.versions(name)):
+        raise V2Error(503, "model %s%s is installed but not loaded: %s"
+                      % (name, " version %s" % version if version else "",
+                         next((s["last_error"] for s in service.manager.status() if s["name"] == name), None)
+                         or "not activated"))
+    raise V2Error(404, "model %s%s not found" % (name, " version %s" % version if version else ""))
+
+
+async def model_metadata_endpoint(request: Request) -> Response:
+    """
+    summary: Model metadata (KServe v2)
+    responses:
+      200: {description: Inputs, outputs and platform of the model version.}
+      404: {description: Unknown model or version.}
+    """
+    service = _service(request)
+    name, version = _model_args(request)
+    try:
+        model = _acquire(service, name, version)
+    except V2Error as exc:
+        return error(exc.status, exc.message)
+    try:
+        return JSONResponse(model_metadata(model.manifest, PLATFORMS.get(model.manifest.runtime, "")))
+    finally:
+        model.release()
+
+
+async def model_ready(request: Request) -> Response:
+    """
+    summary: Model readiness (KServe v2)
+    responses:
+      200: {description: The model version is loaded and serves.}
+      404: {description: Unknown model or version.}
+      503: {description: Installed but not loaded.}
+    """
+    service = _service(request)
+    name, version = _model_args(request)
+    try:
+        _acquire(service, name, version).release()
+    except V2Error as exc:
+        if exc.status == 404:
+            return error(404, exc.message)
+        return JSONResponse({"name": name, "ready": False, "error": exc.message}, status_code=503)
+    return JSONResponse({"name": name, "ready": True})
+
+
+async def infer(request: Request) -> Response:
+    """
+    summary: Inference (KServe v2, JSON tensors)
+    requestBody:
+      content:
+        application/json:
+          schema: {type: object, required: [inputs]}
+    responses:
+      200: {description: Output tensors.}
+      400: {description: Malformed JSON, or a wrong tensor name, shape or datatype (the field is named).}
+      404: {description: Unknown model or version.}
+      413: {description: The body is over the limit.}
+      503: {description: Queue full (with Retry-After) or the model is not loaded.}
+    """
+    service = _service(request)
+    name, version = _model_args(request)
+    started = time.perf_counter()
+    labels = (name, version or "")
+    try:
+        body = await service.read_body(request)
+        try:
+            model = _acquire(service, name, version)
+        except V2Error as exc:
+            if service.config.cloud_fallback_url and exc.status in (404, 503):
+                return await service.forward_to_cloud(request, body)
+            raise
+        labels = (model.name, model.version)
+        try:
+            data = parse_json(body)
+            arrays, wanted = decode_request(data, model.manifest, max_batch=None)
+            outputs = await service.batcher(model).submit(arrays)
+            payload = encode_response(model.manifest, outputs, data.get("id"), wanted)
+        finally:
+            model.release()
+    except V2Error as exc:
+        service.metrics.errors.labels(*labels, "bad_request" if exc.status < 500 and exc.status != 404
+                                      else "not_found" if exc.status == 404 else "not_ready").inc()
+        return error(exc.status, exc.message)
+    except Overloaded as exc:
+        service.metrics.errors.labels(*labels, "overloaded").inc()
+        return error(503, "the request queue of %s is full; retry later" % name,
+                     headers={"Retry-After": str(exc.retry_after)})
+    except Exception as exc:  # the backend failed on this input
+        log.exception("inference on %s failed", name)
+        service.metrics.errors.labels(*labels, "backend").inc()
+        return error(500, "inference failed: %s" % str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__)
+    service.metrics.inferences.labels(*labels).inc()
+    service.metrics.duration.labels(*labels).observe(time.perf_counter() - started)
+    return JSONResponse(payload)
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    """
+    summary: Prometheus metrics
+    responses:
+      200: {description: Exposition in the format the Accept header asks for.}
+    """
+    body, content_type = _service(request).metrics.exposition(request.headers.get("accept", ""))
+    return Response(body, media_type=None, headers={"content-type": content_type})
+
+
+async def openapi(request: Request) -> Response:
+    return JSONResponse(schemas.get_schema(routes=request.app.routes))
+
+
+# -- admin (loopback only) -----------------------------------------------------------------------
+
+async def _admin_json(request: Request) -> Dict[str, Any]:
+    body = await request.body()
+    return parse_json(body) if body.strip() else {}
+
+
+async def admin_status(request: Request) -> Response:
+    service = _service(request)
+    return JSONResponse({"serving": service.manager.status(), "store": service.store.status()})
+
+
+async def admin_reload(request: Request) -> Response:
+    errors = await _service(request).reload()
+    return JSONResponse({"errors": errors}, status_code=200 if not any(errors.values()) else 409)
+
+
+async def admin_activate(request: Request) -> Response:
+    service = _service(request)
+    name = request.path_params["name"]
+    try:
+        data = await _admin_json(request)
+        version = data.get("version")
+        if not isinstance(version, str):
+            raise V2Error(400, "version: a string is required")
+        result = await run_in_threadpool(service.manager.activate, name, version)
+    except V2Error as exc:
+        return error(exc.status, exc.message)
+    except (StoreError, ManifestError, GateFailed, BackendUnavailable, ModelLoadError) as exc:
+        return error(409, str(exc))
+    return JSONResponse(result)
+
+
+async def admin_rollback(request: Request) -> Response:
+    service = _service(request)
+    name = request.path_params["name"]
+    try:
+        data = await _admin_json(request)
+        result = await run_in_threadpool(service.manager.rollback, name, data.get("version"))
+    except V2Error as exc:
+        return error(exc.status, exc.message)
+    except (StoreError, ManifestError, GateFailed, BackendUnavailable, ModelLoadError) as exc:
+        return error(409, str(exc))
+    return JSONResponse(result)
+
+
+class Guard:
+    """ASGI middleware: bearer token (when configured) and loopback-only admin routes."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            request = Request(scope)
+            service: Service = scope["app"].state.service
+            if not service.authorized(request):
+                await error(401, "a valid bearer token is required",
+                            headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)
+                return
+            if request.url.path.startswith("/v2/admin/") and not service.from_loopback(request):
+                await error(403, "admin endpoints answer loopback clients only")(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def create_app(config: RuntimeConfig, manager: Optional[ModelManager] = None) -> Starlette:
+    service = Service(config, manager)
+    routes = [
+        Route("/v2/health/live", live, methods=["GET"]),
+        Route("/v2/health/ready", ready, methods=["GET"]),
+        Route("/v2", server_metadata, methods=["GET"]),
+        Route("/v2/models/{name}", model_metadata_endpoint, methods=["GET"]),
+        Route("/v2/models/{name}/versions/{version}", model_metadata_endpoint, methods=["GET"]),
+        Route("/v2/models/{name}/ready", model_ready, methods=["GET"]),
+        Route("/v2/models/{name}/versions/{version}/ready", model_ready, methods=["GET"]),
+        Route("/v2/models/{name}/infer", infer, methods=["POST"]),
+        Route("/v2/models/{name}/versions/{version}/infer", infer, methods=["POST"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"], include_in_schema=False),
+        Route("/v2/admin/status", admin_status, methods=["GET"], include_in_schema=False),
+        Route("/v2/admin/reload", admin_reload, methods=["POST"], include_in_schema=False),
+        Route("/v2/admin/models/{name}/activate", admin_activate, methods=["POST"], include_in_schema=False),
+        Route("/v2/admin/models/{name}/rollback", admin_rollback, methods=["POST"], include_in_schema=False),
+    ]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        await service.startup()
+        try:
+            yield
+        finally:
+            await service.shutdown()
+
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.service = service
+    app.add_middleware(Guard)
+    return app

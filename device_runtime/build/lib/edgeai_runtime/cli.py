@@ -1,0 +1,189 @@
+"""edgeai-runtime: serve models, and manage the model store with JSON output for Ansible.
+
+  edgeai-runtime [--root DIR] serve [--host H] [--port P]
+  edgeai-runtime [--root DIR] model list|status
+  edgeai-runtime [--root DIR] model install --manifest M --model FILE [--file NAME=PATH ...] [--activate]
+  edgeai-runtime [--root DIR] model activate NAME VERSION
+  edgeai-runtime [--root DIR] model rollback NAME [--version V]
+  edgeai-runtime probe
+
+Every command but ``serve`` prints one JSON object. Exit status 0 means success,
+1 a refused or failed operation (the JSON has ``failed: true`` and ``msg``), 2 bad usage.
+Activation and rollback go through the running service's loopback admin endpoint when
+the service is up, so it switches without a restart; otherwise the same load-and-gate
+runs in this process before the store's pointer moves.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import urllib.error
+import urllib.request
+from typing import Any, Dict, List, Optional
+
+from . import __version__
+from .config import DEFAULT_ROOT, ConfigError, RuntimeConfig, load_config
+from .manifest import Manifest, ManifestError
+
+
+class CommandFailed(Exception):
+    pass
+
+
+def _admin_url(config: RuntimeConfig, path: str) -> str:
+    host = "127.0.0.1" if config.host in ("0.0.0.0", "::", "127.0.0.1", "localhost") or config.loopback_only \
+        else config.host
+    return "http://%s:%d%s" % (host if ":" not in host else "[%s]" % host, config.port, path)
+
+
+def _call_service(config: RuntimeConfig, method: str, path: str, body: Optional[Dict[str, Any]] = None,
+                  timeout: float = 300.0) -> Optional[Dict[str, Any]]:
+    """Call the running service's admin endpoint; None when no service answers."""
+    data = json.dumps(body or {}).encode() if method == "POST" else None
+    request = urllib.request.Request(_admin_url(config, path), data=data, method=method,
+                                     headers={"content-type": "application/json"})
+    if config.token:
+        request.add_header("authorization", "Bearer %s" % config.token)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.loads(exc.read()).get("error", exc.reason)
+        except ValueError:
+            message = exc.reason
+        raise CommandFailed(message) from None
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return None
+
+
+def _manager(config: RuntimeConfig):
+    from .serving import ModelManager
+    from .store import ModelStore
+    return ModelManager(ModelStore(config.root, keep=config.keep_versions), config)
+
+
+def _switch(config: RuntimeConfig, name: str, action: str, version: Optional[str]) -> Dict[str, Any]:
+    body = {"version": version} if version else {}
+    via_service = _call_service(config, "POST", "/v2/admin/models/%s/%s" % (name, action), body)
+    if via_service is not None:
+        via_service["via"] = "service"
+        return via_service
+    manager = _manager(config)
+    try:
+        if action == "activate":
+            result = manager.activate(name, version)
+        else:
+            result = manager.rollback(name, version)
+    finally:
+        manager.close()
+    result["via"] = "store"
+    return result
+
+
+def cmd_model(args: argparse.Namespace, config: RuntimeConfig) -> Dict[str, Any]:
+    from .store import ModelStore
+    store = ModelStore(config.root, keep=config.keep_versions)
+    if args.action in ("list", "status"):
+        result: Dict[str, Any] = {"changed": False, "models": store.status()}
+        if args.action == "status":
+            result["service"] = _call_service(config, "GET", "/v2/admin/status", timeout=10)
+        return result
+    if args.action == "install":
+        try:
+            with open(args.manifest, encoding="utf-8") as f:
+                manifest = Manifest.from_json(f.read())
+        except OSError as exc:
+            raise CommandFailed("reading manifest %s: %s" % (args.manifest, exc.strerror)) from None
+        with open(args.model, "rb") as f:
+            model = f.read()
+        files = {}
+        for spec in args.file or []:
+            fname, sep, path = spec.partition("=")
+            if not sep:
+                raise CommandFailed("--file takes NAME=PATH, got %r" % spec)
+            with open(path, "rb") as f:
+                files[fname] = f.read()
+        change = store.install(manifest, model, files)
+        result = {"changed": change.changed, "name": change.name, "version": change.version, "msg": change.message}
+        if args.activate:
+            switched = _switch(config, manifest.name, "activate", manifest.version)
+            result["changed"] = result["changed"] or bool(switched.get("changed"))
+            result["activation"] = switched
+        return result
+    if args.action == "activate":
+        return _switch(config, args.name, "activate", args.version)
+    if args.action == "rollback":
+        return _switch(config, args.name, "rollback", args.version)
+    if args.action == "remove":
+        change = store.remove(args.name, args.version)
+        return {"changed": change.changed, "name": change.name, "version": change.version, "msg": change.message}
+    raise CommandFailed("unknown model action %s" % args.action)
+
+
+def cmd_probe(args: argparse.Namespace, config: RuntimeConfig) -> Dict[str, Any]:
+    from .backends import probe_all
+    return {"changed": False, "runtimes": {k: {"available": v is None, "reason": v} for k, v in probe_all().items()}}
+
+
+def cmd_serve(args: argparse.Namespace, config: RuntimeConfig) -> int:
+    import uvicorn
+    from .app import create_app
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(create_app(config), host=config.host, port=config.port, log_level="info", access_log=False,
+                timeout_graceful_shutdown=int(config.drain_timeout_s))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgeai-runtime", description=__doc__.split("\n", maxsplit=1)[0])
+    parser.add_argument("--version", action="version", version=__version__)
+    parser.add_argument("--root", default=DEFAULT_ROOT, help="device layout root (default %(default)s)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the inference service")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    sub.add_parser("probe", help="which runtime backends can load models here, and why not")
+    model = sub.add_parser("model", help="manage the model store")
+    actions = model.add_subparsers(dest="action", required=True)
+    actions.add_parser("list")
+    actions.add_parser("status")
+    install = actions.add_parser("install")
+    install.add_argument("--manifest", required=True)
+    install.add_argument("--model", required=True)
+    install.add_argument("--file", action="append", metavar="NAME=PATH", help="gate data file to store beside")
+    install.add_argument("--activate", action="store_true", help="activate after installing")
+    activate = actions.add_parser("activate")
+    activate.add_argument("name")
+    activate.add_argument("version")
+    rollback = actions.add_parser("rollback")
+    rollback.add_argument("name")
+    rollback.add_argument("--version")
+    remove = actions.add_parser("remove")
+    remove.add_argument("name")
+    remove.add_argument("version")
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        overrides = {"host": getattr(args, "host", None), "port": getattr(args, "port", None)}
+        config = load_config(args.root, **overrides)
+        if args.command == "serve":
+            return cmd_serve(args, config)
+        result = cmd_probe(args, config) if args.command == "probe" else cmd_model(args, config)
+    except (CommandFailed, ConfigError, ManifestError, OSError) as exc:
+        print(json.dumps({"failed": True, "changed": False, "msg": str(exc)}))
+        return 1
+    except Exception as exc:  # StoreError, GateFailed, BackendUnavailable, ModelLoadError: one line each
+        print(json.dumps({"failed": True, "changed": False, "msg": str(exc), "error": type(exc).__name__}))
+        return 1
+    print(json.dumps(result, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
