@@ -23,12 +23,7 @@ fi
 
 host_arch=$(dpkg --print-architecture)
 if [ "$arch" != "$host_arch" ]; then
-  # Foreign targets run under qemu-user through binfmt_misc.
-  if [ ! -e /proc/sys/fs/binfmt_misc/register ]; then
-    mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
-  fi
-  update-binfmts --enable qemu-aarch64 >/dev/null 2>&1 || true
-  [ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || die "binfmt for qemu-aarch64 is not enabled; is qemu-user-static installed?"
+  bash "$EDGEAI_ROOT/scripts/qemu-binfmt.sh"  # foreign targets run under qemu-user
 fi
 
 work=$(mktemp -d "${TMPDIR:-/var/tmp}/edgeai-rootfs-$arch.XXXXXX")

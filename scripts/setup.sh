@@ -23,11 +23,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # arm64 targets run under qemu-user through binfmt_misc.
-if [ ! -e /proc/sys/fs/binfmt_misc/register ]; then
-  mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc || die "cannot mount binfmt_misc"
-fi
-[ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || update-binfmts --enable qemu-aarch64 \
-  || die "cannot enable binfmt for qemu-aarch64"
+bash scripts/qemu-binfmt.sh
 
 # The venv, reinstalled only when requirements-dev.txt or device_runtime/pyproject.toml changes.
 stamp="$EDGEAI_VENV/.requirements.sha256"

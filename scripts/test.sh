@@ -27,6 +27,9 @@ antsibull-changelog lint
 stage "ansible-test sanity"
 bash scripts/sanity.sh
 
+stage "demo models (built offline)"
+python scripts/build-demo-models.py "$EDGEAI_STATE/demo-models"
+
 stage "molecule test (default: generic amd64 + raspberry_pi arm64)"
 molecule test --scenario-name default
 

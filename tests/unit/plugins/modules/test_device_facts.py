@@ -6,6 +6,7 @@ in tests/unit/conftest.py); the module ends with SystemExit and prints its resul
 from __future__ import annotations
 
 import json
+import platform
 import shutil
 import sys
 
@@ -68,7 +69,9 @@ def test_facts_from_evidence_root(run_module, hardware_fixture, tmp_path, pytest
     assert set(facts) == {
         'hardware_class', 'detected_class', 'class_source', 'class_evidence', 'model', 'compatible', 'machine',
         'arch', 'cpu_count', 'memory_bytes', 'accelerators', 'os', 'l4t_version', 'jetpack_version',
-        'runtimes', 'warnings'}
+        'runtimes', 'warnings', 'python'}
+    assert facts['python']['version'] == platform.python_version()
+    assert facts['python']['libc'] == (platform.libc_ver()[0] or None)
 
 
 def test_default_runtime_table(run_module, hardware_fixture, tmp_path):
