@@ -87,13 +87,13 @@ def test_accuracy_on_the_test_split(request, digits, fixture):
 
 def test_float_model_matches_scikit_learn(digits, digits_tflite):
     be = LiteRTBackend(digits_tflite, BackendOptions())
-    X, _ = modelgen.validation_set(digits)
+    X = modelgen.validation_set(digits)[0]
     np.testing.assert_allclose(_probs(be, X), digits.predict_proba(X), atol=1e-4)
 
 
 def test_int8_model_is_really_quantized_and_close(digits, digits_tflite_int8):
     be = LiteRTBackend(digits_tflite_int8, BackendOptions(precision="int8"))
-    X, _ = modelgen.validation_set(digits)
+    X = modelgen.validation_set(digits)[0]
     p = _probs(be, X)
     diff = np.abs(p - digits.predict_proba(X)).max()
     assert 0 < diff < 0.1, diff          # not bit-identical (int8 weights), but close

@@ -222,7 +222,7 @@ def test_empty_bytes_raise_model_load_error():
 
 def test_concurrent_infer_matches_sequential(classifier):
     rng = np.random.default_rng(7)
-    batches = [rng.standard_normal((8, 64)).astype(np.float32) for _ in range(16)]
+    batches = [rng.standard_normal((8, 64)).astype(np.float32) for i in range(16)]
     expected = [numpy_classifier(x) for x in batches]
     results = [None] * len(batches)
     errors = []

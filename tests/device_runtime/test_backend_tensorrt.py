@@ -53,7 +53,7 @@ def fresh_probe_cache():
 def test_module_import_does_not_import_tensorrt():
     code = ("import sys, edgeai_runtime.backends.tensorrt as m; "
             "assert 'tensorrt' not in sys.modules, 'imported'; print('ok')")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok"
 

@@ -59,15 +59,19 @@ class Backend(abc.ABC):
     def __init__(self, model: bytes, options: BackendOptions) -> None:
         """Load the model from bytes. Raise BackendUnavailable or ModelLoadError."""
 
-    @property
-    @abc.abstractmethod
-    def inputs(self) -> Sequence[TensorSpec]:
-        """The model's inputs, in order."""
+    #: Filled in by each backend's constructor from what the loaded model declares.
+    _inputs: Sequence[TensorSpec] = ()
+    _outputs: Sequence[TensorSpec] = ()
 
     @property
-    @abc.abstractmethod
+    def inputs(self) -> Sequence[TensorSpec]:
+        """The model's inputs, in order."""
+        return list(self._inputs)
+
+    @property
     def outputs(self) -> Sequence[TensorSpec]:
         """The model's outputs, in order."""
+        return list(self._outputs)
 
     @property
     def details(self) -> Dict[str, object]:

@@ -78,8 +78,7 @@ class LiteRTBackend(Backend):
 
     @classmethod
     def probe(cls) -> Optional[str]:
-        mod, _ = import_interpreter_module()
-        return None if mod is not None else NOT_INSTALLED
+        return None if import_interpreter_module()[0] is not None else NOT_INSTALLED
 
     @classmethod
     def _precision_reason(cls, precision: str) -> Optional[str]:
@@ -176,14 +175,6 @@ class LiteRTBackend(Backend):
         return TensorSpec(name=str(detail["name"]), datatype=datatype, shape=dims)
 
     # ------------------------------------------------------------------ interface
-
-    @property
-    def inputs(self) -> Sequence[TensorSpec]:
-        return list(self._inputs)
-
-    @property
-    def outputs(self) -> Sequence[TensorSpec]:
-        return list(self._outputs)
 
     @property
     def details(self) -> Dict[str, object]:

@@ -232,14 +232,6 @@ class OnnxBackend(Backend):
         return TensorSpec(name=arg.name, datatype=datatype, shape=ort_shape(arg.shape))
 
     @property
-    def inputs(self) -> Sequence[TensorSpec]:
-        return list(self._inputs)
-
-    @property
-    def outputs(self) -> Sequence[TensorSpec]:
-        return list(self._outputs)
-
-    @property
     def details(self) -> Dict[str, object]:
         return dict(self._details)
 

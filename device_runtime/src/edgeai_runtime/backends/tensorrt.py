@@ -361,14 +361,6 @@ class TensorRTBackend(Backend):
         }
 
     @property
-    def inputs(self) -> Sequence[TensorSpec]:
-        return list(self._inputs)
-
-    @property
-    def outputs(self) -> Sequence[TensorSpec]:
-        return list(self._outputs)
-
-    @property
     def details(self) -> Dict[str, object]:
         return dict(self._details)
 

@@ -311,6 +311,22 @@ def test_nvidia_3d_controller_is_a_dgpu(tmp_path):
     assert facts['hardware_class'] == 'generic'
 
 
+def test_no_dgpu_reported_on_a_tegra(tmp_path, hardware_fixture):
+    """An NVIDIA display-class PCI function on a Tegra board is not reported as a dGPU (the code's own rule)."""
+    root = tmp_path / 'root'
+    shutil.copytree(hardware_fixture('jetson_agx_orin_jp512'), str(root))
+    for name, value in (('vendor', '0x10de'), ('device', '0x2504'), ('class', '0x030000')):
+        write(root, '/sys/bus/pci/devices/0005:01:00.0/' + name, value + '\n')
+    facts = _hardware.probe(HostView(str(root)), machine='aarch64')
+    assert [a['kind'] for a in facts['accelerators']] == ['tegra_igpu']
+    # Without the Tegra compatible the same function is a dGPU.
+    os.remove(str(root / 'proc' / 'device-tree' / 'compatible'))
+    os.remove(str(root / 'etc' / 'nv_tegra_release'))
+    os.remove(str(root / 'proc' / 'device-tree' / 'model'))
+    facts = _hardware.probe(HostView(str(root)), machine='aarch64')
+    assert facts['accelerators'] == [{'kind': 'nvidia_dgpu', 'pci_slot': '0005:01:00.0', 'pci_id': '10de:2504'}]
+
+
 def test_unknown_usb_and_pci_devices_are_not_accelerators(tmp_path):
     write(tmp_path, '/sys/bus/usb/devices/1-1/idVendor', '18d1\n')      # Google, but not the Edge TPU
     write(tmp_path, '/sys/bus/usb/devices/1-1/idProduct', '4ee7\n')
