@@ -89,3 +89,44 @@ def test_backend_error_reaches_every_request_of_the_batch():
             return results
 
     assert all(isinstance(r, RuntimeError) and "device lost" in str(r) for r in run(main()))
+
+
+def test_a_lone_request_does_not_wait_out_the_delay():
+    """With nothing else in flight there is nobody to batch with: run at once, not after max_delay."""
+    def infer(inputs):
+        return {"y": inputs["x"]}
+
+    async def main():
+        with ThreadPoolExecutor(1) as pool:
+            batcher = Batcher(infer, pool, max_batch=32, max_delay_s=0.5, max_queue=8)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            await batcher.submit({"x": np.zeros((1, 2), np.float32)})
+            elapsed = loop.time() - started
+            batcher.close()
+            return elapsed
+
+    assert run(main()) < 0.25
+
+
+def test_close_fails_waiting_requests_instead_of_hanging():
+    release = threading.Event()
+
+    def slow_infer(inputs):
+        release.wait(5)
+        return {"y": inputs["x"]}
+
+    async def main():
+        with ThreadPoolExecutor(1) as pool:
+            batcher = Batcher(slow_infer, pool, max_batch=1, max_delay_s=0, max_queue=4)
+            running = asyncio.ensure_future(batcher.submit({"x": np.zeros((1, 1))}))
+            await asyncio.sleep(0.05)
+            queued = asyncio.ensure_future(batcher.submit({"x": np.zeros((1, 1))}))
+            await asyncio.sleep(0.05)
+            batcher.close()
+            results = await asyncio.wait_for(asyncio.gather(running, queued, return_exceptions=True), 2)
+            release.set()
+            return results
+
+    results = run(main())
+    assert all(isinstance(r, RuntimeError) and "unloaded" in str(r) for r in results), results

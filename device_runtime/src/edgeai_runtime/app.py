@@ -106,9 +106,14 @@ class Service:
             self._loop.call_soon_threadsafe(self._drop_stale_batchers)
 
     def _drop_stale_batchers(self) -> None:
+        """Close the batchers of unloaded versions once their last request is answered."""
         live = {id(m) for m in self.manager.loaded()}
-        for key in [k for k in self._batchers if k[2] not in live]:
-            self._batchers.pop(key).close()
+        stale = [k for k in self._batchers if k[2] not in live]
+        for key in stale:
+            if self._batchers[key].idle:
+                self._batchers.pop(key).close()
+        if any(k in self._batchers for k in stale) and self._loop is not None:
+            self._loop.call_later(0.2, self._drop_stale_batchers)
 
     def batcher(self, model: LoadedModel) -> Batcher:
         key = (model.name, model.version, id(model))

@@ -57,6 +57,7 @@ class Batcher:
         self.queue: "asyncio.Queue[_Request]" = asyncio.Queue(maxsize=max(1, max_queue))
         self.on_batch = on_batch
         self._carry: Optional[_Request] = None
+        self._outstanding = 0  # submitted and not answered yet: who could still join a batch
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def submit(self, inputs: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
@@ -66,10 +67,26 @@ class Batcher:
             self.queue.put_nowait(_Request(inputs, rows, future))
         except asyncio.QueueFull:
             raise Overloaded(retry_after=1) from None
-        return await future
+        self._outstanding += 1
+        try:
+            return await future
+        finally:
+            self._outstanding -= 1
+
+    @property
+    def idle(self) -> bool:
+        return self._outstanding == 0
 
     def close(self) -> None:
+        """Stop the worker; anything still waiting gets an error instead of waiting forever."""
         self._task.cancel()
+        pending = [self._carry] if self._carry else []
+        while not self.queue.empty():
+            pending.append(self.queue.get_nowait())
+        self._carry = None
+        for request in pending:
+            if not request.future.done():
+                request.future.set_exception(RuntimeError("the model version was unloaded"))
 
     async def _next_batch(self) -> List[_Request]:
         first = self._carry or await self.queue.get()
@@ -81,6 +98,8 @@ class Batcher:
             try:
                 nxt = self.queue.get_nowait()
             except asyncio.QueueEmpty:
+                if self._outstanding <= len(batch):
+                    break  # every request in flight is already in this batch: waiting gains nothing
                 timeout = deadline - loop.time()
                 if timeout <= 0:
                     break
@@ -109,6 +128,11 @@ class Batcher:
                 for request, part in zip(batch, split(outputs, batch)):
                     if not request.future.done():
                         request.future.set_result(part)
+            except asyncio.CancelledError:  # closed mid-batch: nobody may be left waiting
+                for request in batch:
+                    if not request.future.done():
+                        request.future.set_exception(RuntimeError("the model version was unloaded"))
+                raise
             except Exception as exc:  # the backend failed: every request of the batch gets the error
                 for request in batch:
                     if not request.future.done():
