@@ -224,3 +224,24 @@ def test_cloud_fallback_answers_when_no_local_model_is_ready(server, tmp_path, d
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_binary_tensor_extension(server, digits):
+    """Inputs as raw little-endian bytes after the JSON header, outputs asked back as bytes."""
+    client = server.client
+    x = np.ascontiguousarray(digits.X_test[:3], dtype="<f4")
+    header = json.dumps({"inputs": [{"name": "input", "shape": [3, 64], "datatype": "FP32",
+                                     "parameters": {"binary_data_size": x.nbytes}}],
+                         "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}]}).encode()
+    reply = client.post("/v2/models/digits/infer", content=header + x.tobytes(),
+                        headers={"inference-header-content-length": str(len(header))})
+    assert reply.status_code == 200, reply.text
+    length = int(reply.headers["inference-header-content-length"])
+    meta = json.loads(reply.content[:length])
+    [out] = meta["outputs"]
+    assert out["parameters"]["binary_data_size"] == 3 * 10 * 4 and "data" not in out
+    probs = np.frombuffer(reply.content[length:], dtype="<f4").reshape(out["shape"])
+    np.testing.assert_allclose(probs, digits.predict_proba(x), atol=1e-4)
+    short = client.post("/v2/models/digits/infer", content=header + x.tobytes()[:100],
+                        headers={"inference-header-content-length": str(len(header))})
+    assert short.status_code == 400 and "binary_data_size" in short.json()["error"]

@@ -1,9 +1,8 @@
 """An unchanged standard KServe v2 client (NVIDIA's ``tritonclient.http``) against a real server on 127.0.0.1.
 
-The client is used exactly as its documentation shows; nothing in it is patched. The service
-speaks the protocol's JSON tensors (``GET /v2`` lists no extensions), so the tensors are sent
-with ``binary_data=False``. The client's default, Triton's binary tensor data extension, is
-covered by the last test.
+The client is used exactly as its documentation shows; nothing in it is patched. Both ways it
+sends tensors are covered: JSON tensors (``binary_data=False``) and its default, the binary
+tensor data extension (``GET /v2`` lists ``binary_tensor_data``).
 """
 from __future__ import annotations
 
@@ -79,8 +78,6 @@ def test_infer_errors_reach_the_client(served, digits):
         served.infer("digits", [tensor])
 
 
-@pytest.mark.xfail(strict=True, raises=httpclient.InferenceServerException, reason="the service does not implement Triton's binary tensor data extension "
-                                       "(tritonclient's default binary_data=True); it answers 400")
 def test_infer_with_the_clients_default_binary_tensors(served, digits):
     x = np.ascontiguousarray(digits.X_test[:4], dtype=np.float32)
     probs = _infer(served, x, binary=True).as_numpy("probabilities")

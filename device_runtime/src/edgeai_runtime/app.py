@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import hmac
 import ipaddress
+import json
 import logging
 import signal
 import time
@@ -38,7 +39,8 @@ from .manifest import ManifestError
 from .metrics import Metrics
 from .serving import LoadedModel, ModelManager, ModelNotFound
 from .store import ModelStore, StoreError
-from .v2 import V2Error, decode_request, encode_response, model_metadata, parse_json
+from .v2 import (BINARY_HEADER, V2Error, binary_outputs, decode_request, encode_response, model_metadata,
+                 parse_json, split_body)
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +210,7 @@ async def server_metadata(request: Request) -> Response:
     responses:
       200: {description: Name, version and extensions.}
     """
-    return JSONResponse({"name": "edgeai-runtime", "version": __version__, "extensions": []})
+    return JSONResponse({"name": "edgeai-runtime", "version": __version__, "extensions": ["binary_tensor_data"]})
 
 
 def _model_args(request: Request) -> Tuple[str, Optional[str]]:
@@ -295,10 +297,11 @@ async def infer(request: Request) -> Response:
             raise
         labels = (model.name, model.version)
         try:
-            data = parse_json(body)
-            arrays, wanted = decode_request(data, model.manifest, max_batch=None)
+            data, binary = split_body(body, request.headers.get(BINARY_HEADER))
+            arrays, wanted = decode_request(data, model.manifest, max_batch=None, binary=binary)
             outputs = await service.batcher(model).submit(arrays)
-            payload = encode_response(model.manifest, outputs, data.get("id"), wanted)
+            payload, raw = encode_response(model.manifest, outputs, data.get("id"), wanted,
+                                           binary_outputs(data, model.manifest))
         finally:
             model.release()
     except V2Error as exc:
@@ -315,7 +318,11 @@ async def infer(request: Request) -> Response:
         return error(500, "inference failed: %s" % str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__)
     service.metrics.inferences.labels(*labels).inc()
     service.metrics.duration.labels(*labels).observe(time.perf_counter() - started)
-    return JSONResponse(payload)
+    if not raw:
+        return JSONResponse(payload)
+    header = json.dumps(payload, separators=(",", ":")).encode()
+    return Response(header + raw, media_type="application/octet-stream",
+                    headers={BINARY_HEADER: str(len(header))})
 
 
 async def metrics_endpoint(request: Request) -> Response:

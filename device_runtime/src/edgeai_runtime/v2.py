@@ -32,14 +32,29 @@ def parse_json(body: bytes) -> Dict[str, Any]:
     return data
 
 
+#: Header of the binary tensor data extension: the length of the JSON part of the body.
+BINARY_HEADER = "inference-header-content-length"
+
+
+def split_body(body: bytes, json_length: Optional[str]) -> Tuple[Dict[str, Any], bytes]:
+    """The JSON request and, with the binary tensor data extension, the raw tensor bytes after it."""
+    if json_length is None:
+        return parse_json(body), b""
+    if not json_length.isdigit() or int(json_length) > len(body):
+        raise V2Error(400, "Inference-Header-Content-Length: %r does not fit a body of %d bytes"
+                      % (json_length, len(body)))
+    return parse_json(body[:int(json_length)]), body[int(json_length):]
+
+
 def _shape_matches(shape: Sequence[int], spec: Sequence[int]) -> bool:
     return len(shape) == len(spec) and all(s == d or d == -1 for s, d in zip(shape, spec))
 
 
-def decode_request(data: Mapping[str, Any], manifest: Manifest,
-                   max_batch: Optional[int] = None) -> Tuple[Dict[str, np.ndarray], Optional[List[str]]]:
+def decode_request(data: Mapping[str, Any], manifest: Manifest, max_batch: Optional[int] = None,
+                   binary: bytes = b"") -> Tuple[Dict[str, np.ndarray], Optional[List[str]]]:
     """Turn a v2 infer request into {input name: array}, checked against the manifest.
 
+    ``binary`` holds the tensors sent with the binary tensor data extension, in input order.
     Returns the arrays and the requested output names (None for all).
     """
     inputs = data.get("inputs")
@@ -47,6 +62,7 @@ def decode_request(data: Mapping[str, Any], manifest: Manifest,
         raise V2Error(400, "inputs: must be a non-empty list of tensors")
     specs = {t.name: t for t in manifest.inputs}
     arrays: Dict[str, np.ndarray] = {}
+    offset = 0
     for i, tensor in enumerate(inputs):
         where = "inputs[%d]" % i
         if not isinstance(tensor, dict):
@@ -57,7 +73,15 @@ def decode_request(data: Mapping[str, Any], manifest: Manifest,
                           % (where, name, manifest.name, manifest.version, ", ".join(sorted(specs))))
         if name in arrays:
             raise V2Error(400, "%s.name: input %r is given twice" % (where, name))
-        arrays[name] = _decode_tensor(tensor, specs[name], "%s (%s)" % (where, name))
+        size = (tensor.get("parameters") or {}).get("binary_data_size")
+        if size is not None:
+            if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+                raise V2Error(400, "%s (%s).parameters.binary_data_size: %r bytes are not in the body"
+                              % (where, name, size))
+            chunk, offset = binary[offset:offset + size], offset + size
+        else:
+            chunk = None
+        arrays[name] = _decode_tensor(tensor, specs[name], "%s (%s)" % (where, name), chunk)
     missing = sorted(set(specs) - set(arrays))
     if missing:
         raise V2Error(400, "inputs: missing %s" % ", ".join(missing))
@@ -81,7 +105,8 @@ def decode_request(data: Mapping[str, Any], manifest: Manifest,
     return arrays, wanted
 
 
-def _decode_tensor(tensor: Mapping[str, Any], spec: TensorSignature, where: str) -> np.ndarray:
+def _decode_tensor(tensor: Mapping[str, Any], spec: TensorSignature, where: str,
+                   chunk: Optional[bytes] = None) -> np.ndarray:
     datatype = tensor.get("datatype")
     if datatype != spec.datatype:
         raise V2Error(400, "%s.datatype: %r, but the model takes %s" % (where, datatype, spec.datatype))
@@ -90,27 +115,53 @@ def _decode_tensor(tensor: Mapping[str, Any], spec: TensorSignature, where: str)
         raise V2Error(400, "%s.shape: must be a list of non-negative integers" % where)
     if not _shape_matches(shape, spec.shape):
         raise V2Error(400, "%s.shape: %s does not fit the model's %s (-1 is any size)" % (where, shape, spec.shape))
+    count = math.prod(shape)
+    dtype = V2_TO_NUMPY[datatype]
+    if chunk is not None:
+        if len(chunk) != count * dtype.itemsize:
+            raise V2Error(400, "%s.parameters.binary_data_size: %d bytes, but shape %s of %s takes %d"
+                          % (where, len(chunk), shape, datatype, count * dtype.itemsize))
+        return np.frombuffer(chunk, dtype=dtype.newbyteorder("<")).astype(dtype, copy=False).reshape(shape)
     if "data" not in tensor:
         raise V2Error(400, "%s.data: missing" % where)
     try:
-        array = np.asarray(tensor["data"], dtype=V2_TO_NUMPY[datatype])
+        array = np.asarray(tensor["data"], dtype=dtype)
     except (TypeError, ValueError, OverflowError) as exc:
         raise V2Error(400, "%s.data: not %s values: %s" % (where, datatype, exc)) from None
-    count = math.prod(shape)
     if array.size != count:
         raise V2Error(400, "%s.data: %d values, but shape %s holds %d" % (where, array.size, shape, count))
     return array.reshape(shape)
 
 
+def binary_outputs(data: Mapping[str, Any], manifest: Manifest) -> List[str]:
+    """The outputs the client asked to get as binary data (request-wide ``binary_data_output``,
+    or ``binary_data`` on a requested output)."""
+    everything = bool((data.get("parameters") or {}).get("binary_data_output"))
+    requested = {o["name"]: bool((o.get("parameters") or {}).get("binary_data", everything))
+                 for o in data.get("outputs") or []}
+    if requested:
+        return [n for n, binary in requested.items() if binary]
+    return [t.name for t in manifest.outputs] if everything else []
+
+
 def encode_response(manifest: Manifest, outputs: Mapping[str, np.ndarray], request_id: Optional[str],
-                    wanted: Optional[List[str]]) -> Dict[str, Any]:
-    names = wanted or [t.name for t in manifest.outputs]
-    body: Dict[str, Any] = {"model_name": manifest.name, "model_version": manifest.version, "outputs": [
-        {"name": n, "datatype": v2_datatype(outputs[n].dtype), "shape": list(outputs[n].shape),
-         "data": outputs[n].ravel().tolist()} for n in names]}
+                    wanted: Optional[List[str]], binary: Sequence[str] = ()) -> Tuple[Dict[str, Any], bytes]:
+    """The v2 response: JSON, plus the little-endian bytes of the outputs in ``binary``, in order."""
+    tensors, chunks = [], []
+    for name in wanted or [t.name for t in manifest.outputs]:
+        value = outputs[name]
+        tensor: Dict[str, Any] = {"name": name, "datatype": v2_datatype(value.dtype), "shape": list(value.shape)}
+        if name in binary:
+            raw = np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("<")).tobytes()
+            tensor["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            tensor["data"] = value.ravel().tolist()
+        tensors.append(tensor)
+    body: Dict[str, Any] = {"model_name": manifest.name, "model_version": manifest.version, "outputs": tensors}
     if request_id is not None:
         body["id"] = request_id
-    return body
+    return body, b"".join(chunks)
 
 
 def model_metadata(manifest: Manifest, platform: str) -> Dict[str, Any]:
