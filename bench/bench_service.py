@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Benchmark of the edgeai-runtime inference service against raw onnxruntime, on the digits model.
 
     .venv/bin/python bench/bench_service.py [--quick] [--out summary.json]
@@ -162,7 +161,7 @@ def closed_loop(make_worker: Callable[[], Tuple[Callable[[], bool], Callable[[],
     """``concurrency`` threads call their worker back to back: ``warmup_s`` unrecorded, then
     ``measure_s`` (or ``cap`` calls in all) recorded. A worker returns False for a failed call.
     Returns (latencies in seconds, failed calls, wall seconds of the recorded window)."""
-    latencies: List[List[float]] = [[] for _ in range(concurrency)]
+    latencies: List[List[float]] = [[] for i in range(concurrency)]
     failures = [0] * concurrency
     barrier = threading.Barrier(concurrency + 1)
     stop_at = [0.0]
@@ -306,7 +305,7 @@ class SteadyLoad:
 
     def __init__(self, base: str, body: bytes, clients: int, limit_s: float) -> None:
         self.base, self.body = base, body
-        self.records: List[List[tuple]] = [[] for _ in range(clients)]
+        self.records: List[List[tuple]] = [[] for i in range(clients)]
         self.stop = threading.Event()
         self.deadline = time.perf_counter() + limit_s
         self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(clients)]
@@ -349,15 +348,15 @@ def part_hot_swap(profile: dict, digits, service: Service) -> dict:
     with SteadyLoad(service.base, body, profile["swap_clients"], limit) as load:
         time.sleep(profile["steady_s"])
         steady_end = time.perf_counter()
-        for _ in range(profile["swap_cycles"]):
+        for cycle in range(profile["swap_cycles"]):  # pylint: disable=unused-variable
             for version in ("2.0.0", "1.0.0"):
                 t0 = time.perf_counter()
-                result, _ = service.cli("model", "activate", "digits", version)
+                result = service.cli("model", "activate", "digits", version)[0]
                 windows.append({"how": "cli", "target": version, "t0": t0, "t1": time.perf_counter(),
                                 "failed": bool(result.get("failed")), "instant": result.get("instant"),
                                 "switch_s": result.get("seconds"), "msg": result.get("msg")})
                 time.sleep(profile["swap_gap_s"])
-        for _ in range(profile["admin_cycles"]):
+        for cycle in range(profile["admin_cycles"]):  # pylint: disable=unused-variable
             for version in ("2.0.0", "1.0.0"):
                 t0 = time.perf_counter()
                 reply = admin.post("/v2/admin/models/digits/activate", json={"version": version}, timeout=60)
@@ -373,8 +372,8 @@ def part_hot_swap(profile: dict, digits, service: Service) -> dict:
     steady_p99 = pct(steady, 99)
 
     def in_windows(how: str) -> List[float]:
-        return [r[1] - r[0] for r in records if any(r[0] <= w["t1"] + SETTLE_S and r[1] >= w["t0"]
-                                                     for w in windows if w["how"] == how)]
+        return [r[1] - r[0] for r in records
+                if any(r[0] <= w["t1"] + SETTLE_S and r[1] >= w["t0"] for w in windows if w["how"] == how)]
 
     # After a switch has returned, every request that starts later must be served by the target.
     stale = 0
@@ -443,7 +442,7 @@ def part_rollback(profile: dict, digits, service: Service, onnx_v1: bytes, onnx_
             cli_started = time.perf_counter()
             seconds, proc, sent = time_until_served(
                 client, body, target, lambda: subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True))
-            out, _ = proc.communicate(timeout=60)
+            out = proc.communicate(timeout=60)[0]
             cli_wall = time.perf_counter() - cli_started
             result = json.loads(out) if out.strip() else {"failed": True}
             cli_trials.append({"to": target, "served_s": seconds, "cli_wall_s": round(cli_wall, 4),
@@ -481,7 +480,7 @@ def part_rollback(profile: dict, digits, service: Service, onnx_v1: bytes, onnx_
     manager.activate("digits", "1.0.0")
     manager.activate("digits", "2.0.0")
     hot = []
-    for _ in range(profile["inproc_trials"]):
+    for trial in range(profile["inproc_trials"]):  # pylint: disable=unused-variable
         t0 = time.perf_counter()
         result = manager.rollback("digits")
         hot.append(time.perf_counter() - t0)
@@ -516,7 +515,7 @@ def part_rollback(profile: dict, digits, service: Service, onnx_v1: bytes, onnx_
 # -- main -------------------------------------------------------------------------------------------
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     parser.add_argument("--quick", action="store_true", help="short measurement windows (under ~40 s)")
     parser.add_argument("--out", help="also write the JSON summary to this file")
     parser.add_argument("--keep", action="store_true", help="keep the temporary store roots and service logs")
@@ -591,8 +590,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         "targets": {"p50_overhead_ms_max": TARGET_OVERHEAD_MS, "swap_failed_requests": TARGET_SWAP_FAILURES,
                     "rollback_s_max": TARGET_ROLLBACK_S},
         "overhead": cells,
-        "headline_batch1_conc1_delay0": {k: headline[k] for k in ("p50_overhead_ms", "p50_ratio", "p99_ratio",
-                                                                    "throughput_ratio", "overhead_target_met")},
+        "headline_batch1_conc1_delay0": {
+            k: headline[k] for k in ("p50_overhead_ms", "p50_ratio", "p99_ratio", "throughput_ratio",
+                                     "overhead_target_met")},
         "hot_swap": swap,
         "rollback": rollback,
         "targets_met": {"overhead_batch1_conc1": headline["overhead_target_met"],
