@@ -16,13 +16,15 @@ from support.digits_store import digits_manifest, install_digits, untrained_digi
 
 
 @pytest.fixture(scope="module")
-def digits():
-    return modelgen.train_digits_mlp(seed=0)
+def onnx_v1(digits_onnx):
+    """The digits model (conftest's session fixture) as the first version."""
+    return digits_onnx
 
 
 @pytest.fixture(scope="module")
-def onnx_v1(digits):
-    return modelgen.digits_onnx(digits)
+def onnx_v2():
+    """A second, independently trained good model."""
+    return modelgen.digits_onnx(modelgen.train_digits_mlp(seed=3))
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +87,8 @@ def test_corrupt_model_fails_to_load_and_old_keeps_serving(store, digits, onnx_v
     assert store.active("digits") == "1.0.0" and manager.ready("digits")
 
 
-def test_rollback_is_instant_and_in_flight_requests_finish(store, digits, onnx_v1):
-    v2 = modelgen.digits_onnx(modelgen.train_digits_mlp(seed=3))
+def test_rollback_is_instant_and_in_flight_requests_finish(store, digits, onnx_v1, onnx_v2):
+    v2 = onnx_v2
     install_digits(store, "1.0.0", onnx_v1, digits)
     install_digits(store, "2.0.0", v2, digits)
     manager = manager_for(store)
@@ -102,8 +104,8 @@ def test_rollback_is_instant_and_in_flight_requests_finish(store, digits, onnx_v
     assert store.active("digits") == "1.0.0" and store.pointer("digits", "previous") == "2.0.0"
 
 
-def test_swap_under_load_fails_no_request(store, digits, onnx_v1):
-    v2 = modelgen.digits_onnx(modelgen.train_digits_mlp(seed=3))
+def test_swap_under_load_fails_no_request(store, digits, onnx_v1, onnx_v2):
+    v2 = onnx_v2
     install_digits(store, "1.0.0", onnx_v1, digits)
     install_digits(store, "2.0.0", v2, digits)
     manager = manager_for(store)
@@ -130,8 +132,8 @@ def test_swap_under_load_fails_no_request(store, digits, onnx_v1):
     assert failures == [] and served == {"1.0.0", "2.0.0"}
 
 
-def test_previous_is_unloaded_beyond_the_memory_limit(store, digits, onnx_v1):
-    v2 = modelgen.digits_onnx(modelgen.train_digits_mlp(seed=3))
+def test_previous_is_unloaded_beyond_the_memory_limit(store, digits, onnx_v1, onnx_v2):
+    v2 = onnx_v2
     install_digits(store, "1.0.0", onnx_v1, digits)
     install_digits(store, "2.0.0", v2, digits)
     manager = manager_for(store, memory_limit_bytes=len(onnx_v1) + len(v2) // 2)
