@@ -30,7 +30,9 @@ def test_concurrent_requests_share_a_batch_and_get_their_own_rows():
             return results
 
     results = run(main())
-    assert seen == [8]
+    # The first request finds nothing in flight and runs at once; the seven that arrive while
+    # it runs are batched together.
+    assert seen == [1, 7]
     for i, result in enumerate(results):
         np.testing.assert_array_equal(result["y"], np.full((1, 3), 2 * i, np.float32))
 
@@ -63,9 +65,11 @@ def test_full_queue_is_refused_at_once_and_memory_stays_bounded():
         with ThreadPoolExecutor(1) as pool:
             batcher = Batcher(slow_infer, pool, max_batch=1, max_delay_s=0, max_queue=2)
             first = asyncio.ensure_future(batcher.submit({"x": np.zeros((1, 1))}))
-            await asyncio.sleep(0.05)  # the worker takes it and blocks in the backend
-            queued = [asyncio.ensure_future(batcher.submit({"x": np.zeros((1, 1))})) for i in range(2)]
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # alone: runs at once and blocks the only backend thread
+            queued = [asyncio.ensure_future(batcher.submit({"x": np.zeros((1, 1))}))]
+            await asyncio.sleep(0.05)  # the worker takes it and waits for the backend thread
+            queued += [asyncio.ensure_future(batcher.submit({"x": np.zeros((1, 1))})) for i in range(2)]
+            await asyncio.sleep(0.05)  # these two fill the queue
             with pytest.raises(Overloaded) as refused:
                 await batcher.submit({"x": np.zeros((1, 1))})
             assert batcher.queue.qsize() == 2 and refused.value.retry_after >= 1
@@ -119,14 +123,17 @@ def test_close_fails_waiting_requests_instead_of_hanging():
     async def main():
         with ThreadPoolExecutor(1) as pool:
             batcher = Batcher(slow_infer, pool, max_batch=1, max_delay_s=0, max_queue=4)
-            running = asyncio.ensure_future(batcher.submit({"x": np.zeros((1, 1))}))
-            await asyncio.sleep(0.05)
+            alone = asyncio.ensure_future(batcher.submit({"x": np.zeros((1, 1))}))
+            await asyncio.sleep(0.05)  # nothing else in flight: runs at once, blocking the backend thread
+            in_batch = asyncio.ensure_future(batcher.submit({"x": np.zeros((1, 1))}))
+            await asyncio.sleep(0.05)  # taken by the worker, waiting for the backend thread
             queued = asyncio.ensure_future(batcher.submit({"x": np.zeros((1, 1))}))
             await asyncio.sleep(0.05)
             batcher.close()
-            results = await asyncio.wait_for(asyncio.gather(running, queued, return_exceptions=True), 2)
+            failed = await asyncio.wait_for(asyncio.gather(in_batch, queued, return_exceptions=True), 2)
             release.set()
-            return results
+            return failed, await asyncio.wait_for(alone, 5)
 
-    results = run(main())
-    assert all(isinstance(r, RuntimeError) and "unloaded" in str(r) for r in results), results
+    failed, alone = run(main())
+    assert all(isinstance(r, RuntimeError) and "unloaded" in str(r) for r in failed), failed
+    assert alone["y"].shape == (1, 1)  # the one already running on the backend finishes normally

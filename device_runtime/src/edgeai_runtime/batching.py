@@ -6,6 +6,7 @@ memory never grows without bound.
 from __future__ import annotations
 
 import asyncio
+import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Mapping, Optional
@@ -13,6 +14,9 @@ from typing import Callable, Dict, List, Mapping, Optional
 import numpy as np
 
 Infer = Callable[[Mapping[str, np.ndarray]], Dict[str, np.ndarray]]
+
+#: A lone request whose backend call takes less than this runs on the event loop itself.
+INLINE_S = 0.0005
 
 
 class Overloaded(Exception):
@@ -58,10 +62,13 @@ class Batcher:
         self.on_batch = on_batch
         self._carry: Optional[_Request] = None
         self._outstanding = 0  # submitted and not answered yet: who could still join a batch
+        self._infer_s = float("inf")  # moving average of one backend call; unknown until measured
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def submit(self, inputs: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
         rows = int(next(iter(inputs.values())).shape[0]) if inputs else 1
+        if self._outstanding == 0 and self._carry is None and self.queue.empty():
+            return await self._run_alone(inputs, rows)
         future: "asyncio.Future[Dict[str, np.ndarray]]" = asyncio.get_running_loop().create_future()
         try:
             self.queue.put_nowait(_Request(inputs, rows, future))
@@ -72,6 +79,37 @@ class Batcher:
             return await future
         finally:
             self._outstanding -= 1
+
+    async def _run_alone(self, inputs: Mapping[str, np.ndarray], rows: int) -> Dict[str, np.ndarray]:
+        """Nothing else is in flight, so there is nobody to batch with: skip the queue.
+
+        Inferences measured to take less than ``INLINE_S`` run right on the event loop
+        (a thread hop would cost more than the inference); longer ones in the executor.
+        """
+        self._outstanding += 1
+        try:
+            if self._infer_s < INLINE_S:
+                started = time.perf_counter()
+                outputs = self.infer(inputs)
+                self._observe(time.perf_counter() - started)
+            else:
+                outputs = await asyncio.get_running_loop().run_in_executor(self.executor, self._timed_infer, inputs)
+            if self.on_batch:
+                self.on_batch(rows)
+            return outputs
+        finally:
+            self._outstanding -= 1
+
+    def _timed_infer(self, inputs: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        started = time.perf_counter()
+        try:
+            return self.infer(inputs)
+        finally:
+            self._observe(time.perf_counter() - started)
+
+    def _observe(self, seconds: float) -> None:
+        """Moving average of the backend's time per call (starts pessimistic: executor first)."""
+        self._infer_s = seconds if self._infer_s == float("inf") else 0.8 * self._infer_s + 0.2 * seconds
 
     @property
     def idle(self) -> bool:
@@ -122,7 +160,7 @@ class Batcher:
             if not batch:
                 continue
             try:
-                outputs = await loop.run_in_executor(self.executor, self.infer, merge(batch))
+                outputs = await loop.run_in_executor(self.executor, self._timed_infer, merge(batch))
                 if self.on_batch:
                     self.on_batch(sum(r.rows for r in batch))
                 for request, part in zip(batch, split(outputs, batch)):
