@@ -18,6 +18,10 @@ export EDGEAI_IMAGE_AMD64 EDGEAI_IMAGE_ARM64 NO_COLOR=1 PY_COLORS=0 ANSIBLE_FORC
 
 stage() { log "=== $* ==="; }
 
+# Molecule/ansible-compat may leave a copy of this collection in $ANSIBLE_HOME/collections;
+# a stale one would shadow the checkout for ansible-lint and Molecule. The checkout is the source.
+rm -rf "$ANSIBLE_HOME/collections/ansible_collections/edgeai"
+
 stage "ansible-lint --profile production"
 ansible-lint --offline --profile production
 
