@@ -15,6 +15,17 @@ def run(coro):
     return asyncio.run(coro)
 
 
+def blocking_backend():
+    """A backend call that blocks its thread until the returned event is set (at most 5 s)."""
+    release = threading.Event()
+
+    def slow_infer(inputs):
+        release.wait(5)
+        return {"y": inputs["x"]}
+
+    return release, slow_infer
+
+
 def test_concurrent_requests_share_a_batch_and_get_their_own_rows():
     seen = []
 
@@ -55,11 +66,7 @@ def test_batches_never_exceed_max_batch_rows():
 
 
 def test_full_queue_is_refused_at_once_and_memory_stays_bounded():
-    release = threading.Event()
-
-    def slow_infer(inputs):
-        release.wait(5)
-        return {"y": inputs["x"]}
+    release, slow_infer = blocking_backend()
 
     async def main():
         with ThreadPoolExecutor(1) as pool:
@@ -114,11 +121,7 @@ def test_a_lone_request_does_not_wait_out_the_delay():
 
 
 def test_close_fails_waiting_requests_instead_of_hanging():
-    release = threading.Event()
-
-    def slow_infer(inputs):
-        release.wait(5)
-        return {"y": inputs["x"]}
+    release, slow_infer = blocking_backend()
 
     async def main():
         with ThreadPoolExecutor(1) as pool:
