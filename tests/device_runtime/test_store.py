@@ -86,14 +86,13 @@ def test_names_and_versions_cannot_escape_the_store(tmp_path):
 
 CHURN = r"""
 import sys
+import time
 from edgeai_runtime.store import ModelStore
 sys.path.insert(0, sys.argv[2])
 from test_store import install
 store = ModelStore(sys.argv[1], keep=2)
-i = 0
 while True:
-    i += 1
-    version = "2.%d.0" % i
+    version = "2.%d.0" % time.monotonic_ns()  # newer than anything an earlier, killed run installed
     install(store, version)
     store.activate("m", version)
     store.rollback("m")

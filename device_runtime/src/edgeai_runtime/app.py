@@ -38,7 +38,7 @@ from .gate import GateFailed
 from .manifest import ManifestError
 from .metrics import Metrics
 from .serving import LoadedModel, ModelManager, ModelNotFound
-from .store import ModelStore, StoreError
+from .store import StoreError, open_store
 from .v2 import (BINARY_HEADER, V2Error, binary_outputs, decode_request, encode_response, model_metadata,
                  parse_json, split_body)
 
@@ -61,7 +61,7 @@ class Service:
 
     def __init__(self, config: RuntimeConfig, manager: Optional[ModelManager] = None) -> None:
         self.config = config
-        self.store = ModelStore(config.root, keep=config.keep_versions)
+        self.store = open_store(config)
         self.metrics = Metrics()
         self.manager = manager or ModelManager(self.store, config)
         self.manager.on_change = self._on_change

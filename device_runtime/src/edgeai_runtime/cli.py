@@ -2,9 +2,15 @@
 
   edgeai-runtime [--root DIR] serve [--host H] [--port P]
   edgeai-runtime [--root DIR] model list|status
-  edgeai-runtime [--root DIR] model install --manifest M --model FILE [--file NAME=PATH ...] [--activate]
+  edgeai-runtime [--root DIR] model install --manifest M --model FILE [--file NAME=PATH ...] [--activate] [--force]
+  edgeai-runtime [--root DIR] model install --artifact A --keyslot S|- [--file NAME=PATH ...] [--activate] [--force]
+  edgeai-runtime [--root DIR] model rekey NAME VERSION --keyslot S|-
   edgeai-runtime [--root DIR] model activate NAME VERSION
   edgeai-runtime [--root DIR] model rollback NAME [--version V]
+  edgeai-runtime [--root DIR] model remove NAME VERSION
+  edgeai-runtime [--root DIR] keys show|ensure|rotate [--type x25519|rsa]
+  edgeai-runtime [--root DIR] keys retire
+  edgeai-runtime [--root DIR] artifact verify A
   edgeai-runtime probe
 
 Every command but ``serve`` prints one JSON object. Exit status 0 means success,
@@ -61,8 +67,8 @@ def _call_service(config: RuntimeConfig, method: str, path: str, body: Optional[
 
 def _manager(config: RuntimeConfig):
     from .serving import ModelManager
-    from .store import ModelStore
-    return ModelManager(ModelStore(config.root, keep=config.keep_versions), config)
+    from .store import open_store
+    return ModelManager(open_store(config), config)
 
 
 def _switch(config: RuntimeConfig, name: str, action: str, version: Optional[str]) -> Dict[str, Any]:
@@ -83,33 +89,58 @@ def _switch(config: RuntimeConfig, name: str, action: str, version: Optional[str
     return result
 
 
+def _read_json_arg(path: str, what: str) -> Any:
+    try:
+        if path == "-":
+            return json.load(sys.stdin)
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except OSError as exc:
+        raise CommandFailed("reading %s %s: %s" % (what, path, exc.strerror)) from None
+    except ValueError as exc:
+        raise CommandFailed("%s %s is not JSON: %s" % (what, path, exc)) from None
+
+
+def _gate_files(specs: Optional[List[str]]) -> Dict[str, bytes]:
+    files = {}
+    for spec in specs or []:
+        fname, sep, path = spec.partition("=")
+        if not sep:
+            raise CommandFailed("--file takes NAME=PATH, got %r" % spec)
+        with open(path, "rb") as f:
+            files[fname] = f.read()
+    return files
+
+
 def cmd_model(args: argparse.Namespace, config: RuntimeConfig) -> Dict[str, Any]:
-    from .store import ModelStore
-    store = ModelStore(config.root, keep=config.keep_versions)
+    from .store import open_store
+    store = open_store(config)
     if args.action in ("list", "status"):
         result: Dict[str, Any] = {"changed": False, "models": store.status()}
         if args.action == "status":
             result["service"] = _call_service(config, "GET", "/v2/admin/status", timeout=10)
         return result
     if args.action == "install":
-        try:
-            with open(args.manifest, encoding="utf-8") as f:
-                manifest = Manifest.from_json(f.read())
-        except OSError as exc:
-            raise CommandFailed("reading manifest %s: %s" % (args.manifest, exc.strerror)) from None
-        with open(args.model, "rb") as f:
-            model = f.read()
-        files = {}
-        for spec in args.file or []:
-            fname, sep, path = spec.partition("=")
-            if not sep:
-                raise CommandFailed("--file takes NAME=PATH, got %r" % spec)
-            with open(path, "rb") as f:
-                files[fname] = f.read()
-        change = store.install(manifest, model, files)
+        files = _gate_files(args.file)
+        if args.artifact:
+            if args.manifest or args.model or not args.keyslot:
+                raise CommandFailed("--artifact takes --keyslot, and neither --manifest nor --model")
+            change = store.install_artifact(args.artifact, _read_json_arg(args.keyslot, "key slot"), files,
+                                            force=args.force)
+        else:
+            if not (args.manifest and args.model):
+                raise CommandFailed("install takes --artifact and --keyslot, or --manifest and --model")
+            try:
+                with open(args.manifest, encoding="utf-8") as f:
+                    manifest = Manifest.from_json(f.read())
+            except OSError as exc:
+                raise CommandFailed("reading manifest %s: %s" % (args.manifest, exc.strerror)) from None
+            with open(args.model, "rb") as f:
+                model = f.read()
+            change = store.install(manifest, model, files, force=args.force)
         result = {"changed": change.changed, "name": change.name, "version": change.version, "msg": change.message}
         if args.activate:
-            switched = _switch(config, manifest.name, "activate", manifest.version)
+            switched = _switch(config, change.name, "activate", change.version)
             result["changed"] = result["changed"] or bool(switched.get("changed"))
             result["activation"] = switched
         return result
@@ -117,10 +148,52 @@ def cmd_model(args: argparse.Namespace, config: RuntimeConfig) -> Dict[str, Any]
         return _switch(config, args.name, "activate", args.version)
     if args.action == "rollback":
         return _switch(config, args.name, "rollback", args.version)
+    if args.action == "rekey":
+        change = store.rekey(args.name, args.version, _read_json_arg(args.keyslot, "key slot"))
+        return {"changed": change.changed, "name": change.name, "version": change.version, "msg": change.message}
     if args.action == "remove":
         change = store.remove(args.name, args.version)
         return {"changed": change.changed, "name": change.name, "version": change.version, "msg": change.message}
     raise CommandFailed("unknown model action %s" % args.action)
+
+
+def cmd_keys(args: argparse.Namespace, config: RuntimeConfig) -> Dict[str, Any]:
+    """The device key pair: created here, its private half never printed or sent anywhere."""
+    from .store import open_store
+    store = open_store(config)
+    ring = store.keyring
+    changed = False
+    if args.action == "ensure" and ring.current() is None:
+        ring.create(args.type)
+        changed = True
+    elif args.action == "rotate":
+        ring.create(args.type)
+        changed = True
+    result: Dict[str, Any] = {"changed": changed}
+    if args.action == "retire":
+        # Keep every key an installed artifact's slot still needs: retiring never strands a model.
+        needed = set()
+        for name in store.names():
+            for version in store.versions(name):
+                if store.is_artifact(name, version):
+                    needed.add(store.keyslot(name, version).get("key_id"))
+        removed = ring.retire(keep=sorted(k for k in needed if k))
+        result.update(changed=bool(removed), retired=removed, still_needed=sorted(needed - {ring.current_id()}))
+    current = ring.current()
+    result["current"] = current.to_dict() if current else None
+    result["key_ids"] = ring.ids()
+    return result
+
+
+def cmd_artifact(args: argparse.Namespace, config: RuntimeConfig) -> Dict[str, Any]:
+    from .artifact import Artifact
+    from .store import open_store
+    store = open_store(config)
+    art = Artifact.open(args.artifact, store.trusted_signers())
+    art.check_compatible(config.hardware_class)
+    art.verify_payload()
+    return {"changed": False, "artifact_id": art.artifact_id, "signer": art.signer,
+            "payload_sha256": art.payload_sha256, "manifest": art.manifest.to_dict()}
 
 
 def cmd_probe(args: argparse.Namespace, config: RuntimeConfig) -> Dict[str, Any]:
@@ -151,10 +224,17 @@ def build_parser() -> argparse.ArgumentParser:
     actions.add_parser("list")
     actions.add_parser("status")
     install = actions.add_parser("install")
-    install.add_argument("--manifest", required=True)
-    install.add_argument("--model", required=True)
+    install.add_argument("--manifest", help="plaintext model: its manifest.json")
+    install.add_argument("--model", help="plaintext model: the model file")
+    install.add_argument("--artifact", help="signed artifact (.eaf)")
+    install.add_argument("--keyslot", help="the artifact's key slot for this device (JSON file, - for stdin)")
     install.add_argument("--file", action="append", metavar="NAME=PATH", help="gate data file to store beside")
     install.add_argument("--activate", action="store_true", help="activate after installing")
+    install.add_argument("--force", action="store_true", help="allow a version older than the active one")
+    rekey = actions.add_parser("rekey")
+    rekey.add_argument("name")
+    rekey.add_argument("version")
+    rekey.add_argument("--keyslot", required=True)
     activate = actions.add_parser("activate")
     activate.add_argument("name")
     activate.add_argument("version")
@@ -164,6 +244,12 @@ def build_parser() -> argparse.ArgumentParser:
     remove = actions.add_parser("remove")
     remove.add_argument("name")
     remove.add_argument("version")
+    keys = sub.add_parser("keys", help="this device's key pair (private half never leaves the device)")
+    keys.add_argument("action", choices=["show", "ensure", "rotate", "retire"])
+    keys.add_argument("--type", choices=["x25519", "rsa"], default="x25519")
+    art = sub.add_parser("artifact", help="check a signed artifact against this device's trusted signers")
+    art.add_argument("action", choices=["verify"])
+    art.add_argument("artifact")
     return parser
 
 
@@ -174,12 +260,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         config = load_config(args.root, **overrides)
         if args.command == "serve":
             return cmd_serve(args, config)
-        result = cmd_probe(args, config) if args.command == "probe" else cmd_model(args, config)
+        commands = {"probe": cmd_probe, "model": cmd_model, "keys": cmd_keys, "artifact": cmd_artifact}
+        result = commands[args.command](args, config)
     except (CommandFailed, ConfigError, ManifestError, OSError) as exc:
         print(json.dumps({"failed": True, "changed": False, "msg": str(exc)}))
         return 1
     except Exception as exc:  # StoreError, GateFailed, BackendUnavailable, ModelLoadError: one line each
-        print(json.dumps({"failed": True, "changed": False, "msg": str(exc), "error": type(exc).__name__}))
+        failure = {"failed": True, "changed": False, "msg": str(exc), "error": type(exc).__name__}
+        if getattr(exc, "reason", None):
+            failure["reason"] = exc.reason
+        print(json.dumps(failure))
         return 1
     print(json.dumps(result, default=str))
     return 0

@@ -32,6 +32,7 @@ class RuntimeConfig:
     cloud_fallback_url: Optional[str] = None
     cloud_fallback_timeout_s: float = 5.0
     drain_timeout_s: float = 30.0
+    require_signed: bool = False           # load and install signed artifacts only (the roles set true)
 
     @property
     def loopback_only(self) -> bool:

@@ -92,6 +92,9 @@ class Manifest:
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
     validation: Validation = field(default_factory=Validation)
     hardware_classes: List[str] = field(default_factory=list)
+    created: str = ""                     # ISO 8601 UTC, set when an artifact is packed
+    min_runtime_version: str = ""         # the oldest edgeai-device-runtime that may load it
+    files: Dict[str, str] = field(default_factory=dict)   # gate data file name -> sha256
     format_version: int = FORMAT_VERSION
 
     @classmethod
@@ -135,6 +138,18 @@ class Manifest:
         classes = data.get("hardware_classes") or []
         if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
             raise ManifestError("hardware_classes must be a list of class names")
+        files = data.get("files") or {}
+        if not isinstance(files, dict):
+            raise ManifestError("files must map file names to sha256 digests")
+        for fname, digest in files.items():
+            check_name("files key", fname)
+            if not isinstance(digest, str) or not re.match(r"^[0-9a-f]{64}$", digest):
+                raise ManifestError("files[%s] must be 64 lowercase hex digits" % fname)
+        for key in ("created", "min_runtime_version"):
+            if not isinstance(data.get(key, ""), str):
+                raise ManifestError("%s must be a string" % key)
+        if data.get("min_runtime_version"):
+            check_name("min_runtime_version", data["min_runtime_version"])
         return cls(
             name=check_name("name", data["name"]),
             version=check_name("version", data["version"]),
@@ -149,6 +164,9 @@ class Manifest:
             validation=Validation(**{k: val[k] for k in ("golden", "dataset", "accuracy_threshold", "label_output")
                                      if k in val}),
             hardware_classes=list(classes),
+            created=data.get("created", ""),
+            min_runtime_version=data.get("min_runtime_version", ""),
+            files=dict(files),
         )
 
     @classmethod

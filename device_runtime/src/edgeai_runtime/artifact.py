@@ -1,0 +1,544 @@
+"""The model artifact: one file, signed with Ed25519, encrypted in chunks. Spec: docs/artifact-format.md.
+
+Layout::
+
+    preamble   16 bytes   magic "EDGEAIMA", format version (u16), flags (u16, 0), header length (u32)
+    header     JSON       canonical (sorted keys, no spaces, ASCII): manifest, envelope, payload
+    signature  64 bytes   Ed25519 over preamble || header
+    payload               chunk 0 .. chunk N-1, each ciphertext || 16-byte tag
+
+The controller packs (``pack``) and the device opens (``Artifact.open``), verifies
+(``verify_payload``) and decrypts straight into memory (``decrypt``), all here, so both
+sides share one implementation. Memory: O(chunk) to pack and verify; decrypting holds the
+plaintext model (O(model)) plus a few chunk buffers, and never writes plaintext anywhere.
+Hashing runs on a worker thread (hashlib drops the GIL on large buffers), overlapping
+the read and the cipher on the calling thread.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import json
+import os
+import queue
+import secrets
+import struct
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Callable, Dict, Iterator, Mapping, Optional, Tuple
+
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+
+from . import __version__
+from .keys import DATA_KEY_BYTES, ArtifactError, key_id, key_type
+from .manifest import Manifest, ManifestError, version_key
+
+MAGIC = b"EDGEAIMA"
+FORMAT = "edgeai.fleet/model-artifact"
+FORMAT_VERSION = 1
+PREAMBLE = struct.Struct(">8sHHI")
+SIGNATURE_BYTES = 64
+TAG_BYTES = 16
+MAX_HEADER_BYTES = 1 << 20
+MIN_CHUNK, MAX_CHUNK = 1 << 20, 4 << 20
+DEFAULT_CHUNK = 4 << 20
+CIPHERS: Dict[str, Callable[[bytes], Any]] = {"aes-256-gcm": AESGCM, "chacha20-poly1305": ChaCha20Poly1305}
+SUFFIX = ".eaf"
+_ENVELOPE_CONTEXT = b"edgeai.fleet envelope v1\0"
+_COMMIT_CONTEXT = b"edgeai.fleet key commitment v1\0"
+_ZERO_HEX = "0" * 64
+
+__all__ = ["ArtifactError", "Artifact", "pack", "default_cipher", "CIPHERS", "FORMAT_VERSION"]
+
+
+def default_cipher(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """AES-256-GCM where the CPU has AES instructions, ChaCha20-Poly1305 where it has not (Raspberry Pi 4)."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            text = f.read()
+    except OSError:
+        return "aes-256-gcm"
+    for line in text.splitlines():
+        key, _sep, value = line.partition(":")
+        if key.strip().lower() in ("flags", "features") and "aes" in value.split():
+            return "aes-256-gcm"
+    return "chacha20-poly1305"
+
+
+def canonical(data: Any) -> bytes:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+
+def key_commitment(data_key: bytes, artifact_id: str) -> str:
+    """Binds the data key to the signed header: AEADs alone do not commit to their key."""
+    return hmac.new(data_key, _COMMIT_CONTEXT + artifact_id.encode(), hashlib.sha256).hexdigest()
+
+
+@dataclass(frozen=True)
+class Envelope:
+    artifact_id: str
+    cipher: str
+    chunk_size: int
+    chunks: int
+    nonce_prefix: bytes
+    key_commitment: str
+    plaintext_size: int
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"cipher": self.cipher, "chunk_size": self.chunk_size, "chunks": self.chunks,
+                "nonce_prefix": self.nonce_prefix.hex(), "key_commitment": self.key_commitment,
+                "plaintext_size": self.plaintext_size}
+
+    @property
+    def digest(self) -> bytes:
+        """What every chunk's associated data starts with: fixed before any chunk is encrypted."""
+        return hashlib.sha256(_ENVELOPE_CONTEXT + canonical(
+            {"artifact_id": self.artifact_id, "format_version": FORMAT_VERSION, "envelope": self.to_dict()})).digest()
+
+    @property
+    def payload_size(self) -> int:
+        return self.plaintext_size + self.chunks * TAG_BYTES
+
+    def nonce(self, index: int) -> bytes:
+        return self.nonce_prefix + struct.pack(">I", index)
+
+    def aad(self, index: int) -> bytes:
+        return self.digest + struct.pack(">QB", index, 1 if index == self.chunks - 1 else 0)
+
+    def plain_len(self, index: int) -> int:
+        return min(self.chunk_size, self.plaintext_size - index * self.chunk_size)
+
+    @classmethod
+    def parse(cls, artifact_id: str, data: Any) -> "Envelope":
+        if not isinstance(data, dict):
+            raise ArtifactError("bad_format", "envelope must be an object")
+        cipher = data.get("cipher")
+        if cipher not in CIPHERS:
+            raise ArtifactError("bad_format", "cipher %r is not one of %s" % (cipher, ", ".join(CIPHERS)))
+        chunk, chunks, size = data.get("chunk_size"), data.get("chunks"), data.get("plaintext_size")
+        if not isinstance(chunk, int) or not MIN_CHUNK <= chunk <= MAX_CHUNK:
+            raise ArtifactError("bad_format", "chunk_size %r is outside %d-%d bytes" % (chunk, MIN_CHUNK, MAX_CHUNK))
+        if not isinstance(size, int) or size <= 0 or chunks != -(-size // chunk) or chunks >= 1 << 32:
+            raise ArtifactError("bad_format", "chunks %r does not fit plaintext_size %r" % (chunks, size))
+        try:
+            prefix = bytes.fromhex(data.get("nonce_prefix", ""))
+        except (TypeError, ValueError):
+            prefix = b""
+        if len(prefix) != 8:
+            raise ArtifactError("bad_format", "nonce_prefix must be 16 hex digits")
+        commitment = data.get("key_commitment")
+        if not isinstance(commitment, str) or len(commitment) != 64:
+            raise ArtifactError("bad_format", "key_commitment must be 64 hex digits")
+        return cls(artifact_id, cipher, chunk, chunks, prefix, commitment, size)
+
+
+class _Hasher:
+    """sha256 on a worker thread over a pool of reusable buffers (bounded memory)."""
+
+    def __init__(self, buffer_size: int = 0, buffers: int = 3) -> None:
+        self._free: "queue.Queue[bytearray]" = queue.Queue()
+        for _ in range(buffers if buffer_size else 0):
+            self._free.put(bytearray(buffer_size))
+        self._work: "queue.Queue[Optional[Tuple[memoryview, Optional[bytearray]]]]" = queue.Queue(maxsize=buffers)
+        self._hash = hashlib.sha256()
+        self._thread = threading.Thread(target=self._run, name="artifact-sha256", daemon=True)
+        self._thread.start()
+
+    def take(self) -> bytearray:
+        """A pooled buffer; hand it back through ``feed``."""
+        return self._free.get()
+
+    def feed(self, view: memoryview, pooled: Optional[bytearray] = None) -> None:
+        """Hash ``view`` (which must not change until hashed); ``pooled`` goes back to the pool after."""
+        self._work.put((view, pooled))
+
+    def hexdigest(self) -> str:
+        self._work.put(None)
+        self._thread.join()
+        return self._hash.hexdigest()
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._work.put(None)
+            self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            item = self._work.get()
+            if item is None:
+                return
+            view, pooled = item
+            self._hash.update(view)
+            if pooled is not None:
+                self._free.put(pooled)
+
+
+def _read_exact(f: BinaryIO, view: memoryview) -> int:
+    got = 0
+    while got < len(view):
+        n = f.readinto(view[got:])
+        if not n:
+            break
+        got += n
+    return got
+
+
+def _new_bytes(size: int) -> Tuple[Any, memoryview]:
+    """A new, not yet shared ``bytes`` object and a writable view of its buffer.
+
+    This is what C code does with ``PyBytes_FromStringAndSize(NULL, n)``: fill a fresh bytes
+    object before anyone holds it. It lets the model be decrypted straight into the object the
+    runtimes take, instead of a bytearray copied into bytes (twice the model in memory).
+    Other Python implementations get a bytearray, copied into bytes at the end.
+    """
+    try:
+        import ctypes
+        api = ctypes.pythonapi
+        api.PyBytes_FromStringAndSize.restype = ctypes.py_object
+        api.PyBytes_FromStringAndSize.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t]
+        api.PyBytes_AsString.restype = ctypes.c_void_p
+        api.PyBytes_AsString.argtypes = [ctypes.py_object]
+        data = api.PyBytes_FromStringAndSize(None, size)
+        view = memoryview((ctypes.c_char * size).from_address(api.PyBytes_AsString(data))).cast("B")
+        return data, view
+    except (ImportError, AttributeError, ValueError):  # pragma: no cover - not CPython
+        buf = bytearray(size)
+        return buf, memoryview(buf)
+
+
+def _aead_into(aead: Any) -> bool:
+    return hasattr(aead, "decrypt_into") and hasattr(aead, "encrypt_into")
+
+
+# -- packing (controller) ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Packed:
+    path: str
+    header: Dict[str, Any]
+    data_key: bytes
+    seconds: float
+
+    @property
+    def artifact_id(self) -> str:
+        return self.header["artifact_id"]
+
+
+def pack(model_path: str, out_path: str, manifest_fields: Mapping[str, Any], signing_key: ed25519.Ed25519PrivateKey,
+         cipher: str = "aes-256-gcm", chunk_size: int = DEFAULT_CHUNK, data_key: Optional[bytes] = None,
+         created: Optional[str] = None) -> Packed:
+    """Encrypt and sign ``model_path`` into ``out_path`` (written beside, then renamed into place).
+
+    ``manifest_fields`` are the manifest's fields but for sha256 and size, which are measured here.
+    One pass over the model; the header's digests are filled in at the end (they have a fixed
+    length, so the header keeps its size).
+    """
+    started = time.perf_counter()
+    if cipher not in CIPHERS:
+        raise ArtifactError("bad_format", "cipher %r is not one of %s" % (cipher, ", ".join(CIPHERS)))
+    if not MIN_CHUNK <= chunk_size <= MAX_CHUNK:
+        raise ArtifactError("bad_format", "chunk size %d is outside %d-%d bytes" % (chunk_size, MIN_CHUNK, MAX_CHUNK))
+    if key_type(signing_key) != "ed25519":
+        raise ArtifactError("bad_key", "the signing key must be Ed25519, not %s" % key_type(signing_key))
+    data_key = data_key or secrets.token_bytes(DATA_KEY_BYTES)
+    size = os.path.getsize(model_path)
+    if size <= 0:
+        raise ArtifactError("bad_format", "model %s is empty" % model_path)
+    artifact_id = secrets.token_hex(16)
+    envelope = Envelope(artifact_id, cipher, chunk_size, -(-size // chunk_size), secrets.token_bytes(8),
+                        key_commitment(data_key, artifact_id), size)
+    fields = dict(manifest_fields)
+    fields.update(sha256=_ZERO_HEX, size=size,
+                  created=created or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                  min_runtime_version=fields.get("min_runtime_version") or __version__)
+    try:
+        manifest = Manifest.from_dict(fields)
+    except ManifestError as exc:
+        raise ArtifactError("bad_manifest", "manifest: %s" % exc) from None
+    header = {"format": FORMAT, "format_version": FORMAT_VERSION, "artifact_id": artifact_id,
+              "signer": key_id(signing_key), "manifest": manifest.to_dict(), "envelope": envelope.to_dict(),
+              "payload": {"size": envelope.payload_size, "sha256": _ZERO_HEX}}
+    placeholder = canonical(header)
+    aead = CIPHERS[cipher](data_key)
+    tmp = "%s.partial-%d" % (out_path, os.getpid())
+    plain_hash, cipher_hash = _Hasher(chunk_size), _Hasher(chunk_size + TAG_BYTES)
+    try:
+        with open(model_path, "rb") as src, open(tmp, "wb") as out:
+            out.write(PREAMBLE.pack(MAGIC, FORMAT_VERSION, 0, len(placeholder)) + placeholder
+                      + b"\0" * SIGNATURE_BYTES)
+            for index in range(envelope.chunks):
+                want = envelope.plain_len(index)
+                plain = plain_hash.take()
+                view = memoryview(plain)[:want]
+                if _read_exact(src, view) != want:
+                    raise ArtifactError("io", "model %s changed size while being packed" % model_path)
+                sealed = cipher_hash.take()
+                sealed_view = memoryview(sealed)[:want + TAG_BYTES]
+                if _aead_into(aead):
+                    aead.encrypt_into(envelope.nonce(index), view, envelope.aad(index), sealed_view)
+                else:
+                    sealed_view[:] = aead.encrypt(envelope.nonce(index), bytes(view), envelope.aad(index))
+                out.write(sealed_view)
+                plain_hash.feed(view, plain)
+                cipher_hash.feed(sealed_view, sealed)
+            if src.read(1):
+                raise ArtifactError("io", "model %s grew while being packed" % model_path)
+            header["manifest"]["sha256"] = plain_hash.hexdigest()
+            header["payload"]["sha256"] = cipher_hash.hexdigest()
+            final = canonical(header)
+            assert len(final) == len(placeholder), "header length changed while filling in digests"
+            preamble = PREAMBLE.pack(MAGIC, FORMAT_VERSION, 0, len(final))
+            out.seek(0)
+            out.write(preamble + final + signing_key.sign(preamble + final))
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out_path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    finally:
+        plain_hash.close()
+        cipher_hash.close()
+    return Packed(out_path, header, data_key, time.perf_counter() - started)
+
+
+# -- opening (device and controller) -----------------------------------------------------------
+
+class Artifact:
+    """An artifact whose signature has been checked. Nothing else is trusted until verified."""
+
+    def __init__(self, path: str, header: Dict[str, Any], manifest: Manifest, envelope: Envelope,
+                 payload_offset: int) -> None:
+        self.path = path
+        self.header = header
+        self.manifest = manifest
+        self.envelope = envelope
+        self.payload_offset = payload_offset
+
+    @property
+    def artifact_id(self) -> str:
+        return self.envelope.artifact_id
+
+    @property
+    def payload_sha256(self) -> str:
+        return self.header["payload"]["sha256"]
+
+    @property
+    def signer(self) -> str:
+        return self.header["signer"]
+
+    @classmethod
+    def open(cls, path: str, trusted_signers: Mapping[str, ed25519.Ed25519PublicKey]) -> "Artifact":
+        """Read the header and check its signature against ``trusted_signers`` (key id -> public key)."""
+        try:
+            with open(path, "rb") as f:
+                preamble = f.read(PREAMBLE.size)
+                if len(preamble) < PREAMBLE.size or preamble[:8] != MAGIC:
+                    raise ArtifactError("not_an_artifact", "%s is not an edgeai model artifact (bad magic)" % path)
+                _magic, version, _flags, header_len = PREAMBLE.unpack(preamble)
+                if version != FORMAT_VERSION:
+                    raise ArtifactError("format_version", "%s is artifact format %d; this runtime (%s) reads %d"
+                                        % (path, version, __version__, FORMAT_VERSION))
+                if header_len > MAX_HEADER_BYTES:
+                    raise ArtifactError("bad_format", "%s: header length %d is over the %d-byte limit"
+                                        % (path, header_len, MAX_HEADER_BYTES))
+                header_bytes = f.read(header_len)
+                signature = f.read(SIGNATURE_BYTES)
+                if len(header_bytes) != header_len or len(signature) != SIGNATURE_BYTES:
+                    raise ArtifactError("truncated", "%s is truncated inside its header" % path)
+                file_size = os.fstat(f.fileno()).st_size
+        except OSError as exc:
+            raise ArtifactError("io", "reading artifact %s: %s" % (path, exc.strerror)) from None
+        try:
+            header = json.loads(header_bytes)
+        except ValueError:
+            header = None
+        if not isinstance(header, dict):
+            raise ArtifactError("manifest_tampered", "%s: the header is not a JSON object (edited or corrupt)" % path)
+        signer = header.get("signer")
+        public = trusted_signers.get(signer) if isinstance(signer, str) else None
+        if public is None:
+            raise ArtifactError("untrusted_signer", "%s is signed by key %s, which is not trusted here (trusted: %s)"
+                                % (path, signer, ", ".join(sorted(trusted_signers)) or "none"))
+        try:
+            public.verify(signature, preamble + header_bytes)
+        except InvalidSignature:
+            raise ArtifactError("manifest_tampered", "%s: the signature does not verify with signer key %s: the "
+                                "header was edited after signing" % (path, signer)) from None
+        if header.get("format") != FORMAT or header.get("format_version") != FORMAT_VERSION:
+            raise ArtifactError("bad_format", "%s: format %r version %r is not %s %d"
+                                % (path, header.get("format"), header.get("format_version"), FORMAT, FORMAT_VERSION))
+        artifact_id = header.get("artifact_id")
+        if not isinstance(artifact_id, str) or len(artifact_id) != 32:
+            raise ArtifactError("bad_format", "%s: artifact_id must be 32 hex digits" % path)
+        try:
+            manifest = Manifest.from_dict(header.get("manifest"))
+        except ManifestError as exc:
+            raise ArtifactError("bad_manifest", "%s: manifest: %s" % (path, exc)) from None
+        envelope = Envelope.parse(artifact_id, header.get("envelope"))
+        payload = header.get("payload")
+        if not isinstance(payload, dict) or payload.get("size") != envelope.payload_size \
+                or envelope.plaintext_size != manifest.size:
+            raise ArtifactError("bad_format", "%s: payload size does not match the envelope" % path)
+        offset = PREAMBLE.size + header_len + SIGNATURE_BYTES
+        if file_size < offset + envelope.payload_size:
+            raise ArtifactError("truncated", "%s is truncated: %d payload bytes of %d (chunks missing)"
+                                % (path, file_size - offset, envelope.payload_size))
+        if file_size > offset + envelope.payload_size:
+            raise ArtifactError("trailing_data", "%s has %d bytes after the last chunk"
+                                % (path, file_size - offset - envelope.payload_size))
+        return cls(path, header, manifest, envelope, offset)
+
+    def check_compatible(self, hardware_class: Optional[str], runtime_version: str = __version__) -> None:
+        """Refuse an artifact this device must not load: another hardware class, or a newer runtime needed."""
+        m = self.manifest
+        if hardware_class and m.hardware_classes and hardware_class not in m.hardware_classes:
+            raise ArtifactError("hardware_class", "%s %s is built for %s, not for this %s device"
+                                % (m.name, m.version, ", ".join(m.hardware_classes), hardware_class))
+        if m.min_runtime_version and version_key(m.min_runtime_version) > version_key(runtime_version):
+            raise ArtifactError("runtime_too_old", "%s %s needs edgeai-device-runtime %s or newer; this is %s"
+                                % (m.name, m.version, m.min_runtime_version, runtime_version))
+
+    def check_key(self, data_key: bytes) -> None:
+        if len(data_key) != DATA_KEY_BYTES or not hmac.compare_digest(
+                key_commitment(data_key, self.artifact_id), self.envelope.key_commitment):
+            raise ArtifactError("wrong_data_key", "%s: the data key does not match the artifact's key commitment"
+                                % self.path)
+
+    def verify_payload(self) -> str:
+        """Stream the payload through sha256 and compare with the signed digest. O(chunk) memory, no key needed."""
+        hasher = _Hasher(self.envelope.chunk_size + TAG_BYTES)
+        try:
+            with self._payload() as f:
+                for index in range(self.envelope.chunks):
+                    buf = hasher.take()
+                    view = memoryview(buf)[:self.envelope.plain_len(index) + TAG_BYTES]
+                    self._fill(f, view, index)
+                    hasher.feed(view, buf)
+            digest = hasher.hexdigest()
+        finally:
+            hasher.close()
+        self._check_digest("payload", digest, self.payload_sha256)
+        return digest
+
+    def decrypt(self, data_key: bytes) -> bytes:
+        """The model, decrypted straight into one ``bytes`` object (the only O(model) allocation;
+        ONNX Runtime and LiteRT take ``bytes``, so there is no second copy).
+
+        Checks the key commitment, every chunk's tag (the associated data binds the signed
+        envelope, the chunk's index and the final-chunk flag) and the payload's signed sha256.
+        Given those, the plaintext is the one ``check`` verified against the model's sha256 at
+        install time: one key and one ciphertext decrypt to one plaintext.
+        """
+        model, view = _new_bytes(self.envelope.plaintext_size)
+        try:
+            self._stream(data_key, lambda index, want: (view[index * self.envelope.chunk_size:][:want], None), None)
+        except BaseException:
+            view[:] = b"\0" * len(view)  # leave no plaintext behind in freed memory
+            raise
+        finally:
+            view.release()
+        return model if isinstance(model, bytes) else bytes(model)
+
+    def check(self, data_key: bytes) -> None:
+        """Everything ``decrypt`` checks, plus the model's sha256, keeping nothing: O(chunk) memory."""
+        plain_hash = _Hasher(self.envelope.chunk_size)
+
+        def target(_index: int, want: int) -> Tuple[memoryview, Optional[bytearray]]:
+            buf = plain_hash.take()
+            return memoryview(buf)[:want], buf
+
+        try:
+            self._stream(data_key, target, plain_hash)
+            self._check_digest("model", plain_hash.hexdigest(), self.manifest.sha256)
+        finally:
+            plain_hash.close()
+
+    # -- internals ---------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _payload(self) -> Iterator[BinaryIO]:
+        try:
+            f = open(self.path, "rb", buffering=0)
+        except OSError as exc:
+            raise ArtifactError("io", "reading artifact %s: %s" % (self.path, exc.strerror)) from None
+        with f:
+            f.seek(self.payload_offset)
+            yield f  # type: ignore[misc]
+
+    def _stream(self, data_key: bytes, target: Callable[[int, int], Tuple[memoryview, Optional[bytearray]]],
+                plain_hash: Optional[_Hasher]) -> None:
+        self.check_key(data_key)
+        env = self.envelope
+        aead = CIPHERS[env.cipher](data_key)
+        into = _aead_into(aead)
+        cipher_hash = _Hasher(env.chunk_size + TAG_BYTES)
+        try:
+            with self._payload() as f:
+                for index in range(env.chunks):
+                    want = env.plain_len(index)
+                    sealed = cipher_hash.take()
+                    sealed_view = memoryview(sealed)[:want + TAG_BYTES]
+                    self._fill(f, sealed_view, index)
+                    plain_view, pooled = target(index, want)
+                    try:
+                        if into:
+                            aead.decrypt_into(env.nonce(index), sealed_view, env.aad(index), plain_view)
+                        else:
+                            plain_view[:] = aead.decrypt(env.nonce(index), bytes(sealed_view), env.aad(index))
+                    except InvalidTag:
+                        raise self._chunk_error(aead, index, bytes(sealed_view)) from None
+                    cipher_hash.feed(sealed_view, sealed)
+                    if plain_hash is not None:
+                        plain_hash.feed(plain_view, pooled)
+            self._check_digest("payload", cipher_hash.hexdigest(), self.payload_sha256)
+        finally:
+            cipher_hash.close()
+
+    def _fill(self, f: BinaryIO, view: memoryview, index: int) -> None:
+        if _read_exact(f, view) != len(view):
+            raise ArtifactError("truncated", "%s is truncated in chunk %d of %d" % (self.path, index, self.envelope.chunks))
+
+    def _chunk_error(self, aead: Any, index: int, sealed: bytes) -> ArtifactError:
+        """Tell a moved chunk from a modified one: does it authenticate under another index?"""
+        env = self.envelope
+        for other in range(env.chunks):
+            if other == index or env.plain_len(other) + TAG_BYTES != len(sealed):
+                continue
+            try:
+                aead.decrypt(env.nonce(other), sealed, env.aad(other))
+            except InvalidTag:
+                continue
+            return ArtifactError("chunk_reordered", "%s: chunk %d holds chunk %d's data: chunks were reordered"
+                                 % (self.path, index, other))
+        return ArtifactError("chunk_tampered", "%s: chunk %d of %d fails authentication: the payload was modified "
+                             "or corrupted" % (self.path, index, env.chunks))
+
+    def _check_digest(self, what: str, got: str, want: str) -> None:
+        if not hmac.compare_digest(got, want):
+            raise ArtifactError("%s_checksum" % what, "%s: %s sha256 is %s, the signed manifest says %s"
+                                % (self.path, what, got, want))
+
+
+def read_header(path: str) -> Dict[str, Any]:
+    """The header without checking the signature: for display and for cheap comparisons only."""
+    with open(path, "rb") as f:
+        preamble = f.read(PREAMBLE.size)
+        if len(preamble) < PREAMBLE.size or preamble[:8] != MAGIC:
+            raise ArtifactError("not_an_artifact", "%s is not an edgeai model artifact (bad magic)" % path)
+        header_len = PREAMBLE.unpack(preamble)[3]
+        if header_len > MAX_HEADER_BYTES:
+            raise ArtifactError("bad_format", "%s: header length %d is over the limit" % (path, header_len))
+        try:
+            header = json.loads(f.read(header_len))
+        except ValueError:
+            raise ArtifactError("bad_format", "%s: the header is not JSON" % path) from None
+    if not isinstance(header, dict):
+        raise ArtifactError("bad_format", "%s: the header is not a JSON object" % path)
+    return header
