@@ -67,7 +67,7 @@ def test_round_trip(tmp_path, model_file, signer, trusted, cipher, device_key_ty
     data_key = keys.unwrap(slot, device, art.artifact_id)
     art.check(data_key)
     model = art.decrypt(data_key)
-    assert type(model) is bytes and model == model_file.read_bytes()
+    assert isinstance(model, bytes) and model == model_file.read_bytes()
     # The plaintext is nowhere in the artifact.
     assert model[:4096] not in out.read_bytes()
 

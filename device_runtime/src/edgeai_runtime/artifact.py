@@ -141,8 +141,8 @@ class _Hasher:
 
     def __init__(self, buffer_size: int = 0, buffers: int = 3) -> None:
         self._free: "queue.Queue[bytearray]" = queue.Queue()
-        for _ in range(buffers if buffer_size else 0):
-            self._free.put(bytearray(buffer_size))
+        for buf in [bytearray(buffer_size) for i in range(buffers if buffer_size else 0)]:
+            self._free.put(buf)
         self._work: "queue.Queue[Optional[Tuple[memoryview, Optional[bytearray]]]]" = queue.Queue(maxsize=buffers)
         self._hash = hashlib.sha256()
         self._thread = threading.Thread(target=self._run, name="artifact-sha256", daemon=True)

@@ -177,11 +177,17 @@ def cmd_keys(args: argparse.Namespace, config: RuntimeConfig) -> Dict[str, Any]:
             for version in store.versions(name):
                 if store.is_artifact(name, version):
                     needed.add(store.keyslot(name, version).get("key_id"))
-        removed = ring.retire(keep=sorted(k for k in needed if k))
+        keep = sorted(k for k in needed if k)
+        if args.dry_run:
+            removed = [k for k in ring.ids() if k != ring.current_id() and k not in keep]
+        else:
+            removed = ring.retire(keep=keep)
         result.update(changed=bool(removed), retired=removed, still_needed=sorted(needed - {ring.current_id()}))
+    from .artifact import default_cipher
     current = ring.current()
     result["current"] = current.to_dict() if current else None
     result["key_ids"] = ring.ids()
+    result["preferred_cipher"] = default_cipher()
     return result
 
 
@@ -247,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys = sub.add_parser("keys", help="this device's key pair (private half never leaves the device)")
     keys.add_argument("action", choices=["show", "ensure", "rotate", "retire"])
     keys.add_argument("--type", choices=["x25519", "rsa"], default="x25519")
+    keys.add_argument("--dry-run", action="store_true", help="retire: say what would go, remove nothing")
     art = sub.add_parser("artifact", help="check a signed artifact against this device's trusted signers")
     art.add_argument("action", choices=["verify"])
     art.add_argument("artifact")

@@ -134,7 +134,7 @@ def load_private(path: str, passphrase: Optional[bytes] = None) -> PrivateKey:
         raise ArtifactError("key_passphrase", "private key %s is encrypted: a passphrase is needed" % path) from None
     except ValueError:
         raise ArtifactError("bad_key", "private key %s is not a PEM private key, or the passphrase is wrong"
-                         % path) from None
+                            % path) from None
     key_type(key)
     return key
 
@@ -194,14 +194,14 @@ def unwrap(slot: Dict[str, Any], private: PrivateKey, artifact_id: str) -> bytes
     """Open a key slot; raises ArtifactError('wrong_device_key') when this key cannot open it."""
     if not isinstance(slot, dict) or slot.get("type") not in SLOT_TYPES.values():
         raise ArtifactError("bad_keyslot", "key slot type %r is not one of %s"
-                         % (slot.get("type") if isinstance(slot, dict) else slot, ", ".join(SLOT_TYPES.values())))
+                            % (slot.get("type") if isinstance(slot, dict) else slot, ", ".join(SLOT_TYPES.values())))
     if slot.get("artifact_id") != artifact_id:
         raise ArtifactError("keyslot_other_artifact", "the key slot belongs to artifact %s, not %s"
-                         % (slot.get("artifact_id"), artifact_id))
+                            % (slot.get("artifact_id"), artifact_id))
     mine = key_id(private)
     if slot.get("key_id") != mine:
         raise ArtifactError("wrong_device_key", "the key slot is wrapped for key %s, this key is %s"
-                         % (slot.get("key_id"), mine))
+                            % (slot.get("key_id"), mine))
     wrapped = unb64(slot.get("wrapped"), "keyslot.wrapped")
     try:
         if slot["type"] == "x25519" and isinstance(private, x25519.X25519PrivateKey):
@@ -213,13 +213,13 @@ def unwrap(slot: Dict[str, Any], private: PrivateKey, artifact_id: str) -> bytes
             data_key = private.decrypt(wrapped, _oaep(artifact_id))
         else:
             raise ArtifactError("wrong_device_key", "a %s key slot cannot be opened with an %s key"
-                             % (slot["type"], key_type(private)))
+                                % (slot["type"], key_type(private)))
     except (InvalidTag, ValueError):
         raise ArtifactError("wrong_device_key", "the key slot for key %s does not open with that key "
-                         "(corrupt slot, or a different key with the same id)" % mine) from None
+                            "(corrupt slot, or a different key with the same id)" % mine) from None
     if len(data_key) != DATA_KEY_BYTES:
         raise ArtifactError("bad_keyslot", "the key slot holds %d bytes, not a %d-byte data key"
-                         % (len(data_key), DATA_KEY_BYTES))
+                            % (len(data_key), DATA_KEY_BYTES))
     return data_key
 
 
@@ -282,7 +282,7 @@ class DeviceKeyring:
     def private(self, kid: str) -> PrivateKey:
         if kid not in self.ids():
             raise ArtifactError("wrong_device_key", "this device holds no private key %s (it holds %s)"
-                             % (kid, ", ".join(self.ids()) or "none"))
+                                % (kid, ", ".join(self.ids()) or "none"))
         return load_private(self._path(kid, ".key"))
 
     def create(self, kind: str = "x25519", uid: int = -1, gid: int = -1) -> KeyInfo:

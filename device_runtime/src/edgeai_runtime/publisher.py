@@ -1,0 +1,270 @@
+"""The controller's side of the artifact format: fleet keys, packing a model directory, wrapping
+data keys for devices. Used by the ``edgeai-artifact`` CLI and the collection's action plugins.
+
+    edgeai-artifact keygen  --keys-dir DIR
+    edgeai-artifact pack    --keys-dir DIR --model-dir SRC --out-dir DIR [--cipher C] [--chunk-mib N]
+    edgeai-artifact wrap    --keys-dir DIR --artifact A --public-key PEM_FILE
+    edgeai-artifact inspect A
+
+A passphrase for the fleet's private keys comes from the environment variable
+EDGEAI_FLEET_KEY_PASSPHRASE, never from the command line. Every command prints one JSON object;
+exit status 1 means refused or failed (``failed: true``, ``msg``).
+
+The keys directory (0700) holds:
+    signing.key / signing.pub   Ed25519: signs every artifact; devices trust signing.pub
+    escrow.key  / escrow.pub    X25519: every artifact's data key is also wrapped for it
+                                (``<artifact>.keys.json``), so the controller can wrap an
+                                artifact for new or re-keyed devices without re-encrypting it
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+from . import artifact, keys
+from .keys import ArtifactError
+from .manifest import Manifest, ManifestError
+
+PASSPHRASE_ENV = "EDGEAI_FLEET_KEY_PASSPHRASE"
+CIPHER_TAGS = {"aes-256-gcm": "aes", "chacha20-poly1305": "chacha"}
+_MEASURED = ("sha256", "size", "created", "min_runtime_version")
+
+
+class FleetKeys:
+    def __init__(self, keys_dir: str, passphrase: Optional[str] = None) -> None:
+        self.dir = os.path.abspath(os.path.expanduser(keys_dir))
+        self.passphrase = passphrase.encode() if passphrase else None
+        self._cache: Dict[str, Any] = {}
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.dir, name)
+
+    def exists(self) -> bool:
+        return all(os.path.exists(self.path(n)) for n in ("signing.key", "signing.pub", "escrow.key", "escrow.pub"))
+
+    def ensure(self) -> bool:
+        """Create the missing key pairs; True when something was created. Never replaces a key."""
+        os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        os.chmod(self.dir, 0o700)
+        created = False
+        for name, kind in (("signing", "ed25519"), ("escrow", "x25519")):
+            if os.path.exists(self.path(name + ".key")):
+                continue
+            key = keys.generate(kind)
+            keys.write_private(self.path(name + ".key"), key, self.passphrase)
+            keys.write_atomic(self.path(name + ".pub"), keys.public_pem(key).encode(), 0o644)
+            created = True
+        return created
+
+    def private(self, name: str):
+        if name not in self._cache:
+            if not os.path.exists(self.path(name + ".key")):
+                raise ArtifactError("no_fleet_keys", "the fleet keys are missing from %s (create them with "
+                                    "edgeai.fleet.fleet_keys or edgeai-artifact keygen)" % self.dir)
+            self._cache[name] = keys.load_private(self.path(name + ".key"), self.passphrase)
+        return self._cache[name]
+
+    @property
+    def signing(self):
+        return self.private("signing")
+
+    @property
+    def escrow(self):
+        return self.private("escrow")
+
+    def public_pem(self, name: str) -> str:
+        with open(self.path(name + ".pub"), encoding="ascii") as f:
+            return f.read()
+
+    def describe(self) -> Dict[str, Any]:
+        out: Dict[str, Any] = {"keys_dir": self.dir}
+        for name in ("signing", "escrow"):
+            if os.path.exists(self.path(name + ".pub")):
+                pem = self.public_pem(name)
+                out[name] = {"key_id": keys.key_id(keys.load_public(pem)), "public_key": pem}
+        return out
+
+
+@dataclass(frozen=True)
+class ModelDir:
+    """A model directory as the roles take it: manifest.json, the model file, the gate files."""
+    path: str
+    fields: Dict[str, Any]
+    model_path: str
+    files: Dict[str, str]      # gate file name -> path
+
+    @classmethod
+    def read(cls, path: str) -> "ModelDir":
+        path = os.path.abspath(path)
+        try:
+            with open(os.path.join(path, "manifest.json"), encoding="utf-8") as f:
+                data = json.load(f)
+        except OSError as exc:
+            raise ArtifactError("bad_manifest", "reading %s/manifest.json: %s" % (path, exc.strerror)) from None
+        except ValueError as exc:
+            raise ArtifactError("bad_manifest", "%s/manifest.json is not JSON: %s" % (path, exc)) from None
+        try:
+            manifest = Manifest.from_dict(data)
+        except ManifestError as exc:
+            raise ArtifactError("bad_manifest", "%s/manifest.json: %s" % (path, exc)) from None
+        model_path = os.path.join(path, manifest.model_file)
+        if not os.path.isfile(model_path):
+            raise ArtifactError("bad_manifest", "%s names model file %s, which is not there" % (path, manifest.model_file))
+        digest = _sha256_file(model_path)
+        if digest != manifest.sha256 or os.path.getsize(model_path) != manifest.size:
+            raise ArtifactError("bad_manifest", "%s: %s does not match manifest.json's sha256 and size"
+                                % (path, manifest.model_file))
+        gate = [manifest.validation.golden, manifest.validation.dataset]
+        files = {name: os.path.join(path, name) for name in gate if name}
+        for name, fpath in files.items():
+            if not os.path.isfile(fpath):
+                raise ArtifactError("bad_manifest", "%s names gate file %s, which is not there" % (path, name))
+        fields = {k: v for k, v in manifest.to_dict().items() if k not in _MEASURED}
+        fields["files"] = {name: _sha256_file(fpath) for name, fpath in files.items()}
+        return cls(path, fields, model_path, files)
+
+    @property
+    def sha256(self) -> str:
+        return _sha256_file(self.model_path)
+
+
+def _sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def _locked(directory: str) -> Iterator[None]:
+    """Forks packing the same model for many hosts at once pack it once."""
+    fd = os.open(os.path.join(directory, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def artifact_path(out_dir: str, fields: Dict[str, Any], cipher: str) -> str:
+    fname = "%s-%s-%s%s" % (fields["name"], fields["version"], CIPHER_TAGS[cipher], artifact.SUFFIX)
+    return os.path.join(os.path.abspath(out_dir), fname)
+
+
+def ensure_artifact(model_dir: ModelDir, out_dir: str, fleet: FleetKeys, cipher: str = "aes-256-gcm",
+                    chunk_size: int = artifact.DEFAULT_CHUNK) -> Tuple[str, Dict[str, Any], bool]:
+    """Pack ``model_dir`` unless an artifact of the same model, metadata and cipher, signed by this
+    fleet's key and openable by its escrow key, is already there. Returns (path, header, changed)."""
+    if cipher not in artifact.CIPHERS:
+        raise ArtifactError("bad_format", "cipher %r is not one of %s" % (cipher, ", ".join(artifact.CIPHERS)))
+    os.makedirs(out_dir, exist_ok=True)
+    path = artifact_path(out_dir, model_dir.fields, cipher)
+    with _locked(out_dir):
+        header = _reusable(path, model_dir, fleet, cipher, chunk_size)
+        if header is not None:
+            return path, header, False
+        packed = artifact.pack(model_dir.model_path, path, model_dir.fields, fleet.signing, cipher=cipher,
+                               chunk_size=chunk_size)
+        escrow = keys.wrap(packed.data_key, fleet.escrow.public_key(), packed.artifact_id)
+        keys.write_atomic(path + ".keys.json", json.dumps({"artifact_id": packed.artifact_id, "escrow": escrow},
+                                                          sort_keys=True, indent=1).encode(), 0o600)
+        return path, packed.header, True
+
+
+def _reusable(path: str, model_dir: ModelDir, fleet: FleetKeys, cipher: str,
+              chunk_size: int) -> Optional[Dict[str, Any]]:
+    if not (os.path.exists(path) and os.path.exists(path + ".keys.json")):
+        return None
+    signer = fleet.signing.public_key()
+    try:
+        art = artifact.Artifact.open(path, {keys.key_id(signer): signer})
+        art.check_key(_escrow_data_key(path, art.artifact_id, fleet))
+    except ArtifactError:
+        return None
+    header = art.header
+    same_fields = {k: v for k, v in header["manifest"].items() if k not in _MEASURED} == \
+        {k: v for k, v in Manifest.from_dict(dict(model_dir.fields, sha256="0" * 64, size=1)).to_dict().items()
+         if k not in _MEASURED}
+    envelope = header["envelope"]
+    if same_fields and header["manifest"]["sha256"] == model_dir.sha256 and envelope["cipher"] == cipher \
+            and envelope["chunk_size"] == chunk_size:
+        return header
+    return None
+
+
+def _escrow_data_key(path: str, artifact_id: str, fleet: FleetKeys) -> bytes:
+    try:
+        with open(path + ".keys.json", encoding="utf-8") as f:
+            sidecar = json.load(f)
+    except (OSError, ValueError):
+        raise ArtifactError("no_escrow", "%s.keys.json is missing or unreadable: the artifact cannot be wrapped "
+                            "for devices any more; pack it again" % path) from None
+    return keys.unwrap(sidecar.get("escrow") or {}, fleet.escrow, artifact_id)
+
+
+def wrap_for(path: str, fleet: FleetKeys, public_pem: str) -> Dict[str, str]:
+    """A key slot of the artifact at ``path`` for one device's public key (via the escrow slot)."""
+    header = artifact.read_header(path)
+    artifact_id = header.get("artifact_id", "")
+    data_key = _escrow_data_key(path, artifact_id, fleet)
+    return keys.wrap(data_key, keys.load_public(public_pem, "the device's public key"), artifact_id)
+
+
+# -- CLI ---------------------------------------------------------------------------------------
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgeai-artifact", description="pack, sign and wrap model artifacts")
+    sub = parser.add_subparsers(dest="command", required=True)
+    keygen = sub.add_parser("keygen", help="create the fleet signing and escrow keys (never replaces one)")
+    keygen.add_argument("--keys-dir", required=True)
+    pack = sub.add_parser("pack", help="pack a model directory into a signed, encrypted artifact")
+    pack.add_argument("--keys-dir", required=True)
+    pack.add_argument("--model-dir", required=True, help="holds manifest.json, the model and its gate files")
+    pack.add_argument("--out-dir", required=True)
+    pack.add_argument("--cipher", choices=sorted(artifact.CIPHERS), default="aes-256-gcm")
+    pack.add_argument("--chunk-mib", type=int, default=artifact.DEFAULT_CHUNK >> 20, choices=[1, 2, 3, 4])
+    wrap = sub.add_parser("wrap", help="wrap an artifact's data key for one device public key")
+    wrap.add_argument("--keys-dir", required=True)
+    wrap.add_argument("--artifact", required=True)
+    wrap.add_argument("--public-key", required=True, help="PEM file of the device's public key")
+    inspect = sub.add_parser("inspect", help="print an artifact's header (signature not checked)")
+    inspect.add_argument("artifact")
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "inspect":
+            result: Dict[str, Any] = {"changed": False, "header": artifact.read_header(args.artifact)}
+        else:
+            fleet = FleetKeys(args.keys_dir, os.environ.get(PASSPHRASE_ENV))
+            if args.command == "keygen":
+                result = dict(fleet.describe(), changed=fleet.ensure())
+                result.update(fleet.describe())
+            elif args.command == "pack":
+                path, header, changed = ensure_artifact(ModelDir.read(args.model_dir), args.out_dir, fleet,
+                                                        args.cipher, args.chunk_mib << 20)
+                result = {"changed": changed, "artifact": path, "artifact_id": header["artifact_id"],
+                          "payload_sha256": header["payload"]["sha256"], "sha256": header["manifest"]["sha256"]}
+            else:
+                with open(args.public_key, encoding="ascii") as f:
+                    result = {"changed": False, "keyslot": wrap_for(args.artifact, fleet, f.read())}
+    except (ArtifactError, OSError) as exc:
+        print(json.dumps({"failed": True, "changed": False, "msg": str(exc),
+                          "reason": getattr(exc, "reason", type(exc).__name__)}))
+        return 1
+    print(json.dumps(result, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

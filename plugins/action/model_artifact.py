@@ -1,0 +1,158 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) 2026, edgeai.fleet contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""Pack a model into a signed artifact on the controller, wrap its data key for the host, send
+only what the device lacks, and install it there (edgeai.fleet.model_store)."""
+
+from __future__ import annotations
+
+import os
+
+from ansible.errors import AnsibleActionFail
+from ansible.plugins.action import ActionBase
+
+from ansible_collections.edgeai.fleet.plugins.module_utils._controller_args import (
+    MODEL_ARTIFACT_REQUIRED_IF, MODEL_ARTIFACT_SPEC)
+from ansible_collections.edgeai.fleet.plugins.plugin_utils._device_runtime import publisher
+
+
+class ActionModule(ActionBase):
+
+    TRANSFERS_FILES = True
+    _requires_connection = True
+
+    def run(self, tmp=None, task_vars=None):
+        task_vars = task_vars or {}
+        result = super(ActionModule, self).run(tmp, task_vars)
+        del tmp
+        validation, args = self.validate_argument_spec(argument_spec=MODEL_ARTIFACT_SPEC,
+                                                       required_if=MODEL_ARTIFACT_REQUIRED_IF)
+        del validation
+        host = task_vars.get('inventory_hostname', '?')
+        pub = publisher()
+        device_key = task_vars.get('edgeai_device_key') or {}
+        public_key = args['public_key'] or device_key.get('public_key')
+        if not public_key:
+            raise AnsibleActionFail('%s has no device public key: run edgeai.fleet.device_key (role '
+                                    'edgeai.fleet.device_keys) first, or pass public_key' % host)
+        if args['state'] == 'rekeyed':
+            return self._rekey_all(pub, args, public_key, task_vars, host, result)
+        cipher = args['cipher']
+        if cipher == 'auto':
+            cipher = device_key.get('preferred_cipher') or 'aes-256-gcm'
+        try:
+            model_dir = pub.ModelDir.read(args['src'])
+            fleet = pub.FleetKeys(args['keys_dir'], args['passphrase'])
+            wanted_sha = model_dir.sha256
+        except (pub.ArtifactError, OSError) as exc:
+            raise AnsibleActionFail('%s: %s' % (host, exc))
+        name, version = model_dir.fields['name'], model_dir.fields['version']
+
+        common = dict(root=args['root'], user=args['user'])
+        status = self._run_store(dict(common, state='status'), task_vars, host)
+        model = next((m for m in status['models'] if m['name'] == name), {})
+        stored = model.get('installed', {}).get(version)
+        device_key_id = status.get('device_key_id')
+        if device_key_id is None:
+            raise AnsibleActionFail('%s holds no device key pair: run edgeai.fleet.device_key first' % host)
+        if stored is not None and stored.get('sha256') != wanted_sha:
+            raise AnsibleActionFail('%s: a different model is installed as %s %s (sha256 %s, this one %s); '
+                                    'use a new version' % (host, name, version, stored.get('sha256'), wanted_sha))
+        same_model = stored is not None and stored.get('signed')
+        needs_activation = args['activate'] and model.get('active') != version
+        result.update(name=name, version=version, cipher=cipher, sent=False)
+        if same_model and stored.get('key_id') == device_key_id and not needs_activation:
+            result.update(changed=False, msg='%s %s is installed and wrapped for the current device key'
+                                             % (name, version), artifact_id=stored.get('artifact_id'))
+            return result
+        if self._task.check_mode:
+            result.update(changed=True, msg='would %s %s %s' % ('re-key' if same_model else 'install', name, version))
+            return result
+
+        try:
+            path, header, packed = pub.ensure_artifact(model_dir, args['artifact_dir'], fleet, cipher,
+                                                       args['chunk_mib'] << 20)
+            if same_model and stored.get('artifact_id'):
+                # Wrap the artifact the device already holds, not a newer packing of the same model.
+                path = self._artifact_for(pub, args['artifact_dir'], stored['artifact_id'])
+            slot = pub.wrap_for(path, fleet, public_key)
+        except (pub.ArtifactError, OSError) as exc:
+            raise AnsibleActionFail('%s: packing %s %s: %s' % (host, name, version, exc))
+        result.update(artifact=path, artifact_id=slot['artifact_id'], packed=packed)
+
+        if same_model:
+            if stored.get('key_id') != device_key_id:
+                done = self._run_store(dict(common, state='rekeyed', name=name, version=version, keyslot=slot),
+                                       task_vars, host)
+                result.update(changed=done['changed'], msg=done.get('msg'))
+            if needs_activation:
+                done = self._run_store(dict(common, state='activated', name=name, version=version), task_vars, host)
+                result.update(changed=result.get('changed') or done['changed'], activation=done.get('activation'),
+                              msg=done.get('msg'))
+            return result
+
+        remote_dir = self._make_tmp_path()
+        try:
+            remote = {}
+            for fname, local in [(os.path.basename(path), path)] + sorted(model_dir.files.items()):
+                remote[fname] = self._connection._shell.join_path(remote_dir, fname)
+                self._transfer_file(local, remote[fname])
+            self._fixup_perms2([remote_dir] + list(remote.values()), remote_user=None)
+            done = self._run_store(dict(common, state='installed', artifact=remote[os.path.basename(path)],
+                                        keyslot=slot, files={f: remote[f] for f in model_dir.files},
+                                        activate=args['activate'], force=args['force']), task_vars, host)
+        finally:
+            self._remove_tmp_path(remote_dir, force=True)
+        result.update(changed=done['changed'], sent=True, msg=done.get('msg'), models=done.get('models'))
+        if 'activation' in done:
+            result['activation'] = done['activation']
+        if 'diff' in done:
+            result['diff'] = done['diff']
+        return result
+
+    def _rekey_all(self, pub, args, public_key, task_vars, host, result):
+        """Re-wrap every installed artifact whose key slot is not for the device's current key."""
+        common = dict(root=args['root'], user=args['user'])
+        status = self._run_store(dict(common, state='status'), task_vars, host)
+        current = status.get('device_key_id')
+        if current is None:
+            raise AnsibleActionFail('%s holds no device key pair: run edgeai.fleet.device_key first' % host)
+        if pub.keys.key_id(pub.keys.load_public(public_key)) != current:
+            raise AnsibleActionFail('%s: the public key given is not the device\'s current key %s; gather it with '
+                                    'edgeai.fleet.device_key first' % (host, current))
+        stale = [(m['name'], v, d) for m in status['models'] for v, d in sorted(m.get('installed', {}).items())
+                 if d.get('signed') and d.get('key_id') != current]
+        result.update(changed=bool(stale), rekeyed=['%s %s' % (n, v) for n, v, d in stale], device_key_id=current)
+        if not stale or self._task.check_mode:
+            return result
+        fleet = pub.FleetKeys(args['keys_dir'], args['passphrase'])
+        for name, version, details in stale:
+            try:
+                path = self._artifact_for(pub, args['artifact_dir'], details['artifact_id'])
+                slot = pub.wrap_for(path, fleet, public_key)
+            except (pub.ArtifactError, OSError) as exc:
+                raise AnsibleActionFail('%s: re-wrapping %s %s: %s' % (host, name, version, exc))
+            except AnsibleActionFail as exc:
+                raise AnsibleActionFail('%s: re-wrapping %s %s: %s' % (host, name, version, exc.message))
+            self._run_store(dict(common, state='rekeyed', name=name, version=version, keyslot=slot), task_vars, host)
+        return result
+
+    def _run_store(self, module_args, task_vars, host):
+        done = self._execute_module(module_name='edgeai.fleet.model_store', module_args=module_args,
+                                    task_vars=task_vars)
+        if done.get('failed'):
+            raise AnsibleActionFail('%s: %s' % (host, done.get('msg')), result=dict(reason=done.get('reason')))
+        return done
+
+    @staticmethod
+    def _artifact_for(pub, artifact_dir, artifact_id):
+        """The packed artifact with this id in artifact_dir."""
+        for entry in sorted(os.listdir(artifact_dir)):
+            if entry.endswith('.eaf'):
+                candidate = os.path.join(artifact_dir, entry)
+                if pub.artifact.read_header(candidate).get('artifact_id') == artifact_id:
+                    return candidate
+        raise AnsibleActionFail('the device holds artifact %s, which is no longer in %s: its key slot cannot be '
+                                're-wrapped; install a new version instead' % (artifact_id, artifact_dir))

@@ -1,0 +1,36 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) 2026, edgeai.fleet contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""Argument specs of the controller-side action plugins, shared with their documentation modules. Private."""
+
+from __future__ import annotations
+
+FLEET_KEYS_SPEC = dict(
+    keys_dir=dict(type='path', required=True),
+    passphrase=dict(type='str', no_log=True),
+)
+
+MODEL_ARTIFACT_SPEC = dict(
+    state=dict(type='str', default='present', choices=['present', 'rekeyed']),
+    src=dict(type='path'),
+    keys_dir=dict(type='path', required=True),
+    passphrase=dict(type='str', no_log=True),
+    artifact_dir=dict(type='path', required=True),
+    cipher=dict(type='str', default='auto', choices=['auto', 'aes-256-gcm', 'chacha20-poly1305']),
+    chunk_mib=dict(type='int', default=4, choices=[1, 2, 3, 4]),
+    public_key=dict(type='str'),
+    activate=dict(type='bool', default=False),
+    force=dict(type='bool', default=False),
+    root=dict(type='path', default='/opt/edgeai'),
+    user=dict(type='str', default='edgeai'),
+)
+MODEL_ARTIFACT_REQUIRED_IF = [('state', 'present', ('src',))]
+
+
+def controller_only(module_class, spec, name, **kwargs):
+    """The module half of an action plugin: it only explains that it runs on the controller."""
+    module = module_class(argument_spec=spec, supports_check_mode=True, **kwargs)
+    module.fail_json(msg='edgeai.fleet.%s runs on the controller through its action plugin; it cannot run as a '
+                         'module on a target' % name)

@@ -1,0 +1,198 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright (c) 2026, edgeai.fleet contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: model_store
+short_description: Query an edge device's model store, install a signed artifact already on the device, or re-key one
+version_added: 0.2.0
+description:
+  - A thin wrapper around the device runtime's C(edgeai-runtime model) commands, run as the service user.
+  - C(state=status) reports every stored model version with its identity (model sha256, artifact id, payload sha256,
+    signer, the device key its key slot is wrapped for) and the device's current key id. It changes nothing.
+  - C(state=installed) verifies and stores a signed artifact (C(.eaf)) that is already on the device. It checks the signature by a
+    trusted fleet key, hardware class, runtime version, key slot, every chunk and both digests, and the gate files.
+    Nothing is written unless all of that passes; the model is never decrypted to disk.
+  - C(state=rekeyed) replaces an installed artifact's key slot with one for another device key (key rotation).
+  - C(state=activated) loads, warms up and gates an installed version and makes it serve (blue-green, through the
+    running service when it is up).
+  - Most playbooks use M(edgeai.fleet.model_artifact), which packs on the controller, sends only what the device
+    lacks, and calls this module.
+author:
+  - edgeai.fleet contributors (@edgeai)
+extends_documentation_fragment:
+  - edgeai.fleet._attributes
+attributes:
+  check_mode:
+    support: full
+    details: With C(state=installed), check mode verifies the artifact's signature and reports a change when the
+      model is not installed; with C(state=rekeyed) when the slot is for another key.
+  diff_mode:
+    support: full
+  idempotent:
+    support: full
+options:
+  state:
+    description: What to do.
+    type: str
+    choices: [status, installed, rekeyed, activated]
+    default: status
+  artifact:
+    description: Path of the signed artifact on the device. Required with C(state=installed).
+    type: path
+  keyslot:
+    description:
+      - The artifact's data key wrapped for this device (from M(edgeai.fleet.model_artifact) or C(edgeai-artifact wrap)).
+      - Required with C(state=installed) and C(state=rekeyed).
+    type: dict
+  files:
+    description: Gate data files on the device, by the name the manifest gives them.
+    type: dict
+    default: {}
+  name:
+    description: Model name. Required with C(state=rekeyed) and C(state=activated).
+    type: str
+  version:
+    description: Model version. Required with C(state=rekeyed) and C(state=activated).
+    type: str
+  activate:
+    description: After installing, load, warm up and gate the version and make it serve (blue-green).
+    type: bool
+    default: false
+  force:
+    description: Allow installing a version older than the active one.
+    type: bool
+    default: false
+  root:
+    description: Root of the device layout.
+    type: path
+    default: /opt/edgeai
+  user:
+    description: Service account the runtime runs as.
+    type: str
+    default: edgeai
+seealso:
+  - module: edgeai.fleet.model_artifact
+  - module: edgeai.fleet.device_key
+"""
+
+EXAMPLES = r"""
+- name: What does the device hold?
+  edgeai.fleet.model_store:
+  register: store
+
+- name: Install an artifact copied to the device earlier
+  edgeai.fleet.model_store:
+    state: installed
+    artifact: /opt/edgeai/cache/incoming/digits-1.0.0-aes.eaf
+    keyslot: "{{ slot }}"
+    files:
+      golden.npz: /opt/edgeai/cache/incoming/golden.npz
+"""
+
+RETURN = r"""
+models:
+  description: Every stored model, from C(edgeai-runtime model list).
+  returned: always
+  type: list
+  elements: dict
+device_key_id:
+  description: The device's current key id, or null when it has no key pair yet.
+  returned: always
+  type: str
+msg:
+  description: What the runtime did.
+  returned: when state is not status
+  type: str
+"""
+
+import json
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.edgeai.fleet.plugins.module_utils._runtime_cli import run_runtime
+
+
+def summary(models):
+    return ''.join('%s: active %s, installed %s\n' % (m['name'], m.get('active'), ', '.join(m.get('versions', [])))
+                   for m in models)
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            state=dict(type='str', default='status', choices=['status', 'installed', 'rekeyed', 'activated']),
+            artifact=dict(type='path'),
+            keyslot=dict(type='dict', no_log=True),
+            files=dict(type='dict', default={}),
+            name=dict(type='str'),
+            version=dict(type='str'),
+            activate=dict(type='bool', default=False),
+            force=dict(type='bool', default=False),
+            root=dict(type='path', default='/opt/edgeai'),
+            user=dict(type='str', default='edgeai'),
+        ),
+        required_if=[('state', 'installed', ('artifact', 'keyslot')),
+                     ('state', 'rekeyed', ('name', 'version', 'keyslot')),
+                     ('state', 'activated', ('name', 'version'))],
+        supports_check_mode=True,
+    )
+    p = module.params
+
+    def run(*args, **kwargs):
+        return run_runtime(module, p['root'], p['user'], list(args), **kwargs)
+
+    before = run('model', 'list').get('models', [])
+    key_id = (run('keys', 'show').get('current') or {}).get('key_id')
+    result = dict(changed=False, models=before, device_key_id=key_id)
+    if p['state'] == 'status':
+        module.exit_json(**result)
+
+    slot = json.dumps(p['keyslot'] or {})
+    if p['state'] == 'installed':
+        header = run('artifact', 'verify', p['artifact'])  # signature, class, runtime version, payload digest
+        name, version = header['manifest']['name'], header['manifest']['version']
+    else:
+        name, version = p['name'], p['version']
+    stored = next((m for m in before if m['name'] == name), {}).get('installed', {}).get(version)
+    if module.check_mode:
+        if p['state'] == 'installed':
+            same = stored is not None and stored.get('sha256') == header['manifest']['sha256']
+            result['changed'] = not same or stored.get('key_id') != p['keyslot'].get('key_id') or \
+                (p['activate'] and next((m for m in before if m['name'] == name), {}).get('active') != version)
+        elif p['state'] == 'rekeyed':
+            result['changed'] = stored is None or stored.get('key_id') != p['keyslot'].get('key_id')
+        else:
+            result['changed'] = next((m for m in before if m['name'] == name), {}).get('active') != version
+        verbs = dict(installed='install', rekeyed='re-key', activated='activate')
+        result['msg'] = 'would %s %s %s' % (verbs[p['state']], name, version)
+        module.exit_json(**result)
+
+    if p['state'] == 'installed':
+        args = ['model', 'install', '--artifact', p['artifact'], '--keyslot', '-']
+        args += ['--file=%s=%s' % (fname, path) for fname, path in sorted(p['files'].items())]
+        if p['activate']:
+            args.append('--activate')
+        if p['force']:
+            args.append('--force')
+        done = run(*args, stdin=slot)
+    elif p['state'] == 'rekeyed':
+        done = run('model', 'rekey', name, version, '--keyslot', '-', stdin=slot)
+    else:
+        done = run('model', 'activate', name, version)
+        done = dict(done, activation=dict(done))
+    after = run('model', 'list').get('models', [])
+    result.update(changed=bool(done.get('changed')), models=after, msg=done.get('msg'), name=name, version=version)
+    if 'activation' in done:
+        result['activation'] = done['activation']
+    if module._diff:
+        result['diff'] = dict(before=summary(before), after=summary(after))
+    module.exit_json(**result)
+
+
+if __name__ == '__main__':
+    main()
