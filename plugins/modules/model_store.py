@@ -111,10 +111,32 @@ msg:
 """
 
 import json
+import os
+import pwd
+import shutil
+import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.edgeai.fleet.plugins.module_utils._runtime_cli import run_runtime
+
+
+def readable_copies(module, root, user, files):
+    """Copies of ``files`` (name -> path) the service user can read, in a private directory under
+    <root>/cache: what Ansible transferred sits in the connection user's own temporary directory."""
+    try:
+        staging = tempfile.mkdtemp(prefix='incoming-', dir=os.path.join(root, 'cache'))
+        owner = pwd.getpwnam(user) if os.geteuid() == 0 and user != 'root' else None
+        for name, path in files.items():
+            shutil.copyfile(path, os.path.join(staging, name))
+            if owner is not None:
+                os.chown(os.path.join(staging, name), owner.pw_uid, owner.pw_gid)
+        if owner is not None:
+            os.chown(staging, owner.pw_uid, owner.pw_gid)
+    except (OSError, KeyError) as exc:
+        module.fail_json(msg='staging %s for the service user %s under %s/cache: %s' % (', '.join(sorted(files)), user,
+                                                                                    root, exc))
+    return staging
 
 
 def summary(models):
@@ -146,18 +168,17 @@ def main():
     def run(*args, **kwargs):
         return run_runtime(module, p['root'], p['user'], list(args), **kwargs)
 
-    before = run('model', 'list').get('models', [])
-    key_id = (run('keys', 'show').get('current') or {}).get('key_id')
-    result = dict(changed=False, models=before, device_key_id=key_id)
+    listed = run('model', 'list')
+    before = listed.get('models', [])
+    result = dict(changed=False, models=before, device_key_id=listed.get('device_key_id'))
     if p['state'] == 'status':
         module.exit_json(**result)
 
     slot = json.dumps(p['keyslot'] or {})
-    if p['state'] == 'installed':
+    name, version = p['name'], p['version']
+    if p['state'] == 'installed' and module.check_mode:
         header = run('artifact', 'verify', p['artifact'])  # signature, class, runtime version, payload digest
         name, version = header['manifest']['name'], header['manifest']['version']
-    else:
-        name, version = p['name'], p['version']
     stored = next((m for m in before if m['name'] == name), {}).get('installed', {}).get(version)
     if module.check_mode:
         if p['state'] == 'installed':
@@ -173,19 +194,24 @@ def main():
         module.exit_json(**result)
 
     if p['state'] == 'installed':
-        args = ['model', 'install', '--artifact', p['artifact'], '--keyslot', '-']
-        args += ['--file=%s=%s' % (fname, path) for fname, path in sorted(p['files'].items())]
-        if p['activate']:
-            args.append('--activate')
-        if p['force']:
-            args.append('--force')
-        done = run(*args, stdin=slot)
+        staging = readable_copies(module, p['root'], p['user'], dict(p['files'], **{'model.eaf': p['artifact']}))
+        try:
+            args = ['model', 'install', '--artifact', os.path.join(staging, 'model.eaf'), '--keyslot', '-']
+            args += ['--file=%s=%s' % (fname, os.path.join(staging, fname)) for fname in sorted(p['files'])]
+            if p['activate']:
+                args.append('--activate')
+            if p['force']:
+                args.append('--force')
+            done = run(*args, stdin=slot)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     elif p['state'] == 'rekeyed':
         done = run('model', 'rekey', name, version, '--keyslot', '-', stdin=slot)
     else:
         done = run('model', 'activate', name, version)
         done = dict(done, activation=dict(done))
     after = run('model', 'list').get('models', [])
+    name, version = done.get('name', name), done.get('version', version)
     result.update(changed=bool(done.get('changed')), models=after, msg=done.get('msg'), name=name, version=version)
     if 'activation' in done:
         result['activation'] = done['activation']

@@ -427,18 +427,25 @@ class Artifact:
         self._check_digest("payload", digest, self.payload_sha256)
         return digest
 
-    def decrypt(self, data_key: bytes) -> bytes:
+    def decrypt(self, data_key: bytes, payload_digest: bool = True) -> bytes:
         """The model, decrypted straight into one ``bytes`` object (the only O(model) allocation;
         ONNX Runtime and LiteRT take ``bytes``, so there is no second copy).
 
-        Checks the key commitment, every chunk's tag (the associated data binds the signed
-        envelope, the chunk's index and the final-chunk flag) and the payload's signed sha256.
-        Given those, the plaintext is the one ``check`` verified against the model's sha256 at
-        install time: one key and one ciphertext decrypt to one plaintext.
+        Always checks the key commitment and every chunk's tag (the associated data binds the
+        signed envelope, the chunk's index and the final-chunk flag). With ``payload_digest``
+        also the payload's signed sha256, on a worker thread.
+
+        The store loads with ``payload_digest=False``: ``check`` verified both digests of that
+        very file when it was installed, and the tags under the committed key then pin every
+        byte. What the digest adds is protection against someone holding the data key (any
+        device it was sent to) forging chunks; on this device such a person would need write
+        access to the store, which already means access to the device key.
         """
         model, view = _new_bytes(self.envelope.plaintext_size)
+        chunk = self.envelope.chunk_size
         try:
-            self._stream(data_key, lambda index, want: (view[index * self.envelope.chunk_size:][:want], None), None)
+            self._stream(data_key, lambda index, want: (view[index * chunk:index * chunk + want], None), None,
+                         payload_digest)
         except BaseException:
             view[:] = b"\0" * len(view)  # leave no plaintext behind in freed memory
             raise
@@ -455,7 +462,7 @@ class Artifact:
             return memoryview(buf)[:want], buf
 
         try:
-            self._stream(data_key, target, plain_hash)
+            self._stream(data_key, target, plain_hash, True)
             self._check_digest("model", plain_hash.hexdigest(), self.manifest.sha256)
         finally:
             plain_hash.close()
@@ -473,17 +480,18 @@ class Artifact:
             yield f  # type: ignore[misc]
 
     def _stream(self, data_key: bytes, target: Callable[[int, int], Tuple[memoryview, Optional[bytearray]]],
-                plain_hash: Optional[_Hasher]) -> None:
+                plain_hash: Optional[_Hasher], payload_digest: bool) -> None:
         self.check_key(data_key)
         env = self.envelope
         aead = CIPHERS[env.cipher](data_key)
         into = _aead_into(aead)
-        cipher_hash = _Hasher(env.chunk_size + TAG_BYTES)
+        cipher_hash = _Hasher(env.chunk_size + TAG_BYTES) if payload_digest else None
+        spare = bytearray(env.chunk_size + TAG_BYTES) if cipher_hash is None else None
         try:
             with self._payload() as f:
                 for index in range(env.chunks):
                     want = env.plain_len(index)
-                    sealed = cipher_hash.take()
+                    sealed = cipher_hash.take() if cipher_hash is not None else spare
                     sealed_view = memoryview(sealed)[:want + TAG_BYTES]
                     self._fill(f, sealed_view, index)
                     plain_view, pooled = target(index, want)
@@ -494,12 +502,15 @@ class Artifact:
                             plain_view[:] = aead.decrypt(env.nonce(index), bytes(sealed_view), env.aad(index))
                     except InvalidTag:
                         raise self._chunk_error(aead, index, bytes(sealed_view)) from None
-                    cipher_hash.feed(sealed_view, sealed)
+                    if cipher_hash is not None:
+                        cipher_hash.feed(sealed_view, sealed)
                     if plain_hash is not None:
                         plain_hash.feed(plain_view, pooled)
-            self._check_digest("payload", cipher_hash.hexdigest(), self.payload_sha256)
+            if cipher_hash is not None:
+                self._check_digest("payload", cipher_hash.hexdigest(), self.payload_sha256)
         finally:
-            cipher_hash.close()
+            if cipher_hash is not None:
+                cipher_hash.close()
 
     def _fill(self, f: BinaryIO, view: memoryview, index: int) -> None:
         if _read_exact(f, view) != len(view):

@@ -116,7 +116,8 @@ def cmd_model(args: argparse.Namespace, config: RuntimeConfig) -> Dict[str, Any]
     from .store import open_store
     store = open_store(config)
     if args.action in ("list", "status"):
-        result: Dict[str, Any] = {"changed": False, "models": store.status()}
+        result: Dict[str, Any] = {"changed": False, "models": store.status(),
+                                  "device_key_id": store.keyring.current_id()}
         if args.action == "status":
             result["service"] = _call_service(config, "GET", "/v2/admin/status", timeout=10)
         return result
