@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import uuid
@@ -69,7 +70,10 @@ class PlaybookRun(object):
         self.proc = proc
         self.rc = proc.returncode
         try:
-            self.result = json.loads(proc.stdout[proc.stdout.index('{'):])
+            # The JSON callback prints one object starting with a line that is just "{"; with -vvv
+            # the connection's debug lines (which hold braces too) come first.
+            start = re.search(r'^\{$', proc.stdout, re.M)
+            self.result = json.loads(proc.stdout[start.start() if start else proc.stdout.index('{'):])
         except ValueError:
             raise AssertionError('ansible-playbook printed no JSON (rc=%s):\n%s\n%s'
                                  % (proc.returncode, proc.stdout[-3000:], proc.stderr[-3000:]))
