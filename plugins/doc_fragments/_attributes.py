@@ -44,3 +44,16 @@ attributes:
     description: Action returns an C(ansible_facts) dictionary that will update existing host facts.
     support: full
 """
+
+    # Modules that run the device runtime on the target: where it lives and as whom it runs.
+    DEVICE_RUNTIME = r"""
+options:
+  root:
+    description: Root of the device layout (as laid out by the C(edgeai.fleet.provision) role).
+    type: path
+    default: /opt/edgeai
+  user:
+    description: Service account the device runtime runs as, and which owns what it creates.
+    type: str
+    default: edgeai
+"""

@@ -22,6 +22,7 @@ author:
   - edgeai.fleet contributors (@edgeai)
 extends_documentation_fragment:
   - edgeai.fleet._attributes
+  - edgeai.fleet._attributes.device_runtime
   - edgeai.fleet._attributes.facts_module
 attributes:
   check_mode:
@@ -47,14 +48,6 @@ options:
       - Remove every key pair that is not current and that no installed model version's key slot needs.
     type: bool
     default: false
-  root:
-    description: Root of the device layout.
-    type: path
-    default: /opt/edgeai
-  user:
-    description: Service account that owns the keys.
-    type: str
-    default: edgeai
 requirements:
   - The device runtime, installed by the C(edgeai.fleet.inference_service) role.
 seealso:

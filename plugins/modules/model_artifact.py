@@ -24,6 +24,7 @@ author:
   - edgeai.fleet contributors (@edgeai)
 extends_documentation_fragment:
   - edgeai.fleet._attributes
+  - edgeai.fleet._attributes.device_runtime
 attributes:
   check_mode:
     support: full
@@ -84,14 +85,6 @@ options:
     description: Allow installing a version older than the active one.
     type: bool
     default: false
-  root:
-    description: Root of the device layout.
-    type: path
-    default: /opt/edgeai
-  user:
-    description: Service account on the device.
-    type: str
-    default: edgeai
 seealso:
   - module: edgeai.fleet.fleet_keys
   - module: edgeai.fleet.device_key

@@ -26,6 +26,7 @@ author:
   - edgeai.fleet contributors (@edgeai)
 extends_documentation_fragment:
   - edgeai.fleet._attributes
+  - edgeai.fleet._attributes.device_runtime
 attributes:
   check_mode:
     support: full
@@ -67,14 +68,6 @@ options:
     description: Allow installing a version older than the active one.
     type: bool
     default: false
-  root:
-    description: Root of the device layout.
-    type: path
-    default: /opt/edgeai
-  user:
-    description: Service account the runtime runs as.
-    type: str
-    default: edgeai
 seealso:
   - module: edgeai.fleet.model_artifact
   - module: edgeai.fleet.device_key
@@ -134,8 +127,8 @@ def readable_copies(module, root, user, files):
         if owner is not None:
             os.chown(staging, owner.pw_uid, owner.pw_gid)
     except (OSError, KeyError) as exc:
-        module.fail_json(msg='staging %s for the service user %s under %s/cache: %s' % (', '.join(sorted(files)), user,
-                                                                                    root, exc))
+        names = ', '.join(sorted(files))
+        module.fail_json(msg='staging %s for the service user %s under %s/cache: %s' % (names, user, root, exc))
     return staging
 
 

@@ -262,13 +262,13 @@ def pack(model_path: str, out_path: str, manifest_fields: Mapping[str, Any], sig
     header = {"format": FORMAT, "format_version": FORMAT_VERSION, "artifact_id": artifact_id,
               "signer": key_id(signing_key), "manifest": manifest.to_dict(), "envelope": envelope.to_dict(),
               "payload": {"size": envelope.payload_size, "sha256": _ZERO_HEX}}
-    placeholder = canonical(header)
+    provisional = canonical(header)
     aead = CIPHERS[cipher](data_key)
     tmp = "%s.partial-%d" % (out_path, os.getpid())
     plain_hash, cipher_hash = _Hasher(chunk_size), _Hasher(chunk_size + TAG_BYTES)
     try:
         with open(model_path, "rb") as src, open(tmp, "wb") as out:
-            out.write(PREAMBLE.pack(MAGIC, FORMAT_VERSION, 0, len(placeholder)) + placeholder
+            out.write(PREAMBLE.pack(MAGIC, FORMAT_VERSION, 0, len(provisional)) + provisional
                       + b"\0" * SIGNATURE_BYTES)
             for index in range(envelope.chunks):
                 want = envelope.plain_len(index)
@@ -290,7 +290,7 @@ def pack(model_path: str, out_path: str, manifest_fields: Mapping[str, Any], sig
             header["manifest"]["sha256"] = plain_hash.hexdigest()
             header["payload"]["sha256"] = cipher_hash.hexdigest()
             final = canonical(header)
-            assert len(final) == len(placeholder), "header length changed while filling in digests"
+            assert len(final) == len(provisional), "header length changed while filling in digests"
             preamble = PREAMBLE.pack(MAGIC, FORMAT_VERSION, 0, len(final))
             out.seek(0)
             out.write(preamble + final + signing_key.sign(preamble + final))
