@@ -12,7 +12,7 @@ short_description: Query an edge device's model store, install a signed artifact
 version_added: 0.2.0
 description:
   - A thin wrapper around the device runtime's C(edgeai-runtime model) commands, run as the service user.
-  - C(state=status) reports every stored model version with its identity (model sha256, artifact id, payload sha256,
+  - C(state=status) reports every stored model version with its identity (model sha256, artifact id, payload chunk-list sha256,
     signer, the device key its key slot is wrapped for) and the device's current key id. It changes nothing.
   - C(state=installed) verifies and stores a signed artifact (C(.eaf)) that is already on the device. It checks the signature by a
     trusted fleet key, hardware class, runtime version, key slot, every chunk and both digests, and the gate files.

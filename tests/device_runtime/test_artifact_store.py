@@ -65,7 +65,7 @@ def test_install_load_and_serve_without_plaintext_on_disk(device, outdir, digits
     assert not store.install_artifact(path, artifacts.slot_for(packed, ring), files).changed
     details = store.details("digits", "1.0.0")
     assert details["signed"] and details["artifact_id"] == packed.artifact_id
-    assert details["payload_sha256"] == packed.header["payload"]["sha256"] and details["key_id"] == ring.current_id()
+    assert details["payload_chunks_sha256"] == packed.header["payload"]["chunks_sha256"] and details["key_id"] == ring.current_id()
     manager = ModelManager(store, RuntimeConfig(root=store.root, require_signed=True))
     try:
         result = manager.activate("digits", "1.0.0")

@@ -11,8 +11,8 @@ The controller packs (``pack``) and the device opens (``Artifact.open``), verifi
 (``verify_payload``) and decrypts straight into memory (``decrypt``), all here, so both
 sides share one implementation. Memory: O(chunk) to pack and verify; decrypting holds the
 plaintext model (O(model)) plus a few chunk buffers, and never writes plaintext anywhere.
-Hashing runs on a worker thread (hashlib drops the GIL on large buffers), overlapping
-the read and the cipher on the calling thread.
+Hashing runs on worker threads (hashlib drops the GIL on large buffers), overlapping
+the read and the cipher on the calling thread; the payload's chunks hash in parallel.
 """
 from __future__ import annotations
 
@@ -50,6 +50,7 @@ CIPHERS: Dict[str, Callable[[bytes], Any]] = {"aes-256-gcm": AESGCM, "chacha20-p
 SUFFIX = ".eaf"
 _ENVELOPE_CONTEXT = b"edgeai.fleet envelope v1\0"
 _COMMIT_CONTEXT = b"edgeai.fleet key commitment v1\0"
+_PAYLOAD_CONTEXT = b"edgeai.fleet payload chunks v1\0"
 _ZERO_HEX = "0" * 64
 
 __all__ = ["ArtifactError", "Artifact", "pack", "default_cipher", "CIPHERS", "FORMAT_VERSION"]
@@ -136,45 +137,103 @@ class Envelope:
         return cls(artifact_id, cipher, chunk, chunks, prefix, commitment, size)
 
 
-class _Hasher:
-    """sha256 on a worker thread over a pool of reusable buffers (bounded memory)."""
+class _Pool:
+    """A pool of reusable chunk buffers and worker threads that consume them (bounded memory).
 
-    def __init__(self, buffer_size: int = 0, buffers: int = 3) -> None:
+    ``take`` a buffer, fill it, ``feed`` a view of it with its chunk index; a worker runs
+    ``_consume`` on it and puts the buffer back. hashlib drops the GIL on large buffers, so the
+    workers run beside the read and the cipher on the calling thread.
+    """
+
+    def __init__(self, buffer_size: int, workers: int) -> None:
         self._free: "queue.Queue[bytearray]" = queue.Queue()
-        for buf in [bytearray(buffer_size) for i in range(buffers if buffer_size else 0)]:
+        for buf in [bytearray(buffer_size) for i in range(workers + 2)]:
             self._free.put(buf)
-        self._work: "queue.Queue[Optional[Tuple[memoryview, Optional[bytearray]]]]" = queue.Queue(maxsize=buffers)
-        self._hash = hashlib.sha256()
-        self._thread = threading.Thread(target=self._run, name="artifact-sha256", daemon=True)
-        self._thread.start()
+        self._work: "queue.Queue[Optional[Tuple[int, memoryview, Optional[bytearray]]]]" = queue.Queue(maxsize=workers)
+        self._threads = [threading.Thread(target=self._run, name="artifact-sha256", daemon=True)
+                         for i in range(workers)]
+        for thread in self._threads:
+            thread.start()
 
     def take(self) -> bytearray:
         """A pooled buffer; hand it back through ``feed``."""
         return self._free.get()
 
-    def feed(self, view: memoryview, pooled: Optional[bytearray] = None) -> None:
-        """Hash ``view`` (which must not change until hashed); ``pooled`` goes back to the pool after."""
-        self._work.put((view, pooled))
-
-    def hexdigest(self) -> str:
-        self._work.put(None)
-        self._thread.join()
-        return self._hash.hexdigest()
+    def feed(self, index: int, view: memoryview, pooled: Optional[bytearray] = None) -> None:
+        """Consume ``view`` (which must not change until consumed); ``pooled`` goes back to the pool after."""
+        self._work.put((index, view, pooled))
 
     def close(self) -> None:
-        if self._thread.is_alive():
-            self._work.put(None)
-            self._thread.join()
+        """Wait for every fed chunk to be consumed; idempotent."""
+        for thread in self._threads:
+            if thread.is_alive():
+                self._work.put(None)
+        for thread in self._threads:
+            thread.join()
 
     def _run(self) -> None:
         while True:
             item = self._work.get()
             if item is None:
                 return
-            view, pooled = item
-            self._hash.update(view)
+            index, view, pooled = item
+            self._consume(index, view)
             if pooled is not None:
                 self._free.put(pooled)
+
+    def _consume(self, index: int, view: memoryview) -> None:
+        raise NotImplementedError
+
+
+class _Hasher(_Pool):
+    """sha256 of a stream fed in order: one worker (the model's digest, manifest ``sha256``)."""
+
+    def __init__(self, buffer_size: int) -> None:
+        self._hash = hashlib.sha256()
+        super().__init__(buffer_size, 1)
+
+    def hexdigest(self) -> str:
+        self.close()
+        return self._hash.hexdigest()
+
+    def _consume(self, index: int, view: memoryview) -> None:
+        self._hash.update(view)
+
+
+class _ChunkHasher(_Pool):
+    """The payload digest (``payload.chunks_sha256``): sha256 over the sha256 of each sealed chunk,
+    in chunk order. The chunks hash in parallel on ``workers`` threads, so verifying is not held to
+    one core's sha256 speed, which is below AES-GCM's on most CPUs (docs/artifact-format.md)."""
+
+    def __init__(self, buffer_size: int, chunks: int, workers: Optional[int] = None) -> None:
+        self._digests = [b""] * chunks
+        super().__init__(buffer_size, workers or hash_workers())
+
+    def hexdigest(self) -> str:
+        self.close()
+        return chunk_list_digest(self._digests)
+
+    def _consume(self, index: int, view: memoryview) -> None:
+        self._digests[index] = hashlib.sha256(view).digest()
+
+
+def hash_workers() -> int:
+    """Threads that hash payload chunks: the CPUs this process may use, at most 4."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(4, cpus))
+
+
+def chunk_list_digest(chunk_digests: "list[bytes]") -> str:
+    """``payload.chunks_sha256`` from the sha256 digests of the sealed chunks, in order."""
+    outer = hashlib.sha256(_PAYLOAD_CONTEXT)
+    for digest in chunk_digests:
+        if len(digest) != 32:
+            raise ArtifactError("bad_format", "a payload chunk was not hashed")
+        outer.update(digest)
+    return outer.hexdigest()
 
 
 def _read_exact(f: BinaryIO, view: memoryview) -> int:
@@ -208,6 +267,16 @@ def _new_bytes(size: int) -> Tuple[Any, memoryview]:
     except (ImportError, AttributeError, ValueError):  # pragma: no cover - not CPython
         buf = bytearray(size)
         return buf, memoryview(buf)
+
+
+def _is_hex(value: Any, length: int) -> bool:
+    if not isinstance(value, str) or len(value) != length:
+        return False
+    try:
+        bytes.fromhex(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _aead_into(aead: Any) -> bool:
@@ -261,11 +330,11 @@ def pack(model_path: str, out_path: str, manifest_fields: Mapping[str, Any], sig
         raise ArtifactError("bad_manifest", "manifest: %s" % exc) from None
     header = {"format": FORMAT, "format_version": FORMAT_VERSION, "artifact_id": artifact_id,
               "signer": key_id(signing_key), "manifest": manifest.to_dict(), "envelope": envelope.to_dict(),
-              "payload": {"size": envelope.payload_size, "sha256": _ZERO_HEX}}
+              "payload": {"size": envelope.payload_size, "chunks_sha256": _ZERO_HEX}}
     provisional = canonical(header)
     aead = CIPHERS[cipher](data_key)
     tmp = "%s.partial-%d" % (out_path, os.getpid())
-    plain_hash, cipher_hash = _Hasher(chunk_size), _Hasher(chunk_size + TAG_BYTES)
+    plain_hash, cipher_hash = _Hasher(chunk_size), _ChunkHasher(chunk_size + TAG_BYTES, envelope.chunks)
     try:
         with open(model_path, "rb") as src, open(tmp, "wb") as out:
             out.write(PREAMBLE.pack(MAGIC, FORMAT_VERSION, 0, len(provisional)) + provisional
@@ -283,12 +352,12 @@ def pack(model_path: str, out_path: str, manifest_fields: Mapping[str, Any], sig
                 else:
                     sealed_view[:] = aead.encrypt(envelope.nonce(index), bytes(view), envelope.aad(index))
                 out.write(sealed_view)
-                plain_hash.feed(view, plain)
-                cipher_hash.feed(sealed_view, sealed)
+                plain_hash.feed(index, view, plain)
+                cipher_hash.feed(index, sealed_view, sealed)
             if src.read(1):
                 raise ArtifactError("io", "model %s grew while being packed" % model_path)
             header["manifest"]["sha256"] = plain_hash.hexdigest()
-            header["payload"]["sha256"] = cipher_hash.hexdigest()
+            header["payload"]["chunks_sha256"] = cipher_hash.hexdigest()
             final = canonical(header)
             assert len(final) == len(provisional), "header length changed while filling in digests"
             preamble = PREAMBLE.pack(MAGIC, FORMAT_VERSION, 0, len(final))
@@ -326,8 +395,9 @@ class Artifact:
         return self.envelope.artifact_id
 
     @property
-    def payload_sha256(self) -> str:
-        return self.header["payload"]["sha256"]
+    def payload_digest(self) -> str:
+        """``payload.chunks_sha256``: sha256 over the sha256 of each sealed chunk (docs/artifact-format.md)."""
+        return self.header["payload"]["chunks_sha256"]
 
     @property
     def signer(self) -> str:
@@ -386,6 +456,8 @@ class Artifact:
         if not isinstance(payload, dict) or payload.get("size") != envelope.payload_size \
                 or envelope.plaintext_size != manifest.size:
             raise ArtifactError("bad_format", "%s: payload size does not match the envelope" % path)
+        if not _is_hex(payload.get("chunks_sha256"), 64):
+            raise ArtifactError("bad_format", "%s: payload.chunks_sha256 must be 64 hex digits" % path)
         offset = PREAMBLE.size + header_len + SIGNATURE_BYTES
         if file_size < offset + envelope.payload_size:
             raise ArtifactError("truncated", "%s is truncated: %d payload bytes of %d (chunks missing)"
@@ -412,19 +484,17 @@ class Artifact:
                                 % self.path)
 
     def verify_payload(self) -> str:
-        """Stream the payload through sha256 and compare with the signed digest. O(chunk) memory, no key needed."""
-        hasher = _Hasher(self.envelope.chunk_size + TAG_BYTES)
-        try:
-            with self._payload() as f:
-                for index in range(self.envelope.chunks):
-                    buf = hasher.take()
-                    view = memoryview(buf)[:self.envelope.plain_len(index) + TAG_BYTES]
-                    self._fill(f, view, index)
-                    hasher.feed(view, buf)
-            digest = hasher.hexdigest()
-        finally:
-            hasher.close()
-        self._check_digest("payload", digest, self.payload_sha256)
+        """Hash the payload and compare with the signed digest. O(chunk) memory per worker, no key needed."""
+        digests = [b""] * self.envelope.chunks
+
+        def job() -> Callable[[int, memoryview], None]:
+            def hash_chunk(index: int, sealed: memoryview) -> None:
+                digests[index] = hashlib.sha256(sealed).digest()
+            return hash_chunk
+
+        self._each_chunk(job)
+        digest = chunk_list_digest(digests)
+        self._check_digest("payload", digest, self.payload_digest)
         return digest
 
     def decrypt(self, data_key: bytes, payload_digest: bool = True) -> bytes:
@@ -433,7 +503,9 @@ class Artifact:
 
         Always checks the key commitment and every chunk's tag (the associated data binds the
         signed envelope, the chunk's index and the final-chunk flag). With ``payload_digest``
-        also the payload's signed sha256, on a worker thread.
+        also the payload digest. The chunks are read, decrypted (and hashed) on ``hash_workers()``
+        threads, each into its own place in the model: the cipher, and the page faults of the new
+        memory, then use every core.
 
         The store loads with ``payload_digest=False``: ``check`` verified both digests of that
         very file when it was installed, and the tags under the committed key then pin every
@@ -441,11 +513,25 @@ class Artifact:
         device it was sent to) forging chunks; on this device such a person would need write
         access to the store, which already means access to the device key.
         """
-        model, view = _new_bytes(self.envelope.plaintext_size)
-        chunk = self.envelope.chunk_size
+        self.check_key(data_key)
+        env = self.envelope
+        digests = [b""] * env.chunks if payload_digest else None
+        model, view = _new_bytes(env.plaintext_size)
+
+        def job() -> Callable[[int, memoryview], None]:
+            aead = CIPHERS[env.cipher](data_key)  # one per thread
+
+            def open_chunk(index: int, sealed: memoryview) -> None:
+                start = index * env.chunk_size
+                self._open_chunk(aead, index, sealed, view[start:start + env.plain_len(index)])
+                if digests is not None:
+                    digests[index] = hashlib.sha256(sealed).digest()
+            return open_chunk
+
         try:
-            self._stream(data_key, lambda index, want: (view[index * chunk:index * chunk + want], None), None,
-                         payload_digest)
+            self._each_chunk(job)
+            if digests is not None:
+                self._check_digest("payload", chunk_list_digest(digests), self.payload_digest)
         except BaseException:
             view[:] = b"\0" * len(view)  # leave no plaintext behind in freed memory
             raise
@@ -454,17 +540,31 @@ class Artifact:
         return model if isinstance(model, bytes) else bytes(model)
 
     def check(self, data_key: bytes) -> None:
-        """Everything ``decrypt`` checks, plus the model's sha256, keeping nothing: O(chunk) memory."""
-        plain_hash = _Hasher(self.envelope.chunk_size)
+        """Everything ``decrypt`` checks, plus the model's sha256, keeping nothing: O(chunk) memory.
 
-        def target(_index: int, want: int) -> Tuple[memoryview, Optional[bytearray]]:
-            buf = plain_hash.take()
-            return memoryview(buf)[:want], buf
-
+        The model's sha256 is one stream, so the chunks are read and decrypted in order on this
+        thread; the payload digest and the model's sha256 run on worker threads beside it."""
+        self.check_key(data_key)
+        env = self.envelope
+        aead = CIPHERS[env.cipher](data_key)
+        plain_hash = _Hasher(env.chunk_size)
+        cipher_hash = _ChunkHasher(env.chunk_size + TAG_BYTES, env.chunks)
         try:
-            self._stream(data_key, target, plain_hash, True)
+            with self._payload() as f:
+                for index in range(env.chunks):
+                    want = env.plain_len(index)
+                    sealed = cipher_hash.take()
+                    sealed_view = memoryview(sealed)[:want + TAG_BYTES]
+                    self._fill(f, sealed_view, index)
+                    plain = plain_hash.take()
+                    plain_view = memoryview(plain)[:want]
+                    self._open_chunk(aead, index, sealed_view, plain_view)
+                    cipher_hash.feed(index, sealed_view, sealed)
+                    plain_hash.feed(index, plain_view, plain)
+            self._check_digest("payload", cipher_hash.hexdigest(), self.payload_digest)
             self._check_digest("model", plain_hash.hexdigest(), self.manifest.sha256)
         finally:
+            cipher_hash.close()
             plain_hash.close()
 
     # -- internals ---------------------------------------------------------------------------
@@ -479,38 +579,74 @@ class Artifact:
             f.seek(self.payload_offset)
             yield f  # type: ignore[misc]
 
-    def _stream(self, data_key: bytes, target: Callable[[int, int], Tuple[memoryview, Optional[bytearray]]],
-                plain_hash: Optional[_Hasher], payload_digest: bool) -> None:
-        self.check_key(data_key)
+    def _each_chunk(self, job: Callable[[], Callable[[int, memoryview], None]]) -> None:
+        """Run a job on every sealed chunk, on ``hash_workers()`` threads that take the chunks in
+        order; each thread makes its job with ``job()`` and reads its chunks with pread into its
+        own buffer. Stops at the first failure and raises the failure of the lowest chunk (every
+        lower chunk had been taken, so that is the first bad chunk in the file)."""
         env = self.envelope
-        aead = CIPHERS[env.cipher](data_key)
-        into = _aead_into(aead)
-        cipher_hash = _Hasher(env.chunk_size + TAG_BYTES) if payload_digest else None
-        spare = bytearray(env.chunk_size + TAG_BYTES) if cipher_hash is None else None
         try:
-            with self._payload() as f:
-                for index in range(env.chunks):
-                    want = env.plain_len(index)
-                    sealed = cipher_hash.take() if cipher_hash is not None else spare
-                    sealed_view = memoryview(sealed)[:want + TAG_BYTES]
-                    self._fill(f, sealed_view, index)
-                    plain_view, pooled = target(index, want)
-                    try:
-                        if into:
-                            aead.decrypt_into(env.nonce(index), sealed_view, env.aad(index), plain_view)
-                        else:
-                            plain_view[:] = aead.decrypt(env.nonce(index), bytes(sealed_view), env.aad(index))
-                    except InvalidTag:
-                        raise self._chunk_error(aead, index, bytes(sealed_view)) from None
-                    if cipher_hash is not None:
-                        cipher_hash.feed(sealed_view, sealed)
-                    if plain_hash is not None:
-                        plain_hash.feed(plain_view, pooled)
-            if cipher_hash is not None:
-                self._check_digest("payload", cipher_hash.hexdigest(), self.payload_sha256)
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError as exc:
+            raise ArtifactError("io", "reading artifact %s: %s" % (self.path, exc.strerror)) from None
+        lock = threading.Lock()
+        taken = [0]
+        failures: Dict[int, BaseException] = {}
+
+        def worker() -> None:
+            run = job()
+            buf = bytearray(env.chunk_size + TAG_BYTES)
+            while True:
+                with lock:
+                    if failures or taken[0] >= env.chunks:
+                        return
+                    index = taken[0]
+                    taken[0] += 1
+                try:
+                    sealed = memoryview(buf)[:env.plain_len(index) + TAG_BYTES]
+                    self._pread(fd, sealed, index)
+                    run(index, sealed)
+                except BaseException as exc:  # re-raised below, in the calling thread
+                    with lock:
+                        failures[index] = exc
+                    return
+
+        try:
+            threads = [threading.Thread(target=worker, name="artifact-chunks", daemon=True)
+                       for i in range(min(hash_workers(), env.chunks))]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
         finally:
-            if cipher_hash is not None:
-                cipher_hash.close()
+            os.close(fd)
+        if failures:
+            raise failures[min(failures)]
+
+    def _pread(self, fd: int, view: memoryview, index: int) -> None:
+        offset = self.payload_offset + index * (self.envelope.chunk_size + TAG_BYTES)
+        got = 0
+        while got < len(view):
+            if hasattr(os, "preadv"):
+                n = os.preadv(fd, [view[got:]], offset + got)
+            else:  # pragma: no cover - no preadv (macOS before 11)
+                data = os.pread(fd, len(view) - got, offset + got)
+                view[got:got + len(data)] = data
+                n = len(data)
+            if not n:
+                raise ArtifactError("truncated", "%s is truncated in chunk %d of %d"
+                                    % (self.path, index, self.envelope.chunks))
+            got += n
+
+    def _open_chunk(self, aead: Any, index: int, sealed: memoryview, plain: memoryview) -> None:
+        env = self.envelope
+        try:
+            if _aead_into(aead):
+                aead.decrypt_into(env.nonce(index), sealed, env.aad(index), plain)
+            else:
+                plain[:] = aead.decrypt(env.nonce(index), bytes(sealed), env.aad(index))
+        except InvalidTag:
+            raise self._chunk_error(aead, index, bytes(sealed)) from None
 
     def _fill(self, f: BinaryIO, view: memoryview, index: int) -> None:
         if _read_exact(f, view) != len(view):

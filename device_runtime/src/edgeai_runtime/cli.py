@@ -200,7 +200,7 @@ def cmd_artifact(args: argparse.Namespace, config: RuntimeConfig) -> Dict[str, A
     art.check_compatible(config.hardware_class)
     art.verify_payload()
     return {"changed": False, "artifact_id": art.artifact_id, "signer": art.signer,
-            "payload_sha256": art.payload_sha256, "manifest": art.manifest.to_dict()}
+            "payload_chunks_sha256": art.payload_digest, "manifest": art.manifest.to_dict()}
 
 
 def cmd_probe(args: argparse.Namespace, config: RuntimeConfig) -> Dict[str, Any]:

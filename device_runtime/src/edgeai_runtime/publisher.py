@@ -254,7 +254,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 path, header, changed = ensure_artifact(ModelDir.read(args.model_dir), args.out_dir, fleet,
                                                         args.cipher, args.chunk_mib << 20)
                 result = {"changed": changed, "artifact": path, "artifact_id": header["artifact_id"],
-                          "payload_sha256": header["payload"]["sha256"], "sha256": header["manifest"]["sha256"]}
+                          "payload_chunks_sha256": header["payload"]["chunks_sha256"], "sha256": header["manifest"]["sha256"]}
             else:
                 with open(args.public_key, encoding="ascii") as f:
                     result = {"changed": False, "keyslot": wrap_for(args.artifact, fleet, f.read())}

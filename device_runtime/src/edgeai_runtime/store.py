@@ -183,7 +183,7 @@ class ModelStore:
             except (OSError, ValueError):
                 slot_key = None
             info.update(signed=True, artifact_id=header.get("artifact_id"), signer=header.get("signer"),
-                        payload_sha256=(header.get("payload") or {}).get("sha256"), key_id=slot_key,
+                        payload_chunks_sha256=(header.get("payload") or {}).get("chunks_sha256"), key_id=slot_key,
                         cipher=(header.get("envelope") or {}).get("cipher"))
         return info
 
