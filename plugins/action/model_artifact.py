@@ -16,6 +16,8 @@ from ansible.plugins.action import ActionBase
 from ansible_collections.edgeai.fleet.plugins.module_utils._controller_args import (
     MODEL_ARTIFACT_REQUIRED_IF, MODEL_ARTIFACT_SPEC)
 from ansible_collections.edgeai.fleet.plugins.plugin_utils._device_runtime import publisher
+from ansible_collections.edgeai.fleet.plugins.plugin_utils._transfer import (
+    artifact_for, device_public_key, read_model, run_store, send, stored_version)
 
 
 class ActionModule(ActionBase):
@@ -32,34 +34,14 @@ class ActionModule(ActionBase):
         del validation
         host = task_vars.get('inventory_hostname', '?')
         pub = publisher()
-        device_key = task_vars.get('edgeai_device_key') or {}
-        public_key = args['public_key'] or device_key.get('public_key')
-        if not public_key:
-            raise AnsibleActionFail('%s has no device public key: run edgeai.fleet.device_key (role '
-                                    'edgeai.fleet.device_keys) first, or pass public_key' % host)
+        public_key, cipher = device_public_key(args, task_vars, host)
         if args['state'] == 'rekeyed':
             return self._rekey_all(pub, args, public_key, task_vars, host, result)
-        cipher = args['cipher']
-        if cipher == 'auto':
-            cipher = device_key.get('preferred_cipher') or 'aes-256-gcm'
-        try:
-            model_dir = pub.ModelDir.read(args['src'])
-            fleet = pub.FleetKeys(args['keys_dir'], args['passphrase'])
-            wanted_sha = model_dir.sha256
-        except (pub.ArtifactError, OSError) as exc:
-            raise AnsibleActionFail('%s: %s' % (host, exc))
+        model_dir, fleet = read_model(pub, args, host)
         name, version = model_dir.fields['name'], model_dir.fields['version']
-
         common = dict(root=args['root'], user=args['user'])
-        status = self._run_store(dict(common, state='status'), task_vars, host)
-        model = next((m for m in status['models'] if m['name'] == name), {})
-        stored = model.get('installed', {}).get(version)
-        device_key_id = status.get('device_key_id')
-        if device_key_id is None:
-            raise AnsibleActionFail('%s holds no device key pair: run edgeai.fleet.device_key first' % host)
-        if stored is not None and stored.get('sha256') != wanted_sha:
-            raise AnsibleActionFail('%s: a different model is installed as %s %s (sha256 %s, this one %s); '
-                                    'use a new version' % (host, name, version, stored.get('sha256'), wanted_sha))
+        model, stored, status = stored_version(self, args, model_dir, task_vars, host)
+        device_key_id = status['device_key_id']
         same_model = stored is not None and stored.get('signed')
         needs_activation = args['activate'] and model.get('active') != version
         result.update(name=name, version=version, cipher=cipher, sent=False)
@@ -95,11 +77,7 @@ class ActionModule(ActionBase):
 
         remote_dir = self._make_tmp_path()
         try:
-            remote = {}
-            for fname, local in [(os.path.basename(path), path)] + sorted(model_dir.files.items()):
-                remote[fname] = self._connection._shell.join_path(remote_dir, fname)
-                self._transfer_file(local, remote[fname])
-            self._fixup_perms2([remote_dir] + list(remote.values()), remote_user=None)
+            remote = send(self, remote_dir, dict(model_dir.files, **{os.path.basename(path): path}))[0]
             done = self._run_store(dict(common, state='installed', artifact=remote[os.path.basename(path)],
                                         keyslot=slot, files={f: remote[f] for f in model_dir.files},
                                         activate=args['activate'], force=args['force']), task_vars, host)
@@ -140,19 +118,8 @@ class ActionModule(ActionBase):
         return result
 
     def _run_store(self, module_args, task_vars, host):
-        done = self._execute_module(module_name='edgeai.fleet.model_store', module_args=module_args,
-                                    task_vars=task_vars)
-        if done.get('failed'):
-            raise AnsibleActionFail('%s: %s' % (host, done.get('msg')), result=dict(reason=done.get('reason')))
-        return done
+        return run_store(self, module_args, task_vars, host)
 
     @staticmethod
     def _artifact_for(pub, artifact_dir, artifact_id):
-        """The packed artifact with this id in artifact_dir."""
-        for entry in sorted(os.listdir(artifact_dir)):
-            if entry.endswith('.eaf'):
-                candidate = os.path.join(artifact_dir, entry)
-                if pub.artifact.read_header(candidate).get('artifact_id') == artifact_id:
-                    return candidate
-        raise AnsibleActionFail('the device holds artifact %s, which is no longer in %s: its key slot cannot be '
-                                're-wrapped; install a new version instead' % (artifact_id, artifact_dir))
+        return artifact_for(pub, artifact_dir, artifact_id)

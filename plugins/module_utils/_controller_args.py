@@ -29,6 +29,36 @@ MODEL_ARTIFACT_SPEC = dict(
 MODEL_ARTIFACT_REQUIRED_IF = [('state', 'present', ('src',))]
 
 
+#: edgeai.fleet.model: the controller's options (the action plugin packs, wraps and sends) ...
+MODEL_CONTROLLER_OPTIONS = ('src', 'keys_dir', 'passphrase', 'artifact_dir', 'cipher', 'chunk_mib', 'public_key')
+#: ... and all of them, the device's (what the module on the target gets) included.
+MODEL_SPEC = dict(
+    state=dict(type='str', default='active', choices=['present', 'active', 'absent', 'rolled_back']),
+    src=dict(type='path'),
+    name=dict(type='str'),
+    version=dict(type='str'),
+    reason=dict(type='str'),
+    force=dict(type='bool', default=False),
+    watch=dict(type='float', default=10.0),
+    max_error_rate=dict(type='float', default=0.05),
+    min_requests=dict(type='int', default=20),
+    latency_p95_ms=dict(type='float'),
+    keys_dir=dict(type='path'),
+    passphrase=dict(type='str', no_log=True),
+    artifact_dir=dict(type='path'),
+    cipher=dict(type='str', default='auto', choices=['auto', 'aes-256-gcm', 'chacha20-poly1305']),
+    chunk_mib=dict(type='int', default=4, choices=[1, 2, 3, 4]),
+    public_key=dict(type='str'),
+    artifact=dict(type='path'),
+    keyslot=dict(type='dict', no_log=True),
+    files=dict(type='dict', default={}),
+    stage_seconds=dict(type='float', default=0.0),
+    bytes_transferred=dict(type='int', default=0),
+    root=dict(type='path', default='/opt/edgeai'),
+    user=dict(type='str', default='edgeai'),
+)
+
+
 def controller_only(module_class, spec, name, **kwargs):
     """The module half of an action plugin: it only explains that it runs on the controller."""
     module = module_class(argument_spec=spec, supports_check_mode=True, **kwargs)

@@ -97,6 +97,10 @@ device_key_id:
   description: The device's current key id, or null when it has no key pair yet.
   returned: always
   type: str
+device_public_key:
+  description: The public half (PEM) of the device's current key pair, or null when it has none.
+  returned: always
+  type: str
 msg:
   description: What the runtime did.
   returned: when state is not status
@@ -105,31 +109,11 @@ msg:
 
 import json
 import os
-import pwd
 import shutil
-import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.edgeai.fleet.plugins.module_utils._runtime_cli import run_runtime
-
-
-def readable_copies(module, root, user, files):
-    """Copies of ``files`` (name -> path) the service user can read, in a private directory under
-    <root>/cache: what Ansible transferred sits in the connection user's own temporary directory."""
-    try:
-        staging = tempfile.mkdtemp(prefix='incoming-', dir=os.path.join(root, 'cache'))
-        owner = pwd.getpwnam(user) if os.geteuid() == 0 and user != 'root' else None
-        for name, path in files.items():
-            shutil.copyfile(path, os.path.join(staging, name))
-            if owner is not None:
-                os.chown(os.path.join(staging, name), owner.pw_uid, owner.pw_gid)
-        if owner is not None:
-            os.chown(staging, owner.pw_uid, owner.pw_gid)
-    except (OSError, KeyError) as exc:
-        names = ', '.join(sorted(files))
-        module.fail_json(msg='staging %s for the service user %s under %s/cache: %s' % (names, user, root, exc))
-    return staging
+from ansible_collections.edgeai.fleet.plugins.module_utils._runtime_cli import readable_copies, run_runtime
 
 
 def summary(models):
@@ -163,7 +147,8 @@ def main():
 
     listed = run('model', 'list')
     before = listed.get('models', [])
-    result = dict(changed=False, models=before, device_key_id=listed.get('device_key_id'))
+    result = dict(changed=False, models=before, device_key_id=listed.get('device_key_id'),
+                  device_public_key=listed.get('device_public_key'))
     if p['state'] == 'status':
         module.exit_json(**result)
 

@@ -4,10 +4,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
-import sys
-import time
 from dataclasses import dataclass
 
 import httpx
@@ -17,6 +14,7 @@ import pytest
 from edgeai_runtime.store import ModelStore
 from support import modelgen
 from support.digits_store import install_digits
+from support.service import free_port, runtime, start_service, write_config
 
 BODY_LIMIT = 256 * 1024
 
@@ -26,44 +24,6 @@ class Server:
     client: httpx.Client
     root: object
     proc: subprocess.Popen
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_service(root, env=None):
-    """Start `edgeai-runtime serve` on root's configured port; wait until it answers ready."""
-    config = json.loads((root / "etc" / "runtime.json").read_text())
-    log = open(root / "service.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "edgeai_runtime.cli", "--root", str(root), "serve"],
-                            stdout=log, stderr=subprocess.STDOUT, env=env)
-    base = "http://127.0.0.1:%d" % config["port"]
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(base + "/v2/health/ready", timeout=1).status_code == 200:
-                return proc, base
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            break
-        time.sleep(0.2)
-    proc.kill()
-    pytest.fail("service never became ready:\n" + (root / "service.log").read_text())
-
-
-def write_config(root, **settings):
-    (root / "etc").mkdir(exist_ok=True)
-    settings.setdefault("port", free_port())
-    (root / "etc" / "runtime.json").write_text(json.dumps(settings))
-
-
-def runtime(root, *args, env=None):
-    return subprocess.run([sys.executable, "-m", "edgeai_runtime.cli", "--root", str(root), *args],
-                          capture_output=True, text=True, timeout=120, env=env, check=False)
 
 
 @pytest.fixture(scope="module")

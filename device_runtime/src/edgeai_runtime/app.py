@@ -18,6 +18,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -43,6 +44,8 @@ from .v2 import (BINARY_HEADER, V2Error, binary_outputs, decode_request, encode_
                  parse_json, split_body)
 
 log = logging.getLogger(__name__)
+#: When this process started: the OTA watch tells a restarted service by it (and the pid).
+_STARTED = time.time()
 
 PUBLIC_PATHS = ("/v2/health/live", "/v2/health/ready")
 PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "tflite": "tensorflow_lite", "edgetpu": "tensorflow_lite_edgetpu",
@@ -348,7 +351,39 @@ async def _admin_json(request: Request) -> Dict[str, Any]:
 
 async def admin_status(request: Request) -> Response:
     service = _service(request)
-    return JSONResponse({"serving": service.manager.status(), "store": service.store.status()})
+    return JSONResponse({"serving": service.manager.status(), "store": service.store.status(),
+                         "process": {"pid": os.getpid(), "started": _STARTED}})
+
+
+def _version_arg(data: Dict[str, Any]) -> str:
+    version = data.get("version")
+    if not isinstance(version, str):
+        raise V2Error(400, "version: a string is required")
+    return version
+
+
+def _budget(data: Dict[str, Any]) -> Optional[float]:
+    budget = data.get("latency_p95_ms")
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0):
+        raise V2Error(400, "latency_p95_ms: a positive number is required")
+    return budget
+
+
+async def admin_prepare(request: Request) -> Response:
+    """Load and gate a version beside the serving one, without switching (see ModelManager.prepare)."""
+    service = _service(request)
+    name = request.path_params["name"]
+    try:
+        data = await _admin_json(request)
+        version = _version_arg(data)
+        result = await run_in_threadpool(service.manager.prepare, name, version, _budget(data))
+    except V2Error as exc:
+        return error(exc.status, exc.message)
+    except GateFailed as exc:  # the OTA installer reports the phase that failed
+        return JSONResponse({"error": str(exc), "phase": "gate"}, status_code=409)
+    except (StoreError, ManifestError, BackendUnavailable, ModelLoadError) as exc:
+        return JSONResponse({"error": str(exc), "phase": "load"}, status_code=409)
+    return JSONResponse(result)
 
 
 async def admin_reload(request: Request) -> Response:
@@ -361,15 +396,25 @@ async def admin_activate(request: Request) -> Response:
     name = request.path_params["name"]
     try:
         data = await _admin_json(request)
-        version = data.get("version")
-        if not isinstance(version, str):
-            raise V2Error(400, "version: a string is required")
-        result = await run_in_threadpool(service.manager.activate, name, version)
+        version = _version_arg(data)
+        result = await run_in_threadpool(service.manager.activate, name, version, True, _budget(data))
     except V2Error as exc:
         return error(exc.status, exc.message)
     except (StoreError, ManifestError, GateFailed, BackendUnavailable, ModelLoadError) as exc:
         return error(409, str(exc))
     return JSONResponse(result)
+
+
+async def admin_discard(request: Request) -> Response:
+    """Unload a loaded version that is not serving (what an OTA rollback does with the failed version)."""
+    service = _service(request)
+    try:
+        data = await _admin_json(request)
+        version = _version_arg(data)
+    except V2Error as exc:
+        return error(exc.status, exc.message)
+    discarded = await run_in_threadpool(service.manager.discard, request.path_params["name"], version)
+    return JSONResponse({"changed": discarded, "version": version})
 
 
 async def admin_rollback(request: Request) -> Response:
@@ -421,8 +466,10 @@ def create_app(config: RuntimeConfig, manager: Optional[ModelManager] = None) ->
         Route("/openapi.json", openapi, methods=["GET"], include_in_schema=False),
         Route("/v2/admin/status", admin_status, methods=["GET"], include_in_schema=False),
         Route("/v2/admin/reload", admin_reload, methods=["POST"], include_in_schema=False),
+        Route("/v2/admin/models/{name}/prepare", admin_prepare, methods=["POST"], include_in_schema=False),
         Route("/v2/admin/models/{name}/activate", admin_activate, methods=["POST"], include_in_schema=False),
         Route("/v2/admin/models/{name}/rollback", admin_rollback, methods=["POST"], include_in_schema=False),
+        Route("/v2/admin/models/{name}/discard", admin_discard, methods=["POST"], include_in_schema=False),
     ]
 
     @contextlib.asynccontextmanager

@@ -11,6 +11,9 @@
   edgeai-runtime [--root DIR] keys show|ensure|rotate [--type x25519|rsa]
   edgeai-runtime [--root DIR] keys retire
   edgeai-runtime [--root DIR] artifact verify A
+  edgeai-runtime [--root DIR] ota apply --artifact A --keyslot S [--file NAME=PATH ...] [--force] [--watch S] ...
+  edgeai-runtime [--root DIR] ota rollback NAME [--version V] [--reason R]
+  edgeai-runtime [--root DIR] ota recover|history [--name N]
   edgeai-runtime probe
 
 Every command but ``serve`` prints one JSON object. Exit status 0 means success,
@@ -25,8 +28,6 @@ import argparse
 import json
 import logging
 import sys
-import urllib.error
-import urllib.request
 from typing import Any, Dict, List, Optional
 
 from . import __version__
@@ -38,30 +39,15 @@ class CommandFailed(Exception):
     pass
 
 
-def _admin_url(config: RuntimeConfig, path: str) -> str:
-    host = "127.0.0.1" if config.host in ("0.0.0.0", "::", "127.0.0.1", "localhost") or config.loopback_only \
-        else config.host
-    return "http://%s:%d%s" % (host if ":" not in host else "[%s]" % host, config.port, path)
-
-
 def _call_service(config: RuntimeConfig, method: str, path: str, body: Optional[Dict[str, Any]] = None,
                   timeout: float = 300.0) -> Optional[Dict[str, Any]]:
     """Call the running service's admin endpoint; None when no service answers."""
-    data = json.dumps(body or {}).encode() if method == "POST" else None
-    request = urllib.request.Request(_admin_url(config, path), data=data, method=method,
-                                     headers={"content-type": "application/json"})
-    if config.token:
-        request.add_header("authorization", "Bearer %s" % config.token)
+    from .client import ServiceClient, ServiceDown, ServiceError
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        try:
-            message = json.loads(exc.read()).get("error", exc.reason)
-        except ValueError:
-            message = exc.reason
-        raise CommandFailed(message) from None
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return ServiceClient(config, timeout).call(method, path, body)
+    except ServiceError as exc:
+        raise CommandFailed(str(exc)) from None
+    except ServiceDown:
         return None
 
 
@@ -116,8 +102,10 @@ def cmd_model(args: argparse.Namespace, config: RuntimeConfig) -> Dict[str, Any]
     from .store import open_store
     store = open_store(config)
     if args.action in ("list", "status"):
+        current = store.keyring.current()
         result: Dict[str, Any] = {"changed": False, "models": store.status(),
-                                  "device_key_id": store.keyring.current_id()}
+                                  "device_key_id": current.key_id if current else None,
+                                  "device_public_key": current.public_pem if current else None}
         if args.action == "status":
             result["service"] = _call_service(config, "GET", "/v2/admin/status", timeout=10)
         return result
@@ -203,6 +191,34 @@ def cmd_artifact(args: argparse.Namespace, config: RuntimeConfig) -> Dict[str, A
             "payload_chunks_sha256": art.payload_digest, "manifest": art.manifest.to_dict()}
 
 
+def cmd_ota(args: argparse.Namespace, config: RuntimeConfig) -> Dict[str, Any]:
+    """Update transactions (edgeai_runtime.ota): apply, rollback, recover, history."""
+    from .ota import Policy, Updater
+    updater = Updater(config)
+    if args.action == "apply":
+        policy = Policy(watch_s=args.watch, interval_s=args.interval, max_error_rate=args.max_error_rate,
+                        min_requests=args.min_requests, latency_p95_ms=args.latency_p95_ms, force=args.force)
+        try:
+            policy.check()
+        except ValueError as exc:
+            raise CommandFailed(str(exc)) from None
+        if args.installed:
+            if args.artifact or args.keyslot or args.file:
+                raise CommandFailed("--installed NAME VERSION takes neither --artifact, --keyslot nor --file")
+            return updater.apply_installed(args.installed[0], args.installed[1], policy, mode=args.mode)
+        if not (args.artifact and args.keyslot):
+            raise CommandFailed("ota apply takes --artifact and --keyslot, or --installed NAME VERSION")
+        return updater.apply(args.artifact, _read_json_arg(args.keyslot, "key slot"), _gate_files(args.file), policy,
+                             mode=args.mode, stage_s=args.stage_seconds, bytes_transferred=args.bytes_transferred)
+    if args.action == "rollback":
+        return updater.rollback(args.name, args.version, args.reason)
+    if args.action == "recover":
+        done = updater.recover()
+        return {"changed": bool(done), "recovered": done}
+    return {"changed": False, "history": updater.history.rows(args.name, args.limit),
+            "in_progress": updater._read_journal()}
+
+
 def cmd_probe(args: argparse.Namespace, config: RuntimeConfig) -> Dict[str, Any]:
     from .backends import probe_all
     return {"changed": False, "runtimes": {k: {"available": v is None, "reason": v} for k, v in probe_all().items()}}
@@ -255,6 +271,30 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument("action", choices=["show", "ensure", "rotate", "retire"])
     keys.add_argument("--type", choices=["x25519", "rsa"], default="x25519")
     keys.add_argument("--dry-run", action="store_true", help="retire: say what would go, remove nothing")
+    ota = sub.add_parser("ota", help="model updates: phased, health-gated, rolled back on any failure")
+    ota_actions = ota.add_subparsers(dest="action", required=True)
+    apply = ota_actions.add_parser("apply", help="install a signed artifact and switch to it through every phase")
+    apply.add_argument("--artifact")
+    apply.add_argument("--keyslot", help="the artifact's key slot for this device (JSON file, -)")
+    apply.add_argument("--installed", nargs=2, metavar=("NAME", "VERSION"), help="a version the store holds already")
+    apply.add_argument("--file", action="append", metavar="NAME=PATH", help="gate data file")
+    apply.add_argument("--force", action="store_true", help="allow a version older than the active one")
+    apply.add_argument("--watch", type=float, default=10.0, help="seconds to watch after the switch (0: none)")
+    apply.add_argument("--interval", type=float, default=1.0, help="seconds between checks while watching")
+    apply.add_argument("--max-error-rate", type=float, default=0.05)
+    apply.add_argument("--min-requests", type=int, default=20, help="requests before the error rate counts")
+    apply.add_argument("--latency-p95-ms", type=float, help="p95 latency budget (default: the manifest's)")
+    apply.add_argument("--mode", choices=["push", "pull"], default="push")
+    apply.add_argument("--stage-seconds", type=float, default=0.0, help="how long the transfer took (reported)")
+    apply.add_argument("--bytes-transferred", type=int, default=0, help="bytes the transfer moved (reported)")
+    ota_rollback = ota_actions.add_parser("rollback", help="serve the previous (or a kept) version again")
+    ota_rollback.add_argument("name")
+    ota_rollback.add_argument("--version")
+    ota_rollback.add_argument("--reason", help="why (recorded in the history)")
+    ota_actions.add_parser("recover", help="roll back an update a killed installer left behind")
+    history = ota_actions.add_parser("history", help="the deployment history (newest first)")
+    history.add_argument("--name")
+    history.add_argument("--limit", type=int, default=20)
     art = sub.add_parser("artifact", help="check a signed artifact against this device's trusted signers")
     art.add_argument("action", choices=["verify"])
     art.add_argument("artifact")
@@ -268,13 +308,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         config = load_config(args.root, **overrides)
         if args.command == "serve":
             return cmd_serve(args, config)
-        commands = {"probe": cmd_probe, "model": cmd_model, "keys": cmd_keys, "artifact": cmd_artifact}
+        commands = {"probe": cmd_probe, "model": cmd_model, "keys": cmd_keys, "artifact": cmd_artifact,
+                    "ota": cmd_ota}
         result = commands[args.command](args, config)
     except (CommandFailed, ConfigError, ManifestError, OSError) as exc:
         print(json.dumps({"failed": True, "changed": False, "msg": str(exc)}))
         return 1
     except Exception as exc:  # StoreError, GateFailed, BackendUnavailable, ModelLoadError: one line each
-        failure = {"failed": True, "changed": False, "msg": str(exc), "error": type(exc).__name__}
+        failure = dict(getattr(exc, "result", None) or {}, changed=False)  # UpdateFailed: what happened
+        failure.update(failed=True, msg=str(exc), error=type(exc).__name__)
+        failure["changed"] = bool((getattr(exc, "result", None) or {}).get("changed"))
         if getattr(exc, "reason", None):
             failure["reason"] = exc.reason
         print(json.dumps(failure))

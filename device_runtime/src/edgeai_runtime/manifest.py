@@ -65,6 +65,9 @@ class Preprocessing:
     std: Any = 1.0
 
 
+VALIDATION_KEYS = ("golden", "dataset", "accuracy_threshold", "label_output", "latency_p95_ms")
+
+
 @dataclass(frozen=True)
 class Validation:
     """Gate data: golden samples (exact labels) and a validation set with an accuracy threshold.
@@ -76,6 +79,7 @@ class Validation:
     dataset: Optional[str] = None
     accuracy_threshold: Optional[float] = None
     label_output: Optional[str] = None
+    latency_p95_ms: Optional[float] = None  # budget for one-row inference, measured by the gate
 
 
 @dataclass(frozen=True)
@@ -132,6 +136,10 @@ class Manifest:
             raise ManifestError("validation.accuracy_threshold must be a number from 0 to 1")
         if threshold is not None and not val.get("dataset"):
             raise ManifestError("validation.accuracy_threshold needs validation.dataset")
+        budget = val.get("latency_p95_ms")
+        if budget is not None and not (isinstance(budget, (int, float)) and not isinstance(budget, bool)
+                                       and budget > 0):
+            raise ManifestError("validation.latency_p95_ms must be a positive number of milliseconds")
         for key in ("golden", "dataset"):
             if val.get(key) is not None:
                 check_name("validation.%s" % key, val[key])
@@ -161,8 +169,7 @@ class Manifest:
             outputs=[TensorSignature.parse(t, "outputs[%d]" % i) for i, t in enumerate(data["outputs"])],
             model_file=model_file,
             preprocessing=Preprocessing(**{k: pre[k] for k in ("shape", "dtype", "mean", "std") if k in pre}),
-            validation=Validation(**{k: val[k] for k in ("golden", "dataset", "accuracy_threshold", "label_output")
-                                     if k in val}),
+            validation=Validation(**{k: val[k] for k in VALIDATION_KEYS if k in val}),
             hardware_classes=list(classes),
             created=data.get("created", ""),
             min_runtime_version=data.get("min_runtime_version", ""),

@@ -35,11 +35,13 @@ class ModelNotFound(LookupError):
 class LoadedModel:
     """One version loaded in a backend, with a count of the requests running on it."""
 
-    def __init__(self, manifest: Manifest, backend: Backend, gate: GateResult, load_seconds: float) -> None:
+    def __init__(self, manifest: Manifest, backend: Backend, gate: GateResult, load_seconds: float,
+                 gate_seconds: float = 0.0) -> None:
         self.manifest = manifest
         self.backend = backend
         self.gate = gate
         self.load_seconds = load_seconds
+        self.gate_seconds = gate_seconds
         self.loaded_at = time.time()
         self._inflight = 0
         self._cond = threading.Condition()
@@ -96,6 +98,7 @@ class LoadedModel:
 class Slot:
     active: Optional[LoadedModel] = None
     previous: Optional[LoadedModel] = None
+    candidate: Optional[LoadedModel] = None  # loaded and gated beside the serving version, not serving
     last_error: Optional[str] = None
     history: List[Dict[str, object]] = field(default_factory=list)
 
@@ -140,20 +143,21 @@ class ModelManager:
 
     def loaded(self) -> List[LoadedModel]:
         with self._lock:
-            return [m for s in self._slots.values() for m in (s.active, s.previous) if m is not None]
+            return [m for s in self._slots.values() for m in (s.active, s.previous, s.candidate) if m is not None]
 
     def status(self) -> List[Dict[str, object]]:
         with self._lock:
             return [{"name": name,
                      "active": slot.active.describe() if slot.active else None,
                      "previous": slot.previous.describe() if slot.previous else None,
+                     "candidate": slot.candidate.describe() if slot.candidate else None,
                      "last_error": slot.last_error,
                      "history": list(slot.history[-10:])}
                     for name, slot in sorted(self._slots.items())]
 
     # -- changing --------------------------------------------------------------------------
 
-    def load(self, name: str, version: str) -> LoadedModel:
+    def load(self, name: str, version: str, latency_budget_ms: Optional[float] = None) -> LoadedModel:
         """Load a stored version, warm it up and run its gate. Raises on any failure; nothing is switched."""
         started = time.monotonic()
         manifest = self.store.manifest(name, version)
@@ -170,14 +174,41 @@ class ModelManager:
                 with open(self.store.file_path(name, version, filename), "rb") as f:
                     return f.read()
 
-            gate = run_gate(backend.infer, manifest, read_file, batch=self.config.max_batch_size)
+            loaded = time.monotonic()
+            gate = run_gate(backend.infer, manifest, read_file, batch=self.config.max_batch_size,
+                            latency_budget_ms=latency_budget_ms, probe_rows=_warmup_inputs(manifest))
         except BaseException:
             backend.close()
             raise
-        return LoadedModel(manifest, backend, gate, time.monotonic() - started)
+        return LoadedModel(manifest, backend, gate, loaded - started, time.monotonic() - loaded)
 
-    def activate(self, name: str, version: str, write_store: bool = True) -> Dict[str, object]:
-        """Switch ``name`` to ``version`` after loading and gating it beside the serving one.
+    def prepare(self, name: str, version: str, latency_budget_ms: Optional[float] = None) -> Dict[str, object]:
+        """Load and gate ``version`` beside the serving one, without switching (blue-green's green).
+        ``activate`` then switches to it at once. Raises on any failure; the serving version is untouched."""
+        with self._switch_lock:
+            slot = self._slot(name)
+            for kept in (slot.active, slot.candidate, slot.previous):
+                if kept is not None and kept.version == version and kept.gate.latency_budget_ms == latency_budget_ms:
+                    return {"changed": False, "name": name, "version": version, "load_s": 0.0, "gate_s": 0.0,
+                            "gate": kept.gate.to_dict()}
+            started = time.monotonic()
+            try:
+                new = self.load(name, version, latency_budget_ms)
+            except Exception as exc:
+                self._record(slot, version, "refused", str(exc), time.monotonic() - started)
+                raise
+            with self._lock:
+                old, slot.candidate = slot.candidate, new
+            if old is not None:
+                self._retire(old)
+            self._enforce_memory_limit(slot)
+            return {"changed": True, "name": name, "version": version, "load_s": round(new.load_seconds, 4),
+                    "gate_s": round(new.gate_seconds, 4), "gate": new.gate.to_dict()}
+
+    def activate(self, name: str, version: str, write_store: bool = True,
+                 latency_budget_ms: Optional[float] = None) -> Dict[str, object]:
+        """Switch ``name`` to ``version`` after loading and gating it beside the serving one
+        (at once when ``prepare`` did that, or when it is the loaded previous version).
 
         On any failure the serving version keeps serving and the store is unchanged;
         the reason is recorded in the slot and raised.
@@ -188,13 +219,19 @@ class ModelManager:
             if serving == version and (not write_store or self.store.active(name) == version):
                 return {"changed": False, "name": name, "version": version, "previous": serving}
             started = time.monotonic()
-            reused = slot.previous if slot.previous and slot.previous.version == version else None
+            reused = next((m for m in (slot.candidate, slot.previous) if m is not None and m.version == version), None)
             try:
-                new = reused or self.load(name, version)
+                new = reused or self.load(name, version, latency_budget_ms)
             except Exception as exc:
                 self._record(slot, version, "refused", str(exc), time.monotonic() - started)
                 raise
+            switched = time.monotonic()
             with self._lock:
+                if reused is not None and reused is slot.candidate:
+                    slot.candidate = None
+                    reused_previous = False
+                else:
+                    reused_previous = reused is not None
                 old_previous = slot.previous if slot.previous is not reused else None
                 slot.previous, slot.active = slot.active, new
             if write_store:
@@ -202,8 +239,8 @@ class ModelManager:
                     self.store.activate(name, version)
                 except (StoreError, OSError) as exc:
                     with self._lock:  # put the serving version back: memory and disk must agree
-                        slot.active, slot.previous = slot.previous, (new if reused else old_previous)
-                    if not reused:
+                        slot.active, slot.previous = slot.previous, (new if reused_previous else old_previous)
+                    if not reused_previous:
                         new.close_when_idle(0)
                     self._record(slot, version, "refused", "switching the store: %s" % exc,
                                  time.monotonic() - started)
@@ -217,15 +254,36 @@ class ModelManager:
                 self.on_change(new)
             return {"changed": True, "name": name, "version": version, "previous": serving,
                     "seconds": round(time.monotonic() - started, 4), "instant": reused is not None,
-                    "gate": new.gate.to_dict()}
+                    "load_s": 0.0 if reused else round(new.load_seconds, 4),
+                    "gate_s": 0.0 if reused else round(new.gate_seconds, 4),
+                    "switch_s": round(time.monotonic() - switched, 4), "gate": new.gate.to_dict()}
 
     def rollback(self, name: str, version: Optional[str] = None) -> Dict[str, object]:
         """Serve the previous version again (or a given kept one). Instant when it is still loaded."""
         slot = self._slot(name)
-        target = version or (slot.previous.version if slot.previous else None) or self.store.pointer(name, "previous")
+        # The store's pointer first: after a failed update the version in memory as previous is the failed one.
+        target = version or self.store.pointer(name, "previous") or (slot.previous.version if slot.previous else None)
         if target is None:
             raise StoreError("rolling back %s: no previous version is kept" % name)
         return self.activate(name, target)
+
+    def discard(self, name: str, version: str) -> bool:
+        """Unload ``version`` if it is loaded but not serving (a failed update's version), or serving
+        although the store no longer points at it (a failed first install). True if it was loaded."""
+        with self._switch_lock:
+            slot = self._slot(name)
+            with self._lock:
+                doomed = [m for m in (slot.previous, slot.candidate) if m is not None and m.version == version]
+                if slot.active is not None and slot.active.version == version and self.store.active(name) != version:
+                    doomed.append(slot.active)
+                    slot.active = None
+                if slot.previous is not None and slot.previous.version == version:
+                    slot.previous = None
+                if slot.candidate is not None and slot.candidate.version == version:
+                    slot.candidate = None
+            for model in doomed:
+                self._retire(model)
+            return bool(doomed)
 
     def sync_from_store(self) -> Dict[str, Optional[str]]:
         """Load what the store says is active, for every model. Returns {name: error or None}."""

@@ -310,6 +310,18 @@ class ModelStore:
             return Change(False, name, target, message="already active")
         return self.activate(name, target)
 
+    def restore_pointers(self, name: str, active: Optional[str], previous: Optional[str]) -> None:
+        """Put ``active`` and ``previous`` back as they were before a failed update (None: no pointer)."""
+        with self._locked():
+            for which, version in ((ACTIVE, active), (PREVIOUS, previous)):
+                if version is None:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(os.path.join(self._dir(name), which))
+                    continue
+                self.manifest(name, version)  # refuses a version that is not installed
+                if self.pointer(name, which) != version:
+                    self._set_pointer(name, which, version)
+
     def remove(self, name: str, version: str) -> Change:
         with self._locked():
             if version not in self.versions(name):

@@ -1,0 +1,94 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) 2026, edgeai.fleet contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""edgeai.fleet.model on the controller: pack the model into a signed artifact (once), wrap its
+data key for the host, send it only when the device lacks it (timed: the OTA's stage phase), then
+run the module on the device, which runs the OTA transaction."""
+
+from __future__ import annotations
+
+import os
+
+from ansible.errors import AnsibleActionFail
+from ansible.plugins.action import ActionBase
+
+from ansible_collections.edgeai.fleet.plugins.module_utils._controller_args import (
+    MODEL_CONTROLLER_OPTIONS, MODEL_SPEC)
+from ansible_collections.edgeai.fleet.plugins.plugin_utils._device_runtime import publisher
+from ansible_collections.edgeai.fleet.plugins.plugin_utils._transfer import (
+    artifact_for, device_public_key, read_model, run_store, send, stored_version)
+
+
+class ActionModule(ActionBase):
+
+    TRANSFERS_FILES = True
+    _requires_connection = True
+
+    def run(self, tmp=None, task_vars=None):
+        task_vars = task_vars or {}
+        result = super(ActionModule, self).run(tmp, task_vars)
+        del tmp
+        validation, args = self.validate_argument_spec(
+            argument_spec=MODEL_SPEC,
+            required_if=[('state', 'present', ('src', 'keys_dir', 'artifact_dir')),
+                         ('state', 'active', ('src', 'keys_dir', 'artifact_dir')),
+                         ('state', 'absent', ('name', 'version')),
+                         ('state', 'rolled_back', ('name',))])
+        del validation
+        host = task_vars.get('inventory_hostname', '?')
+        device_args = {k: v for k, v in args.items() if k not in MODEL_CONTROLLER_OPTIONS}
+        if args['state'] in ('present', 'active'):
+            device_args, remote_dir = self._stage(args, device_args, task_vars, host, result)
+        else:
+            remote_dir = None
+        try:
+            done = self._execute_module(module_name='edgeai.fleet.model', module_args=device_args,
+                                        task_vars=task_vars)
+        finally:
+            if remote_dir:
+                self._remove_tmp_path(remote_dir, force=True)
+        result.update(done)
+        if done.get('failed'):
+            result['msg'] = '%s: %s' % (host, done.get('msg'))
+        return result
+
+    def _stage(self, args, device_args, task_vars, host, result):
+        """Send the artifact when the device does not hold this version for its current key.
+        Returns the module's arguments and the remote directory to remove afterwards."""
+        pub = publisher()
+        model_dir, fleet = read_model(pub, args, host)
+        name, version = model_dir.fields['name'], model_dir.fields['version']
+        device_args.update(name=name, version=version)
+        common = dict(root=args['root'], user=args['user'])
+        stored, status = stored_version(self, args, model_dir, task_vars, host)[1:]
+        device_key_id = status['device_key_id']
+        public_key, cipher = device_public_key(args, task_vars, host, status)
+        if stored is not None and stored.get('signed') and stored.get('key_id') == device_key_id:
+            return device_args, None  # the device holds it: nothing to send
+        if self._task.check_mode:
+            return device_args, None  # the module predicts; nothing is packed or sent
+
+        try:
+            path, header, packed = pub.ensure_artifact(model_dir, args['artifact_dir'], fleet, cipher,
+                                                       args['chunk_mib'] << 20)
+            if stored is not None and stored.get('signed') and stored.get('artifact_id'):
+                path = artifact_for(pub, args['artifact_dir'], stored['artifact_id'])  # re-key what it holds
+            slot = pub.wrap_for(path, fleet, public_key)
+        except (pub.ArtifactError, OSError) as exc:
+            raise AnsibleActionFail('%s: packing %s %s: %s' % (host, name, version, exc))
+        result.update(artifact=path, artifact_id=slot['artifact_id'], packed=packed)
+        if stored is not None:  # same model, slot for an old device key: re-key in place, send nothing
+            run_store(self, dict(common, state='rekeyed', name=name, version=version, keyslot=slot), task_vars, host)
+            return device_args, None
+        remote_dir = self._make_tmp_path()
+        try:
+            remote, sent, seconds = send(self, remote_dir, dict(model_dir.files, **{os.path.basename(path): path}))
+        except Exception:
+            self._remove_tmp_path(remote_dir, force=True)
+            raise
+        device_args.update(artifact=remote[os.path.basename(path)], keyslot=slot,
+                           files={f: remote[f] for f in model_dir.files}, stage_seconds=round(seconds, 4),
+                           bytes_transferred=sent)
+        return device_args, remote_dir

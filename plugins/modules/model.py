@@ -1,0 +1,316 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright (c) 2026, edgeai.fleet contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: model
+short_description: Put a model version on an edge device, health-gated, with automatic rollback (OTA)
+version_added: 0.3.0
+description:
+  - Updates a device's model the way the device agent does, through the device runtime's one OTA installer
+    (C(edgeai-runtime ota)), so push and pull behave alike.
+  - C(state=active) runs every phase on the device, each timed - stage (the transfer, done by the action plugin
+    only when the device lacks the artifact), verify (signature, checksums, key slot, gate files), load beside
+    the serving version, gate (readiness, golden samples, accuracy at least the manifest's threshold, p95 latency
+    within the budget), activate, watch (for O(watch) seconds - no service restart, no backend error rate over
+    O(max_error_rate)), commit. Any failure puts the previous version back, verifies that it serves, records why
+    in the device's history, and fails the task with that reason.
+  - C(state=present) sends, verifies and stores the version without activating it.
+  - C(state=absent) removes a stored version; the active version cannot be removed.
+  - C(state=rolled_back) serves the previous version again (or O(version), which must be kept), verifies that it
+    serves, and records O(reason).
+  - The deployment history of the model is returned as the fact C(edgeai_model_history).
+  - An action plugin runs on the controller. It packs the model into a signed artifact (once per model), wraps its
+    data key for the host, and transfers it only when the device does not hold it already.
+author:
+  - edgeai.fleet contributors (@edgeai)
+extends_documentation_fragment:
+  - edgeai.fleet._attributes
+  - edgeai.fleet._attributes.device_runtime
+  - edgeai.fleet._attributes.facts_module
+attributes:
+  action:
+    support: full
+    description: Indicates this has a corresponding action plugin so some parts of the options can be executed on
+      the controller.
+  check_mode:
+    support: full
+    details: Nothing is sent or changed; the result says what would change (C(changed)) and, with diff, how.
+  diff_mode:
+    support: full
+  idempotent:
+    support: full
+    details: A version that is active, serving and answering is left alone, and nothing is transferred.
+options:
+  state:
+    description: What the device should end up with.
+    type: str
+    choices: [present, active, absent, rolled_back]
+    default: active
+  src:
+    description:
+      - Controller directory holding the model and its C(manifest.json) (and the gate files it names).
+      - Required with C(state=present) and C(state=active).
+    type: path
+  name:
+    description: Model name. Required with C(state=absent) and C(state=rolled_back).
+    type: str
+  version:
+    description:
+      - With C(state=absent), the version to remove (required).
+      - With C(state=rolled_back), the kept version to serve; by default the previous one.
+    type: str
+  reason:
+    description: Why the rollback is done (C(state=rolled_back)); recorded in the device's history.
+    type: str
+  force:
+    description: Allow a version older than the active one.
+    type: bool
+    default: false
+  watch:
+    description: Seconds to watch the new version after the switch before committing (0 to skip).
+    type: float
+    default: 10
+  max_error_rate:
+    description: Highest share of requests that may fail in the backend during the watch.
+    type: float
+    default: 0.05
+  min_requests:
+    description: Requests the watch must see before the error rate counts.
+    type: int
+    default: 20
+  latency_p95_ms:
+    description: Budget for the p95 of one-row inference latency, checked by the gate; by default the manifest's
+      C(validation.latency_p95_ms) (no latency check when neither sets one).
+    type: float
+  keys_dir:
+    description: Controller directory of the fleet's signing and escrow keys (see M(edgeai.fleet.fleet_keys)).
+    type: path
+  passphrase:
+    description: Passphrase of the fleet's private keys, when they are encrypted.
+    type: str
+  artifact_dir:
+    description: Controller directory where packed artifacts are kept (one per model and cipher).
+    type: path
+  cipher:
+    description: Payload cipher; C(auto) takes the device's preference (ChaCha20-Poly1305 without AES instructions).
+    type: str
+    choices: [auto, aes-256-gcm, chacha20-poly1305]
+    default: auto
+  chunk_mib:
+    description: Payload chunk size in MiB.
+    type: int
+    choices: [1, 2, 3, 4]
+    default: 4
+  public_key:
+    description: The device's public key (PEM); by default the fact C(edgeai_device_key) gathered by
+      M(edgeai.fleet.device_key), else the key the device's store reports.
+    type: str
+  artifact:
+    description: Set by the action plugin - the artifact's path on the device after the transfer.
+    type: path
+  keyslot:
+    description: Set by the action plugin - the artifact's data key wrapped for this device.
+    type: dict
+  files:
+    description: Set by the action plugin - gate files on the device, by name.
+    type: dict
+    default: {}
+  stage_seconds:
+    description: Set by the action plugin - how long the transfer took.
+    type: float
+    default: 0
+  bytes_transferred:
+    description: Set by the action plugin - how many bytes it sent.
+    type: int
+    default: 0
+notes:
+  - The device runtime must be installed (role C(edgeai.fleet.inference_service)) and the device must hold its key
+    pair (role C(edgeai.fleet.device_keys)).
+seealso:
+  - module: edgeai.fleet.model_artifact
+  - module: edgeai.fleet.model_store
+"""
+
+EXAMPLES = r"""
+- name: Roll digits 2.0.0 out, watched for 30 s after the switch
+  edgeai.fleet.model:
+    src: models/digits-2.0.0
+    keys_dir: "{{ edgeai_fleet_keys_dir }}"
+    artifact_dir: "{{ edgeai_artifact_dir }}"
+    watch: 30
+  register: update
+
+- name: Serve the previous version again
+  edgeai.fleet.model:
+    state: rolled_back
+    name: digits
+    reason: "camera line 3 reports misreads"
+
+- name: Stage a version without switching to it
+  edgeai.fleet.model:
+    state: present
+    src: models/digits-2.1.0
+    keys_dir: "{{ edgeai_fleet_keys_dir }}"
+    artifact_dir: "{{ edgeai_artifact_dir }}"
+"""
+
+RETURN = r"""
+name:
+  description: The model.
+  returned: always
+  type: str
+version:
+  description: The version the task was about.
+  returned: always
+  type: str
+previous_version:
+  description: The version that was active before the task.
+  returned: always
+  type: str
+active_version:
+  description: The version active after the task.
+  returned: always
+  type: str
+outcome:
+  description: C(committed), C(unchanged), C(installed), C(removed), C(rolled_back) (automatic, after a failed
+    check), C(refused) (failed before the switch), C(manual_rollback).
+  returned: always
+  type: str
+reason:
+  description: Why an update did not go through (phase and cause).
+  returned: on failure
+  type: str
+bytes_transferred:
+  description: Bytes the action plugin sent to the device (0 when it held the artifact already).
+  returned: always
+  type: int
+timings:
+  description: Seconds per phase (stage, verify, load, gate, activate, watch, commit; rollback).
+  returned: always
+  type: dict
+ansible_facts:
+  description: Facts set on the host.
+  returned: always
+  type: complex
+  contains:
+    edgeai_model_history:
+      description: The model's deployment history on the device, newest first (version, from_version, started,
+        finished, duration_s, outcome, phase, reason, bytes_transferred, timings).
+      type: list
+      elements: dict
+"""
+
+import json
+import os
+import shutil
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.edgeai.fleet.plugins.module_utils._controller_args import MODEL_SPEC
+from ansible_collections.edgeai.fleet.plugins.module_utils._runtime_cli import (
+    readable_copies, run_runtime, runtime_result)
+
+
+def main():
+    module = AnsibleModule(argument_spec=MODEL_SPEC, supports_check_mode=True,
+                           required_if=[('state', 'absent', ('name', 'version')),
+                                        ('state', 'rolled_back', ('name',))])
+    p = module.params
+
+    def run(*args, **kwargs):
+        return run_runtime(module, p['root'], p['user'], list(args), **kwargs)
+
+    models = run('model', 'list').get('models', [])
+    name = p['name']
+    version = p['version']
+    if p['state'] in ('present', 'active'):
+        if p['artifact'] and not (name and version):
+            header = run('artifact', 'verify', p['artifact'])
+            name, version = header['manifest']['name'], header['manifest']['version']
+        elif not (name and version):
+            module.fail_json(msg='state=%s needs src (through the action plugin), or name and version of a stored '
+                                 'version' % p['state'])
+    model = next((m for m in models if m['name'] == name), {})
+    active = model.get('active')
+    result = dict(changed=False, name=name, version=version, previous_version=active, active_version=active,
+                  bytes_transferred=p['bytes_transferred'], timings=dict(stage=p['stage_seconds']))
+
+    predicted = dict(present=version not in model.get('versions', []), active=active != version,
+                     absent=version in model.get('versions', []),
+                     rolled_back=active != (version or model.get('previous')))[p['state']]
+    if module._diff:
+        target = dict(present=active, active=version, absent=active, rolled_back=version or model.get('previous'))
+        result['diff'] = dict(before='%s: active %s\n' % (name, active),
+                              after='%s: active %s\n' % (name, target[p['state']] if predicted else active))
+    if module.check_mode:
+        result.update(changed=predicted, outcome='would change' if predicted else 'unchanged')
+        module.exit_json(**finish(run, result, name))
+
+    if p['state'] == 'absent':
+        done = run('model', 'remove', name, version)
+        result.update(changed=done['changed'], outcome='removed' if done['changed'] else 'unchanged')
+    elif p['state'] == 'rolled_back':
+        args = ['ota', 'rollback', name] + (['--version', version] if version else [])
+        args += ['--reason', p['reason']] if p['reason'] else []
+        done = run(*args)
+        result.update(changed=done['changed'], version=done['version'], active_version=done['active_version'],
+                      outcome='manual_rollback' if done['changed'] else 'unchanged', timings=done['timings'])
+    elif p['state'] == 'present' and not p['artifact']:
+        result.update(outcome='unchanged')  # the action plugin found it stored already
+    else:
+        done = apply(module, run, p, name, version)
+        result.update(changed=bool(done.get('changed')), outcome=done.get('outcome'),
+                      active_version=done.get('active_version', active))
+        if p['state'] == 'active':
+            result['timings'].update(done.get('timings') or {})
+            result['timings']['stage'] = p['stage_seconds']
+        if done.get('failed'):
+            result.update(reason=done.get('reason'), phase=done.get('phase'))
+            module.fail_json(msg=done.get('msg'), **finish(run, result, name))
+    module.exit_json(**finish(run, result, name))
+
+
+def apply(module, run, p, name, version):
+    """state=present: install only; state=active: the OTA transaction. Returns the runtime's JSON, failed or not."""
+    if p['artifact']:
+        staging = readable_copies(module, p['root'], p['user'], dict(p['files'], **{'model.eaf': p['artifact']}))
+        try:
+            source = ['--artifact', os.path.join(staging, 'model.eaf'), '--keyslot', '-']
+            source += ['--file=%s=%s' % (fname, os.path.join(staging, fname)) for fname in sorted(p['files'])]
+            if p['state'] == 'present':
+                args = ['model', 'install'] + source + (['--force'] if p['force'] else [])
+                done = run(*args, stdin=json.dumps(p['keyslot'] or {}))
+                return dict(done, outcome='installed' if done.get('changed') else 'unchanged')
+            return ota(module, p, source, stdin=json.dumps(p['keyslot'] or {}))
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return ota(module, p, ['--installed', name, version])
+
+
+def ota(module, p, source, stdin=None):
+    args = ['ota', 'apply'] + source + ['--watch', str(p['watch']), '--max-error-rate', str(p['max_error_rate']),
+                                        '--min-requests', str(p['min_requests']),
+                                        '--stage-seconds', str(p['stage_seconds']),
+                                        '--bytes-transferred', str(p['bytes_transferred'])]
+    if p['latency_p95_ms'] is not None:
+        args += ['--latency-p95-ms', str(p['latency_p95_ms'])]
+    if p['force']:
+        args.append('--force')
+    return runtime_result(module, p['root'], p['user'], args, stdin=stdin)
+
+
+def finish(run, result, name):
+    """Add the model's history on the device as a fact."""
+    if name:
+        history = run('ota', 'history', '--name', name).get('history', [])
+        result['ansible_facts'] = dict(edgeai_model_history=history)
+    return result
+
+
+if __name__ == '__main__':
+    main()

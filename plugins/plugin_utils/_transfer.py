@@ -1,0 +1,89 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) 2026, edgeai.fleet contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""What the artifact-sending action plugins share: the device's store as it stands, the packed
+artifact with a given id, and sending files to the target. Private."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from ansible.errors import AnsibleActionFail
+
+
+def run_store(action, module_args, task_vars, host):
+    """Run edgeai.fleet.model_store on the target; fail the task with the host named."""
+    done = action._execute_module(module_name='edgeai.fleet.model_store', module_args=module_args,
+                                  task_vars=task_vars)
+    if done.get('failed'):
+        raise AnsibleActionFail('%s: %s' % (host, done.get('msg')), result=dict(reason=done.get('reason')))
+    return done
+
+
+def artifact_for(pub, artifact_dir, artifact_id):
+    """The packed artifact with this id in artifact_dir."""
+    for entry in sorted(os.listdir(artifact_dir)):
+        if entry.endswith('.eaf'):
+            candidate = os.path.join(artifact_dir, entry)
+            if pub.artifact.read_header(candidate).get('artifact_id') == artifact_id:
+                return candidate
+    raise AnsibleActionFail('the device holds artifact %s, which is no longer in %s: its key slot cannot be '
+                            're-wrapped; install a new version instead' % (artifact_id, artifact_dir))
+
+
+def send(action, remote_dir, files):
+    """Transfer ``files`` (name -> controller path) into ``remote_dir`` on the target.
+    Returns (name -> remote path, bytes sent, seconds)."""
+    started = time.monotonic()
+    remote, sent = {}, 0
+    for fname, local in files.items():
+        remote[fname] = action._connection._shell.join_path(remote_dir, fname)
+        action._transfer_file(local, remote[fname])
+        sent += os.path.getsize(local)
+    action._fixup_perms2([remote_dir] + list(remote.values()), remote_user=None)
+    return remote, sent, time.monotonic() - started
+
+
+def device_public_key(args, task_vars, host, status=None):
+    """The host's public key (the option, else the edgeai_device_key fact, else what the device's store
+    reports) and its preferred cipher."""
+    device_key = task_vars.get('edgeai_device_key') or {}
+    public_key = args['public_key'] or device_key.get('public_key') or (status or {}).get('device_public_key')
+    if not public_key:
+        raise AnsibleActionFail('%s has no device public key: run edgeai.fleet.device_key (role '
+                                'edgeai.fleet.device_keys) first, or pass public_key' % host)
+    cipher = args['cipher']
+    if cipher == 'auto':
+        cipher = device_key.get('preferred_cipher') or 'aes-256-gcm'
+    return public_key, cipher
+
+
+def read_model(pub, args, host):
+    """The model directory (args['src']) and the fleet keys, or a task failure naming the host."""
+    try:
+        return pub.ModelDir.read(args['src']), pub.FleetKeys(args['keys_dir'], args['passphrase'])
+    except (pub.ArtifactError, OSError) as exc:
+        raise AnsibleActionFail('%s: %s' % (host, exc))
+
+
+def store_status(action, args, task_vars, host):
+    return run_store(action, dict(root=args['root'], user=args['user'], state='status'), task_vars, host)
+
+
+def stored_version(action, args, model_dir, task_vars, host):
+    """What the device's store holds for this model: (its entry, this version's details or None,
+    the device's current key id). Refuses a different model installed under the same version."""
+    name, version = model_dir.fields['name'], model_dir.fields['version']
+    status = store_status(action, args, task_vars, host)
+    model = next((m for m in status['models'] if m['name'] == name), {})
+    stored = model.get('installed', {}).get(version)
+    device_key_id = status.get('device_key_id')
+    if device_key_id is None:
+        raise AnsibleActionFail('%s holds no device key pair: run edgeai.fleet.device_key first' % host)
+    if stored is not None and stored.get('sha256') != model_dir.sha256:
+        raise AnsibleActionFail('%s: a different model is installed as %s %s (sha256 %s, this one %s); '
+                                'use a new version' % (host, name, version, stored.get('sha256'), model_dir.sha256))
+    return model, stored, status

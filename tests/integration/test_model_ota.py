@@ -1,0 +1,119 @@
+"""edgeai.fleet.model (push-mode OTA) on a real simulated device (podman container, network: none):
+an update goes through its phases and serves; a re-run sends and changes nothing; check mode and
+rollback are honest; a version that fails its accuracy gate is refused with the host and the reason,
+and the previous version keeps serving; the history is a fact."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import yaml
+
+from conftest import REPO, podman, write_inventory
+from test_artifacts import DEMO_MODEL, WAIT_READY, device_json
+
+DEPLOY = REPO / 'deploy.yml'
+
+PLAY = [{'hosts': 'edgeai_devices', 'gather_facts': False, 'tasks': [{
+    'name': 'model task',
+    'edgeai.fleet.model': '{{ model_args }}',
+    'register': 'out',
+}, {
+    'name': 'history fact',
+    'ansible.builtin.debug': {'var': 'edgeai_model_history'},
+}]}]
+
+
+def version_of(src, dest, version, **validation):
+    """A copy of the demo model directory under another version (and gate settings)."""
+    shutil.copytree(src, dest)
+    manifest = json.loads((dest / 'manifest.json').read_text())
+    manifest['version'] = version
+    manifest.setdefault('validation', {}).update(validation)
+    (dest / 'manifest.json').write_text(json.dumps(manifest))
+    return dest
+
+
+@pytest.fixture
+def deployed(make_device, run_playbook, tmp_path):
+    if not (DEMO_MODEL / 'manifest.json').exists():
+        pytest.skip('needs the demo models (scripts/build-demo-models.py, run by scripts/test.sh)')
+    host = make_device('generic')
+    common = dict(edgeai_fleet_keys_dir=str(tmp_path / 'fleet-keys'),
+                  inference_service_artifact_dir=str(tmp_path / 'artifacts'))
+    inventory = write_inventory(tmp_path / 'inventory.json', {host: {'group': 'generic'}},
+                                inference_service_wheelhouse_cache=str(REPO / '.state' / 'wheelhouse'),
+                                inference_service_models=[{'src': str(DEMO_MODEL)}], **common)
+    run = run_playbook(DEPLOY, inventory)
+    assert run.rc == 0, run.failures(host)
+    ready = podman('exec', host, '/usr/bin/python3', '-c', WAIT_READY % 'digits', check=False)
+    assert ready.returncode == 0, ready.stdout + ready.stderr
+    return host, inventory, common
+
+
+def model_task(run_playbook, tmp_path, inventory, label, *extra, **args):
+    playbook = tmp_path / ('%s.yml' % label)
+    playbook.write_text(yaml.safe_dump(PLAY))
+    extra_vars = tmp_path / ('%s-vars.json' % label)
+    extra_vars.write_text(json.dumps({'model_args': args}))
+    return run_playbook(playbook, inventory, '-e', '@%s' % extra_vars, *extra)
+
+
+def result_of(run, host):
+    return [r for n, r in run.tasks(host) if n == 'model task'][0]
+
+
+def test_push_ota_update_rerun_check_rollback_and_refusal(deployed, run_playbook, tmp_path):
+    host, inventory, common = deployed
+    keys = dict(keys_dir=common['edgeai_fleet_keys_dir'], artifact_dir=common['inference_service_artifact_dir'])
+    v1 = json.loads((DEMO_MODEL / 'manifest.json').read_text())['version']
+    v2 = version_of(DEMO_MODEL, tmp_path / 'v2', '2.0.0')
+
+    # 1. The update: every phase timed, the new version serves, the history is a fact.
+    run = model_task(run_playbook, tmp_path, inventory, 'update', src=str(v2), watch=2, **keys)
+    assert run.rc == 0, run.failures(host)
+    done = result_of(run, host)
+    assert done['changed'] and done['outcome'] == 'committed'
+    assert (done['previous_version'], done['active_version']) == (v1, '2.0.0')
+    assert done['bytes_transferred'] > 0
+    assert set(done['timings']) >= {'stage', 'verify', 'load', 'gate', 'activate', 'watch', 'commit'}
+    history = done['ansible_facts']['edgeai_model_history']
+    assert history[0]['version'] == '2.0.0' and history[0]['outcome'] == 'committed'
+    assert device_json(host, 'model', 'list')['models'][0]['active'] == '2.0.0'
+
+    # 2. The same again: nothing sent, nothing changed.
+    again = model_task(run_playbook, tmp_path, inventory, 'again', src=str(v2), watch=2, **keys)
+    assert again.rc == 0 and again.changed(host) == 0, again.failures(host)
+    assert result_of(again, host)['bytes_transferred'] == 0
+
+    # 3. Check mode predicts a rollback and changes nothing.
+    check = model_task(run_playbook, tmp_path, inventory, 'check', '--check', '--diff', state='rolled_back',
+                       name='digits')
+    predicted = result_of(check, host)
+    assert check.rc == 0 and predicted['changed'] and 'active %s' % v1 in predicted['diff']['after']
+    assert device_json(host, 'model', 'list')['models'][0]['active'] == '2.0.0'
+
+    # 4. The rollback itself, with its reason in the history.
+    back = model_task(run_playbook, tmp_path, inventory, 'back', state='rolled_back', name='digits',
+                      reason='line 3 misreads')
+    rolled = result_of(back, host)
+    assert back.rc == 0 and rolled['changed'] and rolled['active_version'] == v1
+    assert rolled['ansible_facts']['edgeai_model_history'][0]['reason'] == 'line 3 misreads'
+    assert device_json(host, 'model', 'list')['models'][0]['active'] == v1
+
+    # 5. A version whose accuracy is below its own threshold: refused, named, and v1 still serves.
+    v3 = version_of(DEMO_MODEL, tmp_path / 'v3', '3.0.0', accuracy_threshold=0.9999)
+    bad = model_task(run_playbook, tmp_path, inventory, 'bad', src=str(v3), watch=1, **keys)
+    failed = result_of(bad, host)
+    assert bad.rc != 0 and failed['failed']
+    assert failed['msg'].startswith(host + ': ') and 'below the threshold 0.9999' in failed['msg']
+    assert failed['outcome'] == 'refused' and failed['phase'] == 'gate' and not failed['changed']
+    assert failed['ansible_facts']['edgeai_model_history'][0]['outcome'] == 'refused'
+    listed = device_json(host, 'model', 'list')['models'][0]
+    assert listed['active'] == v1 and '3.0.0' not in listed['versions']
+
+    # 6. Remove the version no longer used.
+    gone = model_task(run_playbook, tmp_path, inventory, 'gone', state='absent', name='digits', version='2.0.0')
+    assert gone.rc == 0 and result_of(gone, host)['changed']
+    assert '2.0.0' not in device_json(host, 'model', 'list')['models'][0]['versions']
