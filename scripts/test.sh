@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite: set everything up, then ansible-lint, changelog lint, ansible-test
-# sanity, the Molecule default scenario, and pytest (collection unit tests, the device
+# sanity, the Molecule default and ota scenarios, and pytest (collection unit tests, the device
 # runtime against real ONNX Runtime/LiteRT and a real HTTP server, integration tests
 # against fresh containers). Exits non-zero on the first failing stage.
 set -euo pipefail
@@ -36,6 +36,9 @@ python scripts/build-demo-models.py "$EDGEAI_STATE/demo-models"
 
 stage "molecule test (default: generic amd64 + raspberry_pi arm64)"
 molecule test --scenario-name default
+
+stage "molecule test (ota: the fault matrix of model updates, generic amd64)"
+molecule test --scenario-name ota
 
 stage "pytest: unit and integration"
 # Exit code 5 (no tests collected) is a failure here: the suite must never be empty.

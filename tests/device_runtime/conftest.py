@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import pytest
 
+from edgeai_runtime import keys
 from support import modelgen
+from support.ota_device import Device
 
 
 @pytest.fixture(scope="session")
@@ -28,3 +30,18 @@ def digits_tflite(digits):
 def digits_tflite_int8(digits):
     """Dynamic-range int8 .tflite bytes (int8 weights, float I/O), same interface as digits_tflite."""
     return modelgen.digits_tflite(digits, quantize="int8")
+
+
+@pytest.fixture(scope="session")
+def signer():
+    """The fleet's Ed25519 signing key for artifact tests."""
+    return keys.generate("ed25519")
+
+
+@pytest.fixture
+def device(tmp_path, signer, digits):
+    """A device root with digits 1.0.0 serving from a signed artifact, the service running (support.ota_device)."""
+    dev = Device(tmp_path / "device", signer, digits)
+    yield dev
+    if dev.proc.poll() is None:
+        dev.stop()

@@ -15,16 +15,12 @@ from cryptography.exceptions import InvalidTag
 from edgeai_runtime import artifact, keys
 from edgeai_runtime.artifact import Artifact, ArtifactError
 from edgeai_runtime.keys import DeviceKeyring
+from support.artifacts import flip
 
 MiB = 1 << 20
 FIELDS = {"name": "m", "version": "1.0.0", "runtime": "onnxruntime", "precision": "fp32",
           "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
           "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 2]}]}
-
-
-@pytest.fixture(scope="module")
-def signer():
-    return keys.generate("ed25519")
 
 
 @pytest.fixture(scope="module")
@@ -110,13 +106,6 @@ def test_real_models_load_from_decrypted_bytes(tmp_path, signer, trusted, digits
 
 
 # -- tampering ---------------------------------------------------------------------------------
-
-def flip(path, offset):
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        byte = f.read(1)
-        f.seek(offset)
-        f.write(bytes([byte[0] ^ 0x01]))
 
 
 @pytest.mark.parametrize("chunk", [0, 2, 3])

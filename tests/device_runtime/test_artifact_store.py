@@ -19,11 +19,6 @@ from support.digits_store import digits_manifest
 WINDOW = 64
 
 
-@pytest.fixture(scope="module")
-def signer():
-    return keys.generate("ed25519")
-
-
 @pytest.fixture
 def device(tmp_path, signer):
     root = tmp_path / "device"

@@ -21,6 +21,23 @@ REPO = Path(__file__).resolve().parents[2]
 PODMAN = shutil.which('podman')
 
 
+DEMO_MODEL = REPO / '.state' / 'demo-models' / 'digits-onnx'
+
+# Waits, inside a device, until the service says a model is ready.
+WAIT_READY = r'''
+import time, urllib.request
+for attempt in range(120):
+    try:
+        with urllib.request.urlopen("http://127.0.0.1:8080/v2/models/%s/ready", timeout=2) as r:
+            if r.status == 200:
+                raise SystemExit(0)
+    except OSError:
+        pass
+    time.sleep(1)
+raise SystemExit("not ready after 120 s")
+'''
+
+
 def podman(*args, check=True, **kwargs):
     return subprocess.run([PODMAN, *args], check=check, capture_output=True, text=True, **kwargs)
 
@@ -101,3 +118,35 @@ def run_playbook():
                               cwd=REPO, env=env, capture_output=True, text=True, timeout=900, check=False)
         return PlaybookRun(proc)
     return run
+
+
+def device_json(host, *args):
+    out = podman('exec', host, 'runuser', '-u', 'edgeai', '--', '/opt/edgeai/venv/bin/edgeai-runtime', *args).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def version_of(src, dest, version, **validation):
+    """A copy of the demo model directory under another version (and gate settings)."""
+    shutil.copytree(src, dest)
+    manifest = json.loads((dest / 'manifest.json').read_text())
+    manifest['version'] = version
+    manifest.setdefault('validation', {}).update(validation)
+    (dest / 'manifest.json').write_text(json.dumps(manifest))
+    return dest
+
+
+@pytest.fixture
+def deployed(make_device, run_playbook, tmp_path):
+    if not (DEMO_MODEL / 'manifest.json').exists():
+        pytest.skip('needs the demo models (scripts/build-demo-models.py, run by scripts/test.sh)')
+    host = make_device('generic')
+    common = dict(edgeai_fleet_keys_dir=str(tmp_path / 'fleet-keys'),
+                  inference_service_artifact_dir=str(tmp_path / 'artifacts'))
+    inventory = write_inventory(tmp_path / 'inventory.json', {host: {'group': 'generic'}},
+                                inference_service_wheelhouse_cache=str(REPO / '.state' / 'wheelhouse'),
+                                inference_service_models=[{'src': str(DEMO_MODEL)}], **common)
+    run = run_playbook(REPO / 'deploy.yml', inventory)
+    assert run.rc == 0, run.failures(host)
+    ready = podman('exec', host, '/usr/bin/python3', '-c', WAIT_READY % 'digits', check=False)
+    assert ready.returncode == 0, ready.stdout + ready.stderr
+    return host, inventory, common

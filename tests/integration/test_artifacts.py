@@ -14,11 +14,10 @@ import sys
 
 import pytest
 
-from conftest import REPO, podman, write_inventory
+from conftest import DEMO_MODEL, REPO, WAIT_READY, device_json, podman, write_inventory
 
 DEPLOY = REPO / 'deploy.yml'
 ROTATE = REPO / 'playbooks' / 'rotate_keys.yml'
-DEMO_MODEL = REPO / '.state' / 'demo-models' / 'digits-onnx'
 PASSPHRASE = 'correct horse battery staple 4711'
 
 # Runs inside the device: every regular file outside the kernel's pseudo filesystems and the
@@ -45,29 +44,10 @@ print("\n".join(hits))
 '''
 
 
-WAIT_READY = r'''
-import time, urllib.request
-for attempt in range(120):
-    try:
-        with urllib.request.urlopen("http://127.0.0.1:8080/v2/models/%s/ready", timeout=2) as r:
-            if r.status == 200:
-                raise SystemExit(0)
-    except OSError:
-        pass
-    time.sleep(1)
-raise SystemExit("not ready after 120 s")
-'''
-
-
 def scan_for_plaintext(host, model):
     proc = subprocess.run(['podman', 'exec', '-i', host, '/usr/bin/python3', '-c', SCAN], input=model,
                           capture_output=True, check=True)
     return [line for line in proc.stdout.decode().splitlines() if line]
-
-
-def device_json(host, *args):
-    out = podman('exec', host, 'runuser', '-u', 'edgeai', '--', '/opt/edgeai/venv/bin/edgeai-runtime', *args).stdout
-    return json.loads(out.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope='module')

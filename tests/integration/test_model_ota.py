@@ -5,13 +5,10 @@ and the previous version keeps serving; the history is a fact."""
 from __future__ import annotations
 
 import json
-import shutil
 
-import pytest
 import yaml
 
-from conftest import REPO, podman, write_inventory
-from test_artifacts import DEMO_MODEL, WAIT_READY, device_json
+from conftest import DEMO_MODEL, REPO, device_json, version_of
 
 DEPLOY = REPO / 'deploy.yml'
 
@@ -23,33 +20,6 @@ PLAY = [{'hosts': 'edgeai_devices', 'gather_facts': False, 'tasks': [{
     'name': 'history fact',
     'ansible.builtin.debug': {'var': 'edgeai_model_history'},
 }]}]
-
-
-def version_of(src, dest, version, **validation):
-    """A copy of the demo model directory under another version (and gate settings)."""
-    shutil.copytree(src, dest)
-    manifest = json.loads((dest / 'manifest.json').read_text())
-    manifest['version'] = version
-    manifest.setdefault('validation', {}).update(validation)
-    (dest / 'manifest.json').write_text(json.dumps(manifest))
-    return dest
-
-
-@pytest.fixture
-def deployed(make_device, run_playbook, tmp_path):
-    if not (DEMO_MODEL / 'manifest.json').exists():
-        pytest.skip('needs the demo models (scripts/build-demo-models.py, run by scripts/test.sh)')
-    host = make_device('generic')
-    common = dict(edgeai_fleet_keys_dir=str(tmp_path / 'fleet-keys'),
-                  inference_service_artifact_dir=str(tmp_path / 'artifacts'))
-    inventory = write_inventory(tmp_path / 'inventory.json', {host: {'group': 'generic'}},
-                                inference_service_wheelhouse_cache=str(REPO / '.state' / 'wheelhouse'),
-                                inference_service_models=[{'src': str(DEMO_MODEL)}], **common)
-    run = run_playbook(DEPLOY, inventory)
-    assert run.rc == 0, run.failures(host)
-    ready = podman('exec', host, '/usr/bin/python3', '-c', WAIT_READY % 'digits', check=False)
-    assert ready.returncode == 0, ready.stdout + ready.stderr
-    return host, inventory, common
 
 
 def model_task(run_playbook, tmp_path, inventory, label, *extra, **args):
@@ -117,3 +87,44 @@ def test_push_ota_update_rerun_check_rollback_and_refusal(deployed, run_playbook
     gone = model_task(run_playbook, tmp_path, inventory, 'gone', state='absent', name='digits', version='2.0.0')
     assert gone.rc == 0 and result_of(gone, host)['changed']
     assert '2.0.0' not in device_json(host, 'model', 'list')['models'][0]['versions']
+
+
+OTA = REPO / 'playbooks' / 'ota.yml'
+ROLLBACK = REPO / 'playbooks' / 'rollback.yml'
+
+
+def test_ota_and_rollback_playbooks(deployed, run_playbook, tmp_path):
+    """playbooks/ota.yml (role model_deploy) rolls a version out and changes nothing when run again;
+    a version that fails its gate fails the host with the reason after the rollback handler ran;
+    playbooks/rollback.yml serves the previous version again."""
+    host, inventory, common = deployed
+    v1 = json.loads((DEMO_MODEL / 'manifest.json').read_text())['version']
+    v2 = version_of(DEMO_MODEL, tmp_path / 'v2', '2.0.0')
+    v3 = version_of(DEMO_MODEL, tmp_path / 'v3', '3.0.0', accuracy_threshold=0.9999)
+
+    def ota(src, *extra):
+        extra_vars = tmp_path / ('ota-%s.json' % src.name)
+        extra_vars.write_text(json.dumps({'ota_models': [{'src': str(src)}], 'model_deploy_watch': 1}))
+        return run_playbook(OTA, inventory, '-e', '@%s' % extra_vars, *extra)
+
+    first = ota(v2)
+    assert first.rc == 0, first.failures(host)
+    assert device_json(host, 'model', 'list')['models'][0]['active'] == '2.0.0'
+    again = ota(v2)
+    assert again.rc == 0 and again.changed(host) == 0, [n for n, r in again.tasks(host) if r.get('changed')]
+
+    bad = ota(v3)
+    assert bad.rc != 0
+    failures = bad.failures(host)
+    assert failures and failures[-1][0].endswith('Fail the host with the reason'), failures
+    assert 'rolled back' in failures[-1][1] and 'below the threshold 0.9999' in failures[-1][1]
+    handler = [r for n, r in bad.tasks(host) if n.endswith('Roll back to the versions that served before the rollout')]
+    assert handler, 'the rollback handler did not run'
+    assert device_json(host, 'model', 'list')['models'][0]['active'] == '2.0.0'
+
+    back = run_playbook(ROLLBACK, inventory, '-e', json.dumps({'model': 'digits', 'reason': 'playbook test'}))
+    assert back.rc == 0, back.failures(host)
+    assert device_json(host, 'model', 'list')['models'][0]['active'] == v1
+    history = device_json(host, 'ota', 'history', '--name', 'digits')['history']
+    assert history[0]['outcome'] == 'manual_rollback' and history[0]['reason'] == 'playbook test'
+    assert [row['outcome'] for row in history].count('refused') == 1

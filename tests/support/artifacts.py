@@ -49,3 +49,12 @@ def pack_digits(out_dir: str, version: str, model: bytes, digits, signer, runtim
 
 def slot_for(packed: artifact.Packed, ring: DeviceKeyring) -> dict:
     return keys.wrap(packed.data_key, keys.load_public(ring.current().public_pem), packed.artifact_id)
+
+
+def flip(path, offset):
+    """Flip the lowest bit of one byte of a file (a corrupt byte)."""
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0x01]))

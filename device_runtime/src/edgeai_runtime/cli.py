@@ -219,6 +219,26 @@ def cmd_ota(args: argparse.Namespace, config: RuntimeConfig) -> Dict[str, Any]:
             "in_progress": updater._read_journal()}
 
 
+def cmd_agent(args: argparse.Namespace, config: RuntimeConfig) -> Dict[str, Any]:
+    """Pull mode: poll the registry once (--once) or every --interval seconds."""
+    import time
+    from .ota import Policy
+    from .registry import Agent, Downloader
+    url = args.registry or config.registry_url
+    if not url:
+        raise CommandFailed("no registry: pass --registry or set registry_url in %s/etc/runtime.json" % config.root)
+    policy = Policy(watch_s=args.watch, interval_s=min(1.0, args.watch or 1.0))
+    agent = Agent(config, Downloader(url, args.ca_file or config.registry_ca_file, retries=args.retries), policy)
+    while True:
+        result = agent.run_once()
+        if args.once:
+            if result.get("failed"):
+                raise CommandFailed(result["msg"] or "the update failed")
+            return result
+        print(json.dumps(result, default=str), flush=True)
+        time.sleep(args.interval)
+
+
 def cmd_probe(args: argparse.Namespace, config: RuntimeConfig) -> Dict[str, Any]:
     from .backends import probe_all
     return {"changed": False, "runtimes": {k: {"available": v is None, "reason": v} for k, v in probe_all().items()}}
@@ -295,6 +315,13 @@ def build_parser() -> argparse.ArgumentParser:
     history = ota_actions.add_parser("history", help="the deployment history (newest first)")
     history.add_argument("--name")
     history.add_argument("--limit", type=int, default=20)
+    agent = sub.add_parser("agent", help="pull mode: install what the registry's update document says")
+    agent.add_argument("--registry", help="https:// URL of the registry (default: registry_url in runtime.json)")
+    agent.add_argument("--ca-file", help="CA bundle for the registry's certificate (default: registry_ca_file)")
+    agent.add_argument("--once", action="store_true", help="poll once and exit (what the systemd timer runs)")
+    agent.add_argument("--interval", type=float, default=300.0, help="seconds between polls without --once")
+    agent.add_argument("--watch", type=float, default=10.0, help="seconds to watch each new version")
+    agent.add_argument("--retries", type=int, default=5, help="attempts per download before giving up this run")
     art = sub.add_parser("artifact", help="check a signed artifact against this device's trusted signers")
     art.add_argument("action", choices=["verify"])
     art.add_argument("artifact")
@@ -309,7 +336,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.command == "serve":
             return cmd_serve(args, config)
         commands = {"probe": cmd_probe, "model": cmd_model, "keys": cmd_keys, "artifact": cmd_artifact,
-                    "ota": cmd_ota}
+                    "ota": cmd_ota, "agent": cmd_agent}
         result = commands[args.command](args, config)
     except (CommandFailed, ConfigError, ManifestError, OSError) as exc:
         print(json.dumps({"failed": True, "changed": False, "msg": str(exc)}))

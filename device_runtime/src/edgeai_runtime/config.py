@@ -33,6 +33,8 @@ class RuntimeConfig:
     cloud_fallback_timeout_s: float = 5.0
     drain_timeout_s: float = 30.0
     require_signed: bool = False           # load and install signed artifacts only (the roles set true)
+    registry_url: Optional[str] = None     # pull mode: the https:// model registry the agent polls
+    registry_ca_file: Optional[str] = None  # CA bundle for the registry's certificate (default: the system's)
 
     @property
     def loopback_only(self) -> bool:

@@ -5,6 +5,8 @@ data keys for devices. Used by the ``edgeai-artifact`` CLI and the collection's 
     edgeai-artifact pack    --keys-dir DIR --model-dir SRC --out-dir DIR [--cipher C] [--chunk-mib N]
     edgeai-artifact wrap    --keys-dir DIR --artifact A --public-key PEM_FILE
     edgeai-artifact inspect A
+    edgeai-artifact publish --keys-dir DIR --registry DIR --out-dir DIR --model-dir SRC [...]
+                            --device PEM_FILE [...] [--cipher C] [--force]
 
 A passphrase for the fleet's private keys comes from the environment variable
 EDGEAI_FLEET_KEY_PASSPHRASE, never from the command line. Every command prints one JSON object;
@@ -210,6 +212,21 @@ def _escrow_data_key(path: str, artifact_id: str, fleet: FleetKeys) -> bytes:
     return keys.unwrap(sidecar.get("escrow") or {}, fleet.escrow, artifact_id)
 
 
+def publish_registry(registry: str, model_dirs: List[str], out_dir: str, fleet: FleetKeys, device_pems: List[str],
+                     cipher: str = "aes-256-gcm", force: bool = False,
+                     sequence: Optional[int] = None) -> Dict[str, Any]:
+    """Pack each model directory (once), then write the pull registry: artifacts, gate files and a
+    signed update document per device (edgeai_runtime.registry)."""
+    from .registry import publish
+    releases = []
+    for model_dir in model_dirs:
+        md = ModelDir.read(model_dir)
+        path, _header, _changed = ensure_artifact(md, out_dir, fleet, cipher)
+        releases.append({"artifact": path, "files": md.files, "force": force})
+    devices = {keys.key_id(keys.load_public(pem)): pem for pem in device_pems}
+    return publish(registry, fleet.signing, releases, devices, lambda path, pem: wrap_for(path, fleet, pem), sequence)
+
+
 def wrap_for(path: str, fleet: FleetKeys, public_pem: str) -> Dict[str, str]:
     """A key slot of the artifact at ``path`` for one device's public key (via the escrow slot)."""
     header = artifact.read_header(path)
@@ -237,6 +254,15 @@ def _parser() -> argparse.ArgumentParser:
     wrap.add_argument("--public-key", required=True, help="PEM file of the device's public key")
     inspect = sub.add_parser("inspect", help="print an artifact's header (signature not checked)")
     inspect.add_argument("artifact")
+    publish = sub.add_parser("publish", help="write a pull registry: artifacts and signed per-device update documents")
+    publish.add_argument("--keys-dir", required=True)
+    publish.add_argument("--registry", required=True, help="directory to write (host it with any web server)")
+    publish.add_argument("--out-dir", required=True, help="where packed artifacts are kept")
+    publish.add_argument("--model-dir", action="append", required=True, help="a model directory (repeatable)")
+    publish.add_argument("--device", action="append", required=True, help="a device's public key PEM file (repeatable)")
+    publish.add_argument("--cipher", choices=sorted(artifact.CIPHERS), default="aes-256-gcm")
+    publish.add_argument("--force", action="store_true", help="let devices install versions older than their active ones")
+    publish.add_argument("--sequence", type=int, help="document sequence (default: now, in seconds)")
     return parser
 
 
@@ -255,6 +281,13 @@ def main(argv: Optional[List[str]] = None) -> int:
                                                         args.cipher, args.chunk_mib << 20)
                 result = {"changed": changed, "artifact": path, "artifact_id": header["artifact_id"],
                           "payload_chunks_sha256": header["payload"]["chunks_sha256"], "sha256": header["manifest"]["sha256"]}
+            elif args.command == "publish":
+                pems = []
+                for pem_file in args.device:
+                    with open(pem_file, encoding="ascii") as f:
+                        pems.append(f.read())
+                result = publish_registry(args.registry, args.model_dir, args.out_dir, fleet, pems, args.cipher,
+                                          args.force, args.sequence)
             else:
                 with open(args.public_key, encoding="ascii") as f:
                     result = {"changed": False, "keyslot": wrap_for(args.artifact, fleet, f.read())}
