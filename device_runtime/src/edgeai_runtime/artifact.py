@@ -16,6 +16,7 @@ the read and the cipher on the calling thread; the payload's chunks hash in para
 """
 from __future__ import annotations
 
+import abc
 import contextlib
 import hashlib
 import hmac
@@ -137,7 +138,7 @@ class Envelope:
         return cls(artifact_id, cipher, chunk, chunks, prefix, commitment, size)
 
 
-class _Pool:
+class _Pool(abc.ABC):
     """A pool of reusable chunk buffers and worker threads that consume them (bounded memory).
 
     ``take`` a buffer, fill it, ``feed`` a view of it with its chunk index; a worker runs
@@ -181,8 +182,9 @@ class _Pool:
             if pooled is not None:
                 self._free.put(pooled)
 
+    @abc.abstractmethod
     def _consume(self, index: int, view: memoryview) -> None:
-        raise NotImplementedError
+        """Use one chunk (on a worker thread)."""
 
 
 class _Hasher(_Pool):
@@ -234,6 +236,15 @@ def chunk_list_digest(chunk_digests: "list[bytes]") -> str:
             raise ArtifactError("bad_format", "a payload chunk was not hashed")
         outer.update(digest)
     return outer.hexdigest()
+
+
+def sha256_file(path: str) -> str:
+    """sha256 of a whole file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _read_exact(f: BinaryIO, view: memoryview) -> int:

@@ -226,7 +226,7 @@ class Updater:
         with self._lock():
             recovered = self._recover()
             try:
-                art = self.store._open_artifact(artifact)  # format, length, signature, class, runtime version
+                art = self.store.open_artifact(artifact)  # format, length, signature, class, runtime version
             except StoreError as exc:
                 raise self._refused_on_arrival(artifact, exc, mode, stage_s, bytes_transferred, recovered) from None
             name, version = art.manifest.name, art.manifest.version

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import sys
@@ -119,7 +118,7 @@ class ModelDir:
         model_path = os.path.join(path, manifest.model_file)
         if not os.path.isfile(model_path):
             raise ArtifactError("bad_manifest", "%s names model file %s, which is not there" % (path, manifest.model_file))
-        digest = _sha256_file(model_path)
+        digest = artifact.sha256_file(model_path)
         if digest != manifest.sha256 or os.path.getsize(model_path) != manifest.size:
             raise ArtifactError("bad_manifest", "%s: %s does not match manifest.json's sha256 and size"
                                 % (path, manifest.model_file))
@@ -129,20 +128,12 @@ class ModelDir:
             if not os.path.isfile(fpath):
                 raise ArtifactError("bad_manifest", "%s names gate file %s, which is not there" % (path, name))
         fields = {k: v for k, v in manifest.to_dict().items() if k not in _MEASURED}
-        fields["files"] = {name: _sha256_file(fpath) for name, fpath in files.items()}
+        fields["files"] = {name: artifact.sha256_file(fpath) for name, fpath in files.items()}
         return cls(path, fields, model_path, files)
 
     @property
     def sha256(self) -> str:
-        return _sha256_file(self.model_path)
-
-
-def _sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return artifact.sha256_file(self.model_path)
 
 
 @contextlib.contextmanager

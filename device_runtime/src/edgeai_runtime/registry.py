@@ -23,7 +23,7 @@ checks each file's sha256, and installs through the same OTA installer as push m
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import dataclasses
 import http.client
 import json
 import os
@@ -37,7 +37,9 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from cryptography.exceptions import InvalidSignature
 
+from .artifact import read_header, sha256_file
 from .keys import ArtifactError, key_id, load_public, write_atomic
+from .ota import Policy, UpdateFailed, Updater
 
 DOC_FORMAT = "edgeai.fleet/updates"
 DOC_VERSION = 1
@@ -51,14 +53,6 @@ class RegistryError(RuntimeError):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
-
-
-def _sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(BLOCK), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _canonical(doc: Mapping[str, Any]) -> bytes:
@@ -77,7 +71,6 @@ def publish(registry: str, signing_key: Any, releases: List[Dict[str, Any]], dev
     so a later publication always supersedes an earlier one. A device whose document would say the
     same (same models, versions, artifacts and files, key slots for the same key) keeps its
     document: publishing again changes nothing."""
-    from .artifact import read_header
     sequence = int(time.time()) if sequence is None else sequence
     os.makedirs(os.path.join(registry, "artifacts"), exist_ok=True)
     os.makedirs(os.path.join(registry, "updates"), exist_ok=True)
@@ -92,10 +85,10 @@ def publish(registry: str, signing_key: Any, releases: List[Dict[str, Any]], dev
         for name, path in sorted((release.get("files") or {}).items()):
             rel = "artifacts/%s.files/%s" % (base[:-len(".eaf")] if base.endswith(".eaf") else base, name)
             copied |= _copy_if_changed(path, os.path.join(registry, rel))
-            files[name] = {"path": rel, "sha256": _sha256_file(path), "size": os.path.getsize(path)}
+            files[name] = {"path": rel, "sha256": sha256_file(path), "size": os.path.getsize(path)}
         entries.append({"name": header["manifest"]["name"], "version": header["manifest"]["version"],
                         "force": bool(release.get("force")), "source": release["artifact"],
-                        "artifact": {"path": artifact_rel, "sha256": _sha256_file(release["artifact"]),
+                        "artifact": {"path": artifact_rel, "sha256": sha256_file(release["artifact"]),
                                      "size": os.path.getsize(release["artifact"])}, "files": files})
     written = []
     for device, pem in sorted(devices.items()):
@@ -132,7 +125,7 @@ def _same_document(path: str, wanted: List[Dict[str, Any]], device: str) -> bool
 
 def _copy_if_changed(src: str, dst: str) -> bool:
     os.makedirs(os.path.dirname(dst), exist_ok=True)
-    if os.path.exists(dst) and os.path.getsize(dst) == os.path.getsize(src) and _sha256_file(dst) == _sha256_file(src):
+    if os.path.exists(dst) and os.path.getsize(dst) == os.path.getsize(src) and sha256_file(dst) == sha256_file(src):
         return False
     tmp = dst + ".partial"
     shutil.copyfile(src, tmp)
@@ -176,7 +169,7 @@ class Downloader:
     def fetch(self, path: str, dest: str, size: int, sha256: str) -> int:
         """Download ``path`` to ``dest``, resuming ``dest + '.part'`` where an earlier attempt (or run)
         stopped; check size and sha256, then rename into place. Returns the bytes received now."""
-        if os.path.exists(dest) and os.path.getsize(dest) == size and _sha256_file(dest) == sha256:
+        if os.path.exists(dest) and os.path.getsize(dest) == size and sha256_file(dest) == sha256:
             return 0
         part = dest + ".part"
         received = 0
@@ -211,7 +204,7 @@ class Downloader:
             got = os.path.getsize(part) if os.path.exists(part) else 0
             raise RegistryError("network", "downloading %s: %d of %d bytes after %d attempts; the next run resumes"
                                 % (self.url(path), got, size, self.retries))
-        got = _sha256_file(part)
+        got = sha256_file(part)
         if os.path.getsize(part) != size or got != sha256:
             os.unlink(part)
             raise RegistryError("checksum", "%s: sha256 %s (%d bytes), the signed update document says %s (%d bytes)"
@@ -257,8 +250,7 @@ class Agent:
     """One poll of the registry: fetch and check this device's update document, then bring every
     model in it to its version through the OTA installer (mode ``pull``)."""
 
-    def __init__(self, config: Any, downloader: Downloader, policy: Any = None) -> None:
-        from .ota import Policy, Updater
+    def __init__(self, config: Any, downloader: Downloader, policy: Optional[Policy] = None) -> None:
         self.config = config
         self.downloader = downloader
         self.updater = Updater(config)
@@ -310,29 +302,27 @@ class Agent:
         return doc
 
     def _bring(self, entry: Dict[str, Any]) -> Dict[str, Any]:
-        from dataclasses import replace
-        from .ota import UpdateFailed
         name, version = entry["name"], entry["version"]
         if self.store.active(name) == version:
             return {"name": name, "version": version, "changed": False, "outcome": "unchanged"}
         os.makedirs(self.downloads, exist_ok=True)
         started = time.monotonic()
         received = 0
+        artifact = os.path.join(self.downloads, entry["artifact"]["sha256"] + ".eaf")
+        local = {fname: os.path.join(self.downloads, spec["sha256"]) for fname, spec in entry.get("files", {}).items()}
         try:
-            artifact = os.path.join(self.downloads, entry["artifact"]["sha256"] + ".eaf")
             received += self.downloader.fetch(entry["artifact"]["path"], artifact, entry["artifact"]["size"],
                                               entry["artifact"]["sha256"])
             files = {}
             for fname, spec in sorted(entry.get("files", {}).items()):
-                local = os.path.join(self.downloads, spec["sha256"])
-                received += self.downloader.fetch(spec["path"], local, spec["size"], spec["sha256"])
-                with open(local, "rb") as f:
+                received += self.downloader.fetch(spec["path"], local[fname], spec["size"], spec["sha256"])
+                with open(local[fname], "rb") as f:
                     files[fname] = f.read()
         except RegistryError as exc:
             return {"name": name, "version": version, "changed": False, "failed": True, "outcome": "not_downloaded",
                     "reason": exc.reason, "msg": "%s %s: %s" % (name, version, exc), "bytes_transferred": received}
         stage_s = time.monotonic() - started
-        policy = replace(self.policy, force=bool(entry.get("force")))
+        policy = dataclasses.replace(self.policy, force=bool(entry.get("force")))
         try:
             result = self.updater.apply(artifact, entry["keyslot"], files, policy, mode="pull", stage_s=stage_s,
                                         bytes_transferred=received)
@@ -341,9 +331,9 @@ class Agent:
         except Exception as exc:  # a store refusal before the transaction: report it, go on with the others
             return {"name": name, "version": version, "changed": False, "failed": True, "outcome": "refused",
                     "msg": "%s %s: %s" % (name, version, exc), "bytes_transferred": received}
-        for spec in [entry["artifact"]] + list(entry.get("files", {}).values()):
+        for path in [artifact] + list(local.values()):
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(os.path.join(self.downloads, spec["sha256"] + (".eaf" if spec is entry["artifact"] else "")))
+                os.unlink(path)
         return result
 
     def _load_state(self) -> Dict[str, Any]:

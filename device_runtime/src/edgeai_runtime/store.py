@@ -246,7 +246,7 @@ class ModelStore:
         The same model again changes nothing; the same artifact with a slot for another device key
         replaces the slot (key rotation).
         """
-        art = self._open_artifact(path)
+        art = self.open_artifact(path)
         manifest = art.manifest
         name, version = manifest.name, manifest.version
         files = self._check_files(manifest, files, reserved=())
@@ -281,7 +281,7 @@ class ModelStore:
             raise StoreError("re-keying %s %s: it is not an installed signed artifact" % (name, version))
         if _same_key(self.keyslot(name, version), keyslot):
             return Change(False, name, version, message="key slot unchanged")
-        art = self._open_artifact(os.path.join(self._version_dir(name, version), ARTIFACT_FILE))
+        art = self.open_artifact(os.path.join(self._version_dir(name, version), ARTIFACT_FILE))
         self._open_slot(art, keyslot)
         with self._locked():
             write_atomic(os.path.join(self._version_dir(name, version), KEYSLOT_FILE),
@@ -351,7 +351,8 @@ class ModelStore:
 
     # -- internals -------------------------------------------------------------------------
 
-    def _open_artifact(self, path: str) -> Artifact:
+    def open_artifact(self, path: str) -> Artifact:
+        """An artifact whose signature (by a trusted signer), hardware class and runtime version are checked."""
         try:
             art = Artifact.open(path, self.trusted_signers())
             art.check_compatible(self.hardware_class)
@@ -368,7 +369,7 @@ class ModelStore:
         return data_key
 
     def _decrypt(self, name: str, version: str, manifest: Manifest) -> bytes:
-        art = self._open_artifact(os.path.join(self._version_dir(name, version), ARTIFACT_FILE))
+        art = self.open_artifact(os.path.join(self._version_dir(name, version), ARTIFACT_FILE))
         if art.manifest.sha256 != manifest.sha256:
             raise StoreError("model %s version %s: manifest.json does not match the signed artifact" % (name, version))
         data_key = self._open_slot(art, self.keyslot(name, version))
