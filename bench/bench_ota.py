@@ -12,7 +12,10 @@ and median reported):
    wait, not work: reported separately by ``--watch``);
 2. ``push``: ``Updater.apply`` of the artifact already on the device (no transfer);
 3. ``rollback``: ``Updater.rollback`` until the previous version has answered a probe inference;
-4. ``rerun``: ``Agent.run_once`` when the device already serves what the registry says.
+4. ``rerun``: ``Agent.run_once`` when the device already serves what the registry says;
+5. ``pull (delta)``: ``Agent.run_once`` with the device back on v1 and a delta (v2 differs from v1
+   in its last layer only) offered beside the artifact: download, rebuild (``delta rebuild``), and
+   every phase as in 1. ``delta make (controller)`` is the controller's one-time cost of the delta.
 
 Baselines measured in the same run: ``copy`` (read + write + fsync of the artifact file),
 ``load-plain`` (``onnxruntime.InferenceSession`` from the plaintext bytes + one inference: what any
@@ -44,7 +47,7 @@ import onnxruntime as ort  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ed25519  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from edgeai_runtime import artifact, keys  # noqa: E402
+from edgeai_runtime import artifact, delta, keys  # noqa: E402
 from edgeai_runtime.config import load_config  # noqa: E402
 from edgeai_runtime.gate import encode_npz  # noqa: E402
 from edgeai_runtime.keys import DeviceKeyring  # noqa: E402
@@ -58,6 +61,7 @@ from support.service import start_service, write_config  # noqa: E402
 TARGET_OTA_S = 10.0
 TARGET_ROLLBACK_S = 1.0
 TARGET_RERUN_RATIO = 0.5
+TARGET_DELTA_SAVED = 0.8
 PROFILES = {"full": {"rounds": 3}, "quick": {"rounds": 1}}
 
 
@@ -143,6 +147,13 @@ def main() -> int:
         v1_model, v2_model = mlp(hidden, 1, 1), mlp(hidden, 1, 2)
         v1, v2 = pack(workdir, "1.0.0", v1_model, signer), pack(workdir, "2.0.0", v2_model, signer)
         notes.update(model_bytes=len(v2_model), artifact_bytes=os.path.getsize(v2["path"]), hidden=hidden)
+        seconds, made = timed(delta.make, v1_model, {"name": "bench", "version": "1.0.0",
+                                                     "sha256": hashlib.sha256(v1_model).hexdigest()},
+                              v2["path"], v2["packed"].data_key, signer, str(workdir / "bench-2.0.0.from-1.0.0.eafd"))
+        assert made is not None, "no delta: the versions share too little"
+        rows["delta make (controller)"] = [seconds]
+        delta_facts = {"path": made.path, "base_version": "1.0.0", "base_sha256": made.header["base"]["sha256"]}
+        notes.update(delta_bytes=made.size, delta_saved=made.bytes_saved / made.full_size)
         ca_key, ca_cert = make_ca("bench CA")
         key, cert = make_server_cert(ca_key, ca_cert)
         ca = write_pem(workdir / "ca.pem", ca_cert)
@@ -171,6 +182,7 @@ def main() -> int:
                 seconds, result = timed(agent.run_once)
                 assert not result["failed"] and result["models"][0]["outcome"] == "committed", result
                 rows.setdefault("pull", []).append(seconds)
+                full_pull_bytes = result["models"][0]["bytes_transferred"]
                 phases.append(dict(result["models"][0]["timings"], total=seconds))
                 seconds, rerun = timed(agent.run_once)
                 assert not rerun["changed"], rerun
@@ -182,6 +194,18 @@ def main() -> int:
                                         store.keyslot("bench", "2.0.0"), v2["files"], Policy(watch_s=0))
                 assert pushed["outcome"] == "committed", pushed
                 rows.setdefault("push (on device)", []).append(seconds)
+                # Delta: the device is back on v1 without v2; the registry offers a delta beside the artifact.
+                Updater(config).rollback("bench", "1.0.0", "bench")
+                store.remove("bench", "2.0.0")
+                publish(str(workdir / "registry"), signer, [{"artifact": v2["path"], "files": v2["file_paths"],
+                                                             "deltas": [delta_facts]}],
+                        {ring.current_id(): ring.current().public_pem}, lambda a, p: slot2, sequence=100 + round_no)
+                seconds, result = timed(agent.run_once)
+                model = result["models"][0]
+                assert not result["failed"] and model["outcome"] == "committed" and model["delta"]["used"], result
+                rows.setdefault("pull (delta)", []).append(seconds)
+                rows.setdefault("delta rebuild", []).append(model["delta"]["rebuild_s"])
+                notes.update(delta_pull_bytes=model["bytes_transferred"], full_pull_bytes=full_pull_bytes)
             finally:
                 proc.terminate()
                 proc.wait(timeout=30)
@@ -193,15 +217,22 @@ def main() -> int:
     median = {k: statistics.median(v) for k, v in rows.items()}
     phase_best = min(phases, key=lambda p: p["total"])
     targets = {"ota_under_10s": best["pull"] < TARGET_OTA_S, "rollback_under_1s": best["rollback"] < TARGET_ROLLBACK_S,
-               "rerun_at_most_half": best["rerun"] <= TARGET_RERUN_RATIO * best["pull"]}
+               "rerun_at_most_half": best["rerun"] <= TARGET_RERUN_RATIO * best["pull"],
+               "delta_80pct_fewer_bytes": notes["delta_saved"] >= TARGET_DELTA_SAVED}
     print("model %.1f MB (hidden %d), artifact %.1f MB, %d round(s), watch %.1f s"
           % (notes["model_bytes"] / 1e6, hidden, notes["artifact_bytes"] / 1e6, profile["rounds"], args.watch))
     print("%-18s %8s %8s %10s %10s" % ("operation", "best s", "median s", "x copy", "x load"))
-    for name in ("copy", "load-plain", "pull", "push (on device)", "rollback", "rerun"):
+    for name in ("copy", "load-plain", "pull", "push (on device)", "rollback", "rerun", "pull (delta)",
+                 "delta rebuild", "delta make (controller)"):
         print("%-18s %8.3f %8.3f %10.2f %10.2f" % (name, best[name], median[name], best[name] / best["copy"],
                                                    best[name] / best["load-plain"]))
     print("pull phases (best round): " + ", ".join("%s %.3f s" % (k, v) for k, v in phase_best.items()))
     print("rerun / pull = %.3f (target <= %.2f)" % (best["rerun"] / best["pull"], TARGET_RERUN_RATIO))
+    saved = 1 - notes["delta_pull_bytes"] / notes["full_pull_bytes"]
+    print("delta: %d bytes vs artifact %d (%.2f%% fewer; pulled %d vs %d bytes with gate files: %.2f%% fewer; "
+          "target >= %d%%)" % (notes["delta_bytes"], notes["artifact_bytes"], 100 * notes["delta_saved"],
+                               notes["delta_pull_bytes"], notes["full_pull_bytes"], 100 * saved,
+                               100 * TARGET_DELTA_SAVED))
     summary = {"environment": {"cpus": os.cpu_count(), "python": platform.python_version(),
                                "onnxruntime": ort.__version__, "onnx": onnx.__version__,
                                "loadavg": os.getloadavg()},

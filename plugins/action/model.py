@@ -46,6 +46,8 @@ class ActionModule(ActionBase):
         try:
             done = self._execute_module(module_name='edgeai.fleet.model', module_args=device_args,
                                         task_vars=task_vars)
+            if done.get('delta_failed'):  # the device changed nothing: send the whole artifact after all
+                done = self._full_after_delta(device_args, remote_dir, done, task_vars)
         finally:
             if remote_dir:
                 self._remove_tmp_path(remote_dir, force=True)
@@ -62,7 +64,7 @@ class ActionModule(ActionBase):
         name, version = model_dir.fields['name'], model_dir.fields['version']
         device_args.update(name=name, version=version)
         common = dict(root=args['root'], user=args['user'])
-        stored, status = stored_version(self, args, model_dir, task_vars, host)[1:]
+        model, stored, status = stored_version(self, args, model_dir, task_vars, host)
         device_key_id = status['device_key_id']
         public_key, cipher = device_public_key(args, task_vars, host, status)
         if stored is not None and stored.get('signed') and stored.get('key_id') == device_key_id:
@@ -82,13 +84,49 @@ class ActionModule(ActionBase):
         if stored is not None:  # same model, slot for an old device key: re-key in place, send nothing
             run_store(self, dict(common, state='rekeyed', name=name, version=version, keyslot=slot), task_vars, host)
             return device_args, None
+        delta = self._delta(pub, args, model, path, fleet, host) if args['delta'] and args['state'] == 'active' else None
+        if delta is not None:
+            result['delta'] = delta
+        payload = delta['path'] if delta and delta.get('path') else path
         remote_dir = self._make_tmp_path()
         try:
-            remote, sent, seconds = send(self, remote_dir, dict(model_dir.files, **{os.path.basename(path): path}))
+            remote, sent, seconds = send(self, remote_dir, dict(model_dir.files, **{os.path.basename(payload): payload}))
         except Exception:
             self._remove_tmp_path(remote_dir, force=True)
             raise
-        device_args.update(artifact=remote[os.path.basename(path)], keyslot=slot,
-                           files={f: remote[f] for f in model_dir.files}, stage_seconds=round(seconds, 4),
+        device_args.update({'delta_file' if payload != path else 'artifact': remote[os.path.basename(payload)]})
+        device_args.update(keyslot=slot, files={f: remote[f] for f in model_dir.files}, stage_seconds=round(seconds, 4),
                            bytes_transferred=sent)
+        self._full_artifact = path
         return device_args, remote_dir
+
+    def _delta(self, pub, args, model, path, fleet, host):
+        """A delta from the version the device serves, when that version's artifact is still in
+        artifact_dir and the delta is worth it; else None, or the reason there is none."""
+        active = model.get('active')
+        base = model.get('installed', {}).get(active) or {}
+        if not (base.get('signed') and base.get('artifact_id')):
+            return None
+        try:
+            base_path = artifact_for(pub, args['artifact_dir'], base['artifact_id'])
+        except AnsibleActionFail:
+            return dict(made=False, reason='the artifact of %s %s is no longer in %s' % (model.get('name'), active,
+                                                                                      args['artifact_dir']))
+        try:
+            delta_path, facts = pub.ensure_delta(base_path, path, fleet)
+        except (pub.ArtifactError, OSError) as exc:
+            if getattr(exc, 'reason', None) == 'delta_unsupported':  # no zstandard on the controller
+                return dict(made=False, reason=str(exc))
+            raise AnsibleActionFail('%s: making a delta from %s %s: %s' % (host, model.get('name'), active, exc))
+        return dict(facts, path=delta_path) if delta_path else facts
+
+    def _full_after_delta(self, device_args, remote_dir, failed, task_vars):
+        """The device could not use the delta (it said why and changed nothing): send the artifact."""
+        remote, sent, seconds = send(self, remote_dir, {os.path.basename(self._full_artifact): self._full_artifact})
+        args = dict(device_args, delta_file=None, artifact=remote[os.path.basename(self._full_artifact)],
+                    stage_seconds=round(device_args['stage_seconds'] + seconds, 4),
+                    bytes_transferred=device_args['bytes_transferred'] + sent)
+        done = self._execute_module(module_name='edgeai.fleet.model', module_args=args, task_vars=task_vars)
+        done['delta'] = dict(failed.get('delta') or {}, used=False)
+        done['delta'].setdefault('fallback_reason', failed.get('msg'))
+        return done

@@ -30,7 +30,8 @@ MODEL_ARTIFACT_REQUIRED_IF = [('state', 'present', ('src',))]
 
 
 #: edgeai.fleet.model: the controller's options (the action plugin packs, wraps and sends) ...
-MODEL_CONTROLLER_OPTIONS = ('src', 'keys_dir', 'passphrase', 'artifact_dir', 'cipher', 'chunk_mib', 'public_key')
+MODEL_CONTROLLER_OPTIONS = ('src', 'keys_dir', 'passphrase', 'artifact_dir', 'cipher', 'chunk_mib', 'public_key',
+                            'delta')
 #: ... and all of them, the device's (what the module on the target gets) included.
 MODEL_SPEC = dict(
     state=dict(type='str', default='active', choices=['present', 'active', 'absent', 'rolled_back']),
@@ -49,7 +50,9 @@ MODEL_SPEC = dict(
     cipher=dict(type='str', default='auto', choices=['auto', 'aes-256-gcm', 'chacha20-poly1305']),
     chunk_mib=dict(type='int', default=4, choices=[1, 2, 3, 4]),
     public_key=dict(type='str'),
+    delta=dict(type='bool', default=True),
     artifact=dict(type='path'),
+    delta_file=dict(type='path'),
     keyslot=dict(type='dict', no_log=True),
     files=dict(type='dict', default={}),
     stage_seconds=dict(type='float', default=0.0),

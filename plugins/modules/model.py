@@ -110,12 +110,24 @@ options:
     description: The device's public key (PEM); by default the fact C(edgeai_device_key) gathered by
       M(edgeai.fleet.device_key), else the key the device's store reports.
     type: str
+  delta:
+    description:
+      - Send a binary delta instead of the whole artifact when the device serves an earlier version of the model
+        that is still in O(artifact_dir) - a zstd patch against that version's plaintext, rebuilt on the device into
+        the very artifact packed here and checked against its signed digests (see C(docs/ota.md)).
+      - A delta is made only when it saves at least half the bytes. When the device cannot use it (corrupt in
+        transit, base no longer held), the full artifact is sent instead; the result says why.
+    type: bool
+    default: true
   artifact:
     description: Set by the action plugin - the artifact's path on the device after the transfer.
     type: path
   keyslot:
     description: Set by the action plugin - the artifact's data key wrapped for this device.
     type: dict
+  delta_file:
+    description: Set by the action plugin - the delta's path on the device after the transfer.
+    type: path
   files:
     description: Set by the action plugin - gate files on the device, by name.
     type: dict
@@ -189,6 +201,12 @@ bytes_transferred:
   description: Bytes the action plugin sent to the device (0 when it held the artifact already).
   returned: always
   type: int
+delta:
+  description: How the delta went, when one was sent - C(used), C(base_version), C(bytes) sent, C(full_bytes) (the
+    artifact's size), C(bytes_saved), C(rebuild_s); or C(used=false) and C(fallback_reason) when the full artifact
+    had to follow.
+  returned: when a delta was sent
+  type: dict
 timings:
   description: Seconds per phase (stage, verify, load, gate, activate, watch, commit; rollback).
   returned: always
@@ -229,7 +247,7 @@ def main():
     name = p['name']
     version = p['version']
     if p['state'] in ('present', 'active'):
-        if p['artifact'] and not (name and version):
+        if (p['artifact'] or p['delta_file']) and not (name and version):
             header = run('artifact', 'verify', p['artifact'])
             name, version = header['manifest']['name'], header['manifest']['version']
         elif not (name and version):
@@ -260,7 +278,7 @@ def main():
         done = run(*args)
         result.update(changed=done['changed'], version=done['version'], active_version=done['active_version'],
                       outcome='manual_rollback' if done['changed'] else 'unchanged', timings=done['timings'])
-    elif p['state'] == 'present' and not p['artifact']:
+    elif p['state'] == 'present' and not (p['artifact'] or p['delta_file']):
         result.update(outcome='unchanged')  # the action plugin found it stored already
     else:
         done = apply(module, run, p, name, version)
@@ -268,7 +286,11 @@ def main():
                       active_version=done.get('active_version', active))
         if p['state'] == 'active':
             result['timings'].update(done.get('timings') or {})
-            result['timings']['stage'] = p['stage_seconds']
+            result['timings']['stage'] = round(p['stage_seconds'] + (done.get('delta') or {}).get('rebuild_s', 0), 4)
+        if done.get('delta'):
+            result['delta'] = done['delta']
+        if done.get('outcome') == 'delta_failed':
+            module.fail_json(msg=done.get('msg'), delta_failed=True, **result)
         if done.get('failed'):
             result.update(reason=done.get('reason'), phase=done.get('phase'))
             module.fail_json(msg=done.get('msg'), **finish(run, result, name))
@@ -277,6 +299,17 @@ def main():
 
 def apply(module, run, p, name, version):
     """state=present: install only; state=active: the OTA transaction. Returns the runtime's JSON, failed or not."""
+    if p['delta_file']:
+        staging = readable_copies(module, p['root'], p['user'], dict(p['files'], **{'model.eafd': p['delta_file']}))
+        try:
+            source = ['--delta', os.path.join(staging, 'model.eafd'), '--keyslot', '-']
+            source += ['--file=%s=%s' % (fname, os.path.join(staging, fname)) for fname in sorted(p['files'])]
+            done = ota(module, p, source, stdin=json.dumps(p['keyslot'] or {}))
+            if done.get('outcome') == 'delta_failed':  # nothing changed: the action plugin sends the artifact
+                done['delta'] = dict(used=False, fallback_reason='%s: %s' % (done.get('reason'), done.get('msg')))
+            return done
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     if p['artifact']:
         staging = readable_copies(module, p['root'], p['user'], dict(p['files'], **{'model.eaf': p['artifact']}))
         try:

@@ -101,6 +101,11 @@ device_public_key:
   description: The public half (PEM) of the device's current key pair, or null when it has none.
   returned: always
   type: str
+trusted_signers:
+  description: Key ids of the artifact signing keys the device trusts.
+  returned: always
+  type: list
+  elements: str
 msg:
   description: What the runtime did.
   returned: when state is not status
@@ -148,7 +153,7 @@ def main():
     listed = run('model', 'list')
     before = listed.get('models', [])
     result = dict(changed=False, models=before, device_key_id=listed.get('device_key_id'),
-                  device_public_key=listed.get('device_public_key'))
+                  device_public_key=listed.get('device_public_key'), trusted_signers=listed.get('trusted_signers', []))
     if p['state'] == 'status':
         module.exit_json(**result)
 

@@ -7,7 +7,8 @@
 
 The artifact format is implemented once, in device_runtime/ (shipped inside this collection).
 An installed edgeai-device-runtime is used when there is one; otherwise the copy beside these
-plugins. Only ``cryptography`` is needed, which ansible-core already depends on.
+plugins. It needs ``cryptography``, which ansible-core already depends on, and for delta updates
+``zstandard`` (without it, whole artifacts are sent).
 """
 
 from __future__ import annotations

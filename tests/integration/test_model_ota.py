@@ -5,8 +5,12 @@ and the previous version keeps serving; the history is a fact."""
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import yaml
+from edgeai_runtime import publisher
+from support.artifacts import flip
 
 from conftest import DEMO_MODEL, REPO, device_json, version_of
 
@@ -47,6 +51,11 @@ def test_push_ota_update_rerun_check_rollback_and_refusal(deployed, run_playbook
     assert done['changed'] and done['outcome'] == 'committed'
     assert (done['previous_version'], done['active_version']) == (v1, '2.0.0')
     assert done['bytes_transferred'] > 0
+    # v1's artifact is in artifact_dir and v2 shares its bytes: a delta went instead of the artifact.
+    delta = done['delta']
+    assert delta['used'] and delta['base_version'] == v1, delta
+    assert delta['bytes_saved'] >= 0.8 * delta['full_bytes'] and delta['bytes'] + delta['bytes_saved'] == \
+        delta['full_bytes']
     assert set(done['timings']) >= {'stage', 'verify', 'load', 'gate', 'activate', 'watch', 'commit'}
     history = done['ansible_facts']['edgeai_model_history']
     assert history[0]['version'] == '2.0.0' and history[0]['outcome'] == 'committed'
@@ -83,7 +92,23 @@ def test_push_ota_update_rerun_check_rollback_and_refusal(deployed, run_playbook
     listed = device_json(host, 'model', 'list')['models'][0]
     assert listed['active'] == v1 and '3.0.0' not in listed['versions']
 
-    # 6. Remove the version no longer used.
+    # 6. A delta corrupted on the controller's disk: the device refuses it and changes nothing, the full
+    #    artifact follows, and the update goes through.
+    v4 = version_of(DEMO_MODEL, tmp_path / 'v4', '4.0.0')
+    fleet = publisher.FleetKeys(keys['keys_dir'])
+    target = publisher.ensure_artifact(publisher.ModelDir.read(str(v4)), keys['artifact_dir'], fleet)[0]
+    base = [p for p in Path(keys['artifact_dir']).glob('digits-%s-aes.eaf' % v1)][0]
+    delta_path, _facts = publisher.ensure_delta(str(base), target, fleet)
+    flip(delta_path, os.path.getsize(delta_path) - 20)
+    fallback = model_task(run_playbook, tmp_path, inventory, 'fallback', src=str(v4), watch=1, **keys)
+    assert fallback.rc == 0, fallback.failures(host)
+    done = result_of(fallback, host)
+    assert done['outcome'] == 'committed' and done['active_version'] == '4.0.0'
+    assert not done['delta']['used'] and 'delta_checksum' in done['delta']['fallback_reason'], done['delta']
+    assert done['bytes_transferred'] > os.path.getsize(target)
+    assert [r['outcome'] for r in done['ansible_facts']['edgeai_model_history']][:1] == ['committed']
+
+    # 7. Remove the version no longer used.
     gone = model_task(run_playbook, tmp_path, inventory, 'gone', state='absent', name='digits', version='2.0.0')
     assert gone.rc == 0 and result_of(gone, host)['changed']
     assert '2.0.0' not in device_json(host, 'model', 'list')['models'][0]['versions']

@@ -11,7 +11,7 @@
   edgeai-runtime [--root DIR] keys show|ensure|rotate [--type x25519|rsa]
   edgeai-runtime [--root DIR] keys retire
   edgeai-runtime [--root DIR] artifact verify A
-  edgeai-runtime [--root DIR] ota apply --artifact A --keyslot S [--file NAME=PATH ...] [--force] [--watch S] ...
+  edgeai-runtime [--root DIR] ota apply --artifact A|--delta D --keyslot S [--file NAME=PATH ...] [--force] ...
   edgeai-runtime [--root DIR] ota rollback NAME [--version V] [--reason R]
   edgeai-runtime [--root DIR] ota recover|history [--name N]
   edgeai-runtime probe
@@ -105,7 +105,8 @@ def cmd_model(args: argparse.Namespace, config: RuntimeConfig) -> Dict[str, Any]
         current = store.keyring.current()
         result: Dict[str, Any] = {"changed": False, "models": store.status(),
                                   "device_key_id": current.key_id if current else None,
-                                  "device_public_key": current.public_pem if current else None}
+                                  "device_public_key": current.public_pem if current else None,
+                                  "trusted_signers": sorted(store.trusted_signers())}
         if args.action == "status":
             result["service"] = _call_service(config, "GET", "/v2/admin/status", timeout=10)
         return result
@@ -206,10 +207,20 @@ def cmd_ota(args: argparse.Namespace, config: RuntimeConfig) -> Dict[str, Any]:
             if args.artifact or args.keyslot or args.file:
                 raise CommandFailed("--installed NAME VERSION takes neither --artifact, --keyslot nor --file")
             return updater.apply_installed(args.installed[0], args.installed[1], policy, mode=args.mode)
-        if not (args.artifact and args.keyslot):
-            raise CommandFailed("ota apply takes --artifact and --keyslot, or --installed NAME VERSION")
-        return updater.apply(args.artifact, _read_json_arg(args.keyslot, "key slot"), _gate_files(args.file), policy,
-                             mode=args.mode, stage_s=args.stage_seconds, bytes_transferred=args.bytes_transferred)
+        if not ((args.artifact or args.delta) and args.keyslot):
+            raise CommandFailed("ota apply takes --artifact and/or --delta with --keyslot, or --installed NAME VERSION")
+        keyslot, files = _read_json_arg(args.keyslot, "key slot"), _gate_files(args.file)
+        common = dict(mode=args.mode, stage_s=args.stage_seconds, bytes_transferred=args.bytes_transferred)
+        if args.delta:
+            from .ota import DeltaFailed
+            try:
+                return updater.apply_delta(args.delta, keyslot, files, policy, **common)
+            except DeltaFailed as exc:
+                if not args.artifact:
+                    raise
+                fallback = {"used": False, "fallback_reason": "%s: %s" % (exc.reason, exc)}
+            return dict(updater.apply(args.artifact, keyslot, files, policy, **common), delta=fallback)
+        return updater.apply(args.artifact, keyslot, files, policy, **common)
     if args.action == "rollback":
         return updater.rollback(args.name, args.version, args.reason)
     if args.action == "recover":
@@ -295,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     ota_actions = ota.add_subparsers(dest="action", required=True)
     apply = ota_actions.add_parser("apply", help="install a signed artifact and switch to it through every phase")
     apply.add_argument("--artifact")
+    apply.add_argument("--delta", help="a delta against a version held here; with --artifact, that is the fallback")
     apply.add_argument("--keyslot", help="the artifact's key slot for this device (JSON file, -)")
     apply.add_argument("--installed", nargs=2, metavar=("NAME", "VERSION"), help="a version the store holds already")
     apply.add_argument("--file", action="append", metavar="NAME=PATH", help="gate data file")

@@ -58,6 +58,16 @@ class UpdateFailed(RuntimeError):
         self.result = result
 
 
+class DeltaFailed(RuntimeError):
+    """A delta could not be turned into its artifact; nothing on the device changed. Whoever has the
+    full artifact (or can fetch it) installs that instead."""
+
+    def __init__(self, message: str, reason: str, result: Dict[str, Any]) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.result = result
+
+
 @dataclass(frozen=True)
 class Policy:
     """How an update is judged. ``latency_p95_ms`` overrides the manifest's budget."""
@@ -264,6 +274,40 @@ class Updater:
             tx.timings["commit"] = round(time.monotonic() - started, 4)
             return dict(result, changed=True, outcome="committed", active_version=version, timings=tx.timings,
                         txid=tx.txid)
+
+    def apply_delta(self, delta: str, keyslot: Dict[str, Any], files: Optional[Mapping[str, bytes]] = None,
+                    policy: Policy = Policy(), mode: str = "push", stage_s: float = 0.0,
+                    bytes_transferred: int = 0) -> Dict[str, Any]:
+        """``apply`` for a delta against a version this device holds (edgeai_runtime.delta): the
+        artifact is rebuilt (timed as part of ``stage``), checked against its signed digests and
+        installed like a full one. Raises DeltaFailed, with nothing changed, when the delta does not
+        give its artifact (the caller then sends or fetches the full one)."""
+        from .keys import ArtifactError
+        policy.check()
+        cache = os.path.join(self.config.root, "cache")
+        os.makedirs(cache, exist_ok=True)
+        rebuilt = os.path.join(cache, "rebuilt-%d.eaf" % os.getpid())
+        started = time.monotonic()
+        try:
+            try:
+                info = self.store.rebuild_delta(delta, keyslot, rebuilt)
+            except (ArtifactError, StoreError, OSError) as exc:
+                reason = getattr(exc, "reason", None) or "delta_failed"
+                raise DeltaFailed("the delta %s gives no artifact (%s): %s" % (os.path.basename(delta), reason, exc),
+                                  reason, {"changed": False, "outcome": "delta_failed", "delta_reason": reason,
+                                           "bytes_transferred": bytes_transferred}) from None
+            rebuild_s = round(time.monotonic() - started, 4)
+            used = dict(info, used=True, rebuild_s=rebuild_s)
+            try:
+                result = self.apply(rebuilt, keyslot, files, policy, mode, stage_s + rebuild_s, bytes_transferred,
+                                    bytes_saved=info["bytes_saved"])
+            except UpdateFailed as exc:
+                exc.result["delta"] = used
+                raise
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(rebuilt)
+        return dict(result, delta=used)
 
     def _refused_on_arrival(self, artifact: str, exc: Exception, mode: str, stage_s: float, bytes_transferred: int,
                             recovered: List[Dict[str, Any]]) -> UpdateFailed:

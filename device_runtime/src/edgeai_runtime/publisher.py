@@ -31,7 +31,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from . import artifact, keys
 from .keys import ArtifactError
-from .manifest import Manifest, ManifestError
+from .manifest import Manifest, ManifestError, version_key
 
 PASSPHRASE_ENV = "EDGEAI_FLEET_KEY_PASSPHRASE"
 CIPHER_TAGS = {"aes-256-gcm": "aes", "chacha20-poly1305": "chacha"}
@@ -203,17 +203,79 @@ def _escrow_data_key(path: str, artifact_id: str, fleet: FleetKeys) -> bytes:
     return keys.unwrap(sidecar.get("escrow") or {}, fleet.escrow, artifact_id)
 
 
+def ensure_delta(base_path: str, target_path: str, fleet: FleetKeys) -> Tuple[Optional[str], Dict[str, Any]]:
+    """A delta (edgeai_runtime.delta) from the model in the artifact ``base_path`` to the artifact
+    ``target_path``, both packed here (their escrow slots open their data keys), kept beside the
+    target and made once. Returns (path, facts), or (None, facts with ``reason``) when a delta would
+    not save enough to be worth shipping."""
+    from . import delta
+    signer = fleet.signing.public_key()
+    trusted = {keys.key_id(signer): signer}
+    base = artifact.Artifact.open(base_path, trusted)
+    target_header = artifact.read_header(target_path)
+    out = "%s.from-%s%s" % (target_path[:-len(artifact.SUFFIX)], base.manifest.version, delta.SUFFIX)
+    with _locked(os.path.dirname(os.path.abspath(target_path))):
+        have = delta.peek(out)
+        if have and (have.get("target") or {}).get("artifact_id") == target_header.get("artifact_id") \
+                and (have.get("base") or {}).get("sha256") == base.manifest.sha256 \
+                and have.get("signer") == keys.key_id(signer):
+            return out, _delta_facts(out, have, made=False)
+        base_model = base.decrypt(_escrow_data_key(base_path, base.artifact_id, fleet))
+        made = delta.make(base_model, base.manifest.to_dict(), target_path,
+                          _escrow_data_key(target_path, target_header.get("artifact_id", ""), fleet),
+                          fleet.signing, out)
+    if made is None:
+        return None, {"made": False, "reason": "a delta from %s would not save %d%% of the bytes"
+                      % (base.manifest.version, 100 * (1 - delta.WORTH_SHIPPING))}
+    return out, dict(_delta_facts(out, made.header, made=True), seconds=round(made.seconds, 3))
+
+
+def older_artifacts(out_dir: str, fields: Dict[str, Any], cipher: str) -> List[str]:
+    """Artifacts in ``out_dir`` of earlier versions of the model, with the same cipher, newest first."""
+    found = []
+    suffix = "-%s%s" % (CIPHER_TAGS[cipher], artifact.SUFFIX)
+    for entry in os.listdir(out_dir):
+        if not (entry.startswith(fields["name"] + "-") and entry.endswith(suffix)):
+            continue
+        try:
+            manifest = artifact.read_header(os.path.join(out_dir, entry)).get("manifest") or {}
+        except (ArtifactError, OSError):
+            continue
+        if manifest.get("name") == fields["name"] and version_key(str(manifest.get("version"))) \
+                < version_key(fields["version"]):
+            found.append((version_key(manifest["version"]), os.path.join(out_dir, entry)))
+    return [path for _key, path in sorted(found, reverse=True)]
+
+
+def _delta_facts(path: str, header: Dict[str, Any], made: bool) -> Dict[str, Any]:
+    full = header["target"]["artifact_size"]
+    size = os.path.getsize(path)
+    return {"made": made, "path": path, "base_version": header["base"]["version"],
+            "base_sha256": header["base"]["sha256"], "bytes": size, "full_bytes": full, "bytes_saved": full - size}
+
+
 def publish_registry(registry: str, model_dirs: List[str], out_dir: str, fleet: FleetKeys, device_pems: List[str],
-                     cipher: str = "aes-256-gcm", force: bool = False,
-                     sequence: Optional[int] = None) -> Dict[str, Any]:
+                     cipher: str = "aes-256-gcm", force: bool = False, sequence: Optional[int] = None,
+                     delta_bases: int = 2) -> Dict[str, Any]:
     """Pack each model directory (once), then write the pull registry: artifacts, gate files and a
-    signed update document per device (edgeai_runtime.registry)."""
+    signed update document per device (edgeai_runtime.registry). Each release also gets deltas
+    from the ``delta_bases`` newest older versions packed in ``out_dir`` (where worth it)."""
     from .registry import publish
     releases = []
     for model_dir in model_dirs:
         md = ModelDir.read(model_dir)
         path, _header, _changed = ensure_artifact(md, out_dir, fleet, cipher)
-        releases.append({"artifact": path, "files": md.files, "force": force})
+        deltas = []
+        for base in older_artifacts(out_dir, md.fields, cipher)[:delta_bases]:
+            try:
+                delta_path, facts = ensure_delta(base, path, fleet)
+            except ArtifactError as exc:
+                if exc.reason != "delta_unsupported":
+                    raise
+                break  # no zstandard here: whole artifacts only
+            if delta_path:
+                deltas.append(facts)
+        releases.append({"artifact": path, "files": md.files, "force": force, "deltas": deltas})
     devices = {keys.key_id(keys.load_public(pem)): pem for pem in device_pems}
     return publish(registry, fleet.signing, releases, devices, lambda path, pem: wrap_for(path, fleet, pem), sequence)
 
@@ -254,6 +316,8 @@ def _parser() -> argparse.ArgumentParser:
     publish.add_argument("--cipher", choices=sorted(artifact.CIPHERS), default="aes-256-gcm")
     publish.add_argument("--force", action="store_true", help="let devices install versions older than their active ones")
     publish.add_argument("--sequence", type=int, help="document sequence (default: now, in seconds)")
+    publish.add_argument("--delta-bases", type=int, default=2,
+                         help="deltas from this many earlier versions packed in --out-dir (0: none)")
     return parser
 
 
@@ -278,7 +342,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                     with open(pem_file, encoding="ascii") as f:
                         pems.append(f.read())
                 result = publish_registry(args.registry, args.model_dir, args.out_dir, fleet, pems, args.cipher,
-                                          args.force, args.sequence)
+                                          args.force, args.sequence, args.delta_bases)
             else:
                 with open(args.public_key, encoding="ascii") as f:
                     result = {"changed": False, "keyslot": wrap_for(args.artifact, fleet, f.read())}

@@ -13,12 +13,17 @@ The update document::
      "models": [{"name": "digits", "version": "2.0.0", "force": false,
                  "artifact": {"path": "artifacts/digits-2.0.0-aes.eaf", "sha256": "...", "size": 123},
                  "files": {"golden.npz": {"path": "...", "sha256": "...", "size": 45}},
+                 "deltas": [{"path": "artifacts/digits-2.0.0-aes.from-1.0.0.eafd", "sha256": "...", "size": 9,
+                             "base_version": "1.0.0", "base_sha256": "<the base model's sha256>"}],
                  "keyslot": {...the data key wrapped for this device...}}]}
 
 The agent fetches ``updates/<its key id>.json`` over HTTPS (certificate verified), checks the
 signature against the device's trusted signers and that ``sequence`` never goes back (no replay of
 an old document), downloads what it lacks with resume (HTTP Range) into ``<root>/cache/downloads``,
-checks each file's sha256, and installs through the same OTA installer as push mode.
+checks each file's sha256, and installs through the same OTA installer as push mode. When the
+device holds the base of one of the entry's deltas (edgeai_runtime.delta), it fetches that delta
+instead of the artifact; a delta that does not give the artifact changes nothing, and the agent
+then fetches the artifact.
 """
 from __future__ import annotations
 
@@ -39,7 +44,7 @@ from cryptography.exceptions import InvalidSignature
 
 from .artifact import read_header, sha256_file
 from .keys import ArtifactError, key_id, load_public, write_atomic
-from .ota import Policy, UpdateFailed, Updater
+from .ota import DeltaFailed, Policy, UpdateFailed, Updater
 
 DOC_FORMAT = "edgeai.fleet/updates"
 DOC_VERSION = 1
@@ -66,7 +71,8 @@ def publish(registry: str, signing_key: Any, releases: List[Dict[str, Any]], dev
     """Write the registry: each release's artifact and gate files (copied once), and for every
     device (key id -> public key PEM) a signed update document with its own key slots.
 
-    ``releases``: [{"artifact": path, "files": {name: path}, "force": bool}]; ``wrap(artifact, pem)``
+    ``releases``: [{"artifact": path, "files": {name: path}, "force": bool, "deltas": [{"path": delta file,
+    "base_version": v, "base_sha256": sha}]}]; ``wrap(artifact, pem)``
     returns the artifact's key slot for one device. ``sequence`` defaults to the time in seconds,
     so a later publication always supersedes an earlier one. A device whose document would say the
     same (same models, versions, artifacts and files, key slots for the same key) keeps its
@@ -86,10 +92,17 @@ def publish(registry: str, signing_key: Any, releases: List[Dict[str, Any]], dev
             rel = "artifacts/%s.files/%s" % (base[:-len(".eaf")] if base.endswith(".eaf") else base, name)
             copied |= _copy_if_changed(path, os.path.join(registry, rel))
             files[name] = {"path": rel, "sha256": sha256_file(path), "size": os.path.getsize(path)}
+        deltas = []
+        for delta in release.get("deltas") or []:
+            rel = "artifacts/" + os.path.basename(delta["path"])
+            copied |= _copy_if_changed(delta["path"], os.path.join(registry, rel))
+            deltas.append({"path": rel, "sha256": sha256_file(delta["path"]), "size": os.path.getsize(delta["path"]),
+                           "base_version": delta["base_version"], "base_sha256": delta["base_sha256"]})
         entries.append({"name": header["manifest"]["name"], "version": header["manifest"]["version"],
                         "force": bool(release.get("force")), "source": release["artifact"],
                         "artifact": {"path": artifact_rel, "sha256": sha256_file(release["artifact"]),
-                                     "size": os.path.getsize(release["artifact"])}, "files": files})
+                                     "size": os.path.getsize(release["artifact"])}, "files": files,
+                        **({"deltas": deltas} if deltas else {})})
     written = []
     for device, pem in sorted(devices.items()):
         if key_id(load_public(pem)) != device:
@@ -307,31 +320,57 @@ class Agent:
             return {"name": name, "version": version, "changed": False, "outcome": "unchanged"}
         os.makedirs(self.downloads, exist_ok=True)
         started = time.monotonic()
-        received = 0
-        artifact = os.path.join(self.downloads, entry["artifact"]["sha256"] + ".eaf")
+        received = [0]
         local = {fname: os.path.join(self.downloads, spec["sha256"]) for fname, spec in entry.get("files", {}).items()}
+        policy = dataclasses.replace(self.policy, force=bool(entry.get("force")))
+        fallback: Optional[Dict[str, Any]] = None
+
+        def fetch(spec: Dict[str, Any], dest: str) -> str:
+            received[0] += self.downloader.fetch(spec["path"], dest, spec["size"], spec["sha256"])
+            return dest
+
+        def how() -> Dict[str, Any]:  # the stage phase is the downloads
+            return dict(keyslot=entry["keyslot"], files=files, policy=policy, mode="pull",
+                        stage_s=time.monotonic() - started, bytes_transferred=received[0])
+
         try:
-            received += self.downloader.fetch(entry["artifact"]["path"], artifact, entry["artifact"]["size"],
-                                              entry["artifact"]["sha256"])
             files = {}
             for fname, spec in sorted(entry.get("files", {}).items()):
-                received += self.downloader.fetch(spec["path"], local[fname], spec["size"], spec["sha256"])
-                with open(local[fname], "rb") as f:
+                with open(fetch(spec, local[fname]), "rb") as f:
                     files[fname] = f.read()
+            delta = self._usable_delta(name, entry)
+            if delta is not None:
+                local["delta"] = os.path.join(self.downloads, delta["sha256"] + ".eafd")
+                try:
+                    fetch(delta, local["delta"])
+                    return self._clean(self.updater.apply_delta(local["delta"], **how()), local)
+                except (DeltaFailed, RegistryError) as exc:  # nothing changed: the full artifact instead
+                    fallback = {"used": False, "fallback_reason": "%s: %s" % (exc.reason, exc)}
+            local["artifact"] = os.path.join(self.downloads, entry["artifact"]["sha256"] + ".eaf")
+            fetch(entry["artifact"], local["artifact"])
+            result = self._clean(self.updater.apply(local["artifact"], **how()), local)
         except RegistryError as exc:
             return {"name": name, "version": version, "changed": False, "failed": True, "outcome": "not_downloaded",
-                    "reason": exc.reason, "msg": "%s %s: %s" % (name, version, exc), "bytes_transferred": received}
-        stage_s = time.monotonic() - started
-        policy = dataclasses.replace(self.policy, force=bool(entry.get("force")))
-        try:
-            result = self.updater.apply(artifact, entry["keyslot"], files, policy, mode="pull", stage_s=stage_s,
-                                        bytes_transferred=received)
+                    "reason": exc.reason, "msg": "%s %s: %s" % (name, version, exc), "bytes_transferred": received[0]}
         except UpdateFailed as exc:
-            return dict(exc.result, failed=True, msg=str(exc))
+            return dict(exc.result, failed=True, msg=str(exc), **({"delta": fallback} if fallback else {}))
         except Exception as exc:  # a store refusal before the transaction: report it, go on with the others
             return {"name": name, "version": version, "changed": False, "failed": True, "outcome": "refused",
-                    "msg": "%s %s: %s" % (name, version, exc), "bytes_transferred": received}
-        for path in [artifact] + list(local.values()):
+                    "msg": "%s %s: %s" % (name, version, exc), "bytes_transferred": received[0]}
+        return dict(result, delta=fallback) if fallback else result
+
+    def _usable_delta(self, name: str, entry: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+        """The entry's delta whose base this device holds (its serving version's first)."""
+        held = {self.store.manifest(name, v).sha256: v for v in self.store.versions(name)}
+        active = self.store.active(name)
+        usable = [d for d in entry.get("deltas") or [] if d.get("base_sha256") in held]
+        usable.sort(key=lambda d: held[d["base_sha256"]] != active)
+        return usable[0] if usable else None
+
+    @staticmethod
+    def _clean(result: Dict[str, Any], local: Dict[str, str]) -> Dict[str, Any]:
+        """The update went through: its downloads go."""
+        for path in local.values():
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
         return result

@@ -274,6 +274,29 @@ class ModelStore:
             self._stage(manifest, write_model, files)
         return Change(True, name, version, message="installed (signed artifact %s)" % art.artifact_id)
 
+    def rebuild_delta(self, path: str, keyslot: Dict[str, Any], out_path: str) -> Dict[str, Any]:
+        """Rebuild the artifact a delta (edgeai_runtime.delta) carries into ``out_path``, patching the
+        version of its model held here whose sha256 is the delta's base. Stores nothing; the rebuilt
+        artifact is installed like any other. Raises ArtifactError (reason ``delta_*`` and the like)."""
+        from .delta import Delta
+        delta = Delta.open(path, self.trusted_signers())
+        base = delta.base
+        held = [v for v in self.versions(base["name"]) if self.manifest(base["name"], v).sha256 == base["sha256"]]
+        if not held:
+            raise ArtifactError("delta_base_missing", "%s patches %s %s (sha256 %s), which this device does not hold "
+                                "(it holds: %s)" % (path, base["name"], base["version"], base["sha256"][:12],
+                                                    ", ".join(self.versions(base["name"])) or "none"))
+        base_version = self.active(base["name"]) if self.active(base["name"]) in held else held[-1]
+        try:
+            model = self.read_model(base["name"], base_version)
+        except StoreError as exc:
+            raise ArtifactError("delta_base_missing", "%s: its base %s %s does not load: %s"
+                                % (path, base["name"], base_version, exc)) from None
+        data_key = self.keyring.open_slot(keyslot, delta.target["artifact_id"])
+        delta.rebuild(model, data_key, out_path)
+        return {"base_version": base_version, "bytes": delta.size, "full_bytes": delta.target["artifact_size"],
+                "bytes_saved": delta.target["artifact_size"] - delta.size}
+
     def rekey(self, name: str, version: str, keyslot: Dict[str, Any]) -> Change:
         """Replace an installed artifact's key slot with one for another device key (rotation).
         The new slot must open with this device's keyring and match the artifact's key commitment."""

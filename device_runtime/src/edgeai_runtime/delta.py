@@ -1,0 +1,362 @@
+"""Binary deltas between model versions. Spec: docs/artifact-format.md, "Delta files".
+
+A delta carries a new version (the target) as a zstd patch against the plaintext of a version the
+device already holds (the base): zstd's patch-from mode, with the base as a raw-content
+dictionary. The device rebuilds the target artifact byte for byte: it decrypts the base in
+memory, applies the patch, checks the target's sha256, and seals the chunks again under the
+target's own envelope (same data key, nonces and associated data, hence the same ciphertext).
+The rebuilt file must then match the target's signed payload digest, and the installer treats it
+like any artifact it received whole. Plaintext is never written to disk.
+
+Layout::
+
+    preamble     16 bytes   magic "EDGEAIMD", format version (u16), flags (u16, 0), header length (u32)
+    header       JSON       canonical: format, format_version, delta_id, signer, base, target, patch
+    signature    64 bytes   Ed25519 over preamble || header
+    target head             the target artifact's preamble, header and signature, verbatim
+    sealed patch            the zstd frame sealed with the target's cipher under
+                            HKDF-SHA256(data key, info = context || delta_id), nonce ``patch.nonce``,
+                            associated data sha256(preamble || header)
+
+Memory on the device: the base and the target plaintext (two models) and the patch; on the
+controller zstd's match tables besides (about 8 bytes per base byte, at most 1 GiB).
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import struct
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, Mapping, Optional
+
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from . import artifact
+from .artifact import CIPHERS, PREAMBLE, SIGNATURE_BYTES, TAG_BYTES, Envelope, canonical, chunk_list_digest
+from .keys import ArtifactError, key_id
+
+MAGIC = b"EDGEAIMD"
+FORMAT = "edgeai.fleet/model-delta"
+FORMAT_VERSION = 1
+SUFFIX = ".eafd"
+ALGORITHM = "zstd-patch-from"
+#: A delta whose sealed patch is above this share of the full artifact is not worth shipping.
+WORTH_SHIPPING = 0.5
+#: zstd's window must reach back over base and target; 2^30 is the most a 32-bit device decodes.
+MAX_WINDOW_LOG = 30
+_KEY_CONTEXT = b"edgeai.fleet delta patch key v1\0"
+_ZERO = "0" * 64
+_MAX_HEADER = 64 << 10
+_MAX_HEAD = (1 << 20) + PREAMBLE.size + SIGNATURE_BYTES
+
+
+def _zstd() -> Any:
+    try:
+        import zstandard
+    except ImportError:  # pragma: no cover - a dependency of the package
+        raise ArtifactError("delta_unsupported", "deltas need the zstandard package (pip install zstandard)") from None
+    return zstandard
+
+
+def patch_key(data_key: bytes, delta_id: str) -> bytes:
+    """The patch's own key: a delta never seals with the data key itself, so its nonces cannot
+    collide with the artifact's."""
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+                info=_KEY_CONTEXT + bytes.fromhex(delta_id)).derive(data_key)
+
+
+def window_log(base_size: int, target_size: int) -> int:
+    return max(20, (base_size + target_size).bit_length())
+
+
+def compression_parameters(base_size: int, target_size: int) -> Any:
+    """Parameters that find matches anywhere in the base: a window over base and target, and hash
+    and chain tables about as large as the base (zstd's default tables for a level index only a
+    few MiB, so most of a large base would be out of reach: 8% saved instead of 99.7% on a 50 MB
+    model whose last layer changed; see bench/bench_ota.py)."""
+    zstd = _zstd()
+    tables = min(27, max(16, base_size.bit_length() - 1))
+    return zstd.ZstdCompressionParameters(window_log=window_log(base_size, target_size), hash_log=tables,
+                                          chain_log=tables, search_log=3, min_match=5,
+                                          strategy=zstd.STRATEGY_LAZY, write_content_size=True,
+                                          write_checksum=False, threads=0)
+
+
+@dataclass
+class Made:
+    """What ``make`` wrote: the delta, how big it is against the full artifact, how long it took."""
+    path: str
+    header: Dict[str, Any]
+    size: int
+    full_size: int
+    seconds: float
+
+    @property
+    def bytes_saved(self) -> int:
+        return self.full_size - self.size
+
+
+def make(base_model: bytes, base_manifest: Mapping[str, Any], target_path: str, data_key: bytes,
+         signing_key: ed25519.Ed25519PrivateKey, out_path: str,
+         target_model: Optional[bytes] = None) -> Optional[Made]:
+    """Write a delta from the base plaintext to the artifact at ``target_path`` (whose data key is
+    ``data_key``). Returns None, writing nothing, when it would not save at least half the bytes or
+    base and target are too large for a window a 32-bit device decodes."""
+    started = time.perf_counter()
+    target = artifact.Artifact.open(target_path, {key_id(signing_key.public_key()): signing_key.public_key()})
+    target.check_key(data_key)
+    tm = target.manifest
+    if base_manifest.get("name") != tm.name:
+        raise ArtifactError("bad_manifest", "a delta joins versions of one model: base is %s, target %s"
+                            % (base_manifest.get("name"), tm.name))
+    if hashlib.sha256(base_model).hexdigest() != base_manifest.get("sha256"):
+        raise ArtifactError("model_checksum", "the base model does not match its manifest's sha256")
+    if window_log(len(base_model), tm.size) > MAX_WINDOW_LOG:
+        return None
+    model = target_model if target_model is not None else target.decrypt(data_key)
+    zstd = _zstd()
+    params = compression_parameters(len(base_model), tm.size)
+    dictionary = zstd.ZstdCompressionDict(base_model, dict_type=zstd.DICT_TYPE_RAWCONTENT)
+    patch = zstd.ZstdCompressor(dict_data=dictionary, compression_params=params).compress(model)
+    full_size = os.path.getsize(target_path)
+    with open(target_path, "rb") as f:
+        head = f.read(target.payload_offset)
+    delta_id = secrets.token_hex(16)
+    nonce = secrets.token_bytes(12)
+    header = {"format": FORMAT, "format_version": FORMAT_VERSION, "delta_id": delta_id,
+              "signer": key_id(signing_key),
+              "base": {"name": tm.name, "version": base_manifest.get("version"), "sha256": base_manifest["sha256"],
+                       "size": len(base_model)},
+              "target": {"artifact_id": target.artifact_id, "name": tm.name, "version": tm.version,
+                         "sha256": tm.sha256, "size": tm.size, "head_size": len(head),
+                         "head_sha256": hashlib.sha256(head).hexdigest(), "artifact_size": full_size,
+                         "artifact_sha256": artifact.sha256_file(target_path)},
+              "patch": {"algorithm": ALGORITHM, "window_log": params.window_log, "size": len(patch),
+                        "nonce": nonce.hex(), "sealed_sha256": _ZERO}}
+    preamble_len = PREAMBLE.size
+    sealed_size = len(patch) + TAG_BYTES
+    total = preamble_len + len(canonical(header)) + SIGNATURE_BYTES + len(head) + sealed_size
+    if total > WORTH_SHIPPING * full_size:
+        return None
+    sealed = CIPHERS[target.envelope.cipher](patch_key(data_key, delta_id)).encrypt(
+        nonce, patch, _aad(delta_id, base_manifest["sha256"], target.artifact_id))
+    header["patch"]["sealed_sha256"] = hashlib.sha256(sealed).hexdigest()
+    body = canonical(header)
+    preamble = PREAMBLE.pack(MAGIC, FORMAT_VERSION, 0, len(body))
+    tmp = "%s.partial-%d" % (out_path, os.getpid())
+    try:
+        with open(tmp, "wb") as out:
+            out.write(preamble + body + signing_key.sign(preamble + body))
+            out.write(head)
+            out.write(sealed)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out_path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return Made(out_path, header, os.path.getsize(out_path), full_size, time.perf_counter() - started)
+
+
+
+class Delta:
+    """A delta whose signature has been checked; ``rebuild`` checks everything else."""
+
+    def __init__(self, path: str, header: Dict[str, Any], head: bytes, patch_offset: int) -> None:
+        self.path = path
+        self.header = header
+        self.head = head
+        self.patch_offset = patch_offset
+
+    @property
+    def base(self) -> Dict[str, Any]:
+        return self.header["base"]
+
+    @property
+    def target(self) -> Dict[str, Any]:
+        return self.header["target"]
+
+    @property
+    def size(self) -> int:
+        return os.path.getsize(self.path)
+
+    @classmethod
+    def open(cls, path: str, trusted_signers: Mapping[str, ed25519.Ed25519PublicKey]) -> "Delta":
+        try:
+            with open(path, "rb") as f:
+                preamble = f.read(PREAMBLE.size)
+                if len(preamble) < PREAMBLE.size or preamble[:8] != MAGIC:
+                    raise ArtifactError("delta_format", "%s is not an edgeai model delta (bad magic)" % path)
+                _magic, version, _flags, header_len = PREAMBLE.unpack(preamble)
+                if version != FORMAT_VERSION or header_len > _MAX_HEADER:
+                    raise ArtifactError("delta_format", "%s is delta format %d with a %d-byte header; this runtime "
+                                        "reads format %d" % (path, version, header_len, FORMAT_VERSION))
+                body = f.read(header_len)
+                signature = f.read(SIGNATURE_BYTES)
+                if len(body) != header_len or len(signature) != SIGNATURE_BYTES:
+                    raise ArtifactError("delta_truncated", "%s is truncated inside its header" % path)
+                header = _parse(path, body)
+                signer = trusted_signers.get(header.get("signer"))
+                if signer is None:
+                    raise ArtifactError("untrusted_signer", "%s is signed by key %s, which is not trusted here"
+                                        % (path, header.get("signer")))
+                try:
+                    signer.verify(signature, preamble + body)
+                except InvalidSignature:
+                    raise ArtifactError("delta_tampered", "%s: the signature does not verify with signer key %s"
+                                        % (path, header.get("signer"))) from None
+                _check_header(path, header)
+                target = header["target"]
+                head = f.read(target["head_size"])
+                patch_offset = f.tell()
+                size = os.fstat(f.fileno()).st_size
+        except OSError as exc:
+            raise ArtifactError("io", "reading delta %s: %s" % (path, exc.strerror)) from None
+        if len(head) != target["head_size"] or size != patch_offset + header["patch"]["size"] + TAG_BYTES:
+            raise ArtifactError("delta_truncated", "%s is %d bytes; its header says %d" % (
+                path, size, patch_offset - len(head) + target["head_size"] + header["patch"]["size"] + TAG_BYTES))
+        if not hmac.compare_digest(hashlib.sha256(head).hexdigest(), target["head_sha256"]):
+            raise ArtifactError("delta_checksum", "%s: the target artifact's header does not match the delta's "
+                                "signed digest" % path)
+        return cls(path, header, head, patch_offset)
+
+    def target_header(self) -> Dict[str, Any]:
+        """The target artifact's header (authenticated through ``target.head_sha256``)."""
+        header_len = PREAMBLE.unpack(self.head[:PREAMBLE.size])[3]
+        return _parse(self.path, self.head[PREAMBLE.size:PREAMBLE.size + header_len])
+
+    def rebuild(self, base_model: bytes, data_key: bytes, out_path: str) -> None:
+        """Write the target artifact to ``out_path`` from the base plaintext; checks the base, the
+        sealed patch, the target's sha256 and the rebuilt payload digest. Nothing is left at
+        ``out_path`` on failure."""
+        base, target = self.base, self.target
+        if len(base_model) != base["size"] or hashlib.sha256(base_model).hexdigest() != base["sha256"]:
+            raise ArtifactError("delta_base", "%s patches %s %s (sha256 %s), not the model given"
+                                % (self.path, base["name"], base["version"], base["sha256"]))
+        theader = self.target_header()
+        envelope = Envelope.parse(target["artifact_id"], theader.get("envelope"))
+        if theader.get("artifact_id") != target["artifact_id"] or envelope.plaintext_size != target["size"]:
+            raise ArtifactError("delta_format", "%s: the target head is not artifact %s" % (self.path, target["artifact_id"]))
+        if not hmac.compare_digest(artifact.key_commitment(data_key, target["artifact_id"]), envelope.key_commitment):
+            raise ArtifactError("wrong_data_key", "%s: the data key does not match the target's key commitment"
+                                % self.path)
+        with open(self.path, "rb") as f:
+            f.seek(self.patch_offset)
+            sealed = f.read()
+        if not hmac.compare_digest(hashlib.sha256(sealed).hexdigest(), self.header["patch"]["sealed_sha256"]):
+            raise ArtifactError("delta_checksum", "%s: the patch does not match the delta's signed digest (corrupt "
+                                "or truncated in transit)" % self.path)
+        try:
+            patch = CIPHERS[envelope.cipher](patch_key(data_key, self.header["delta_id"])).decrypt(
+                bytes.fromhex(self.header["patch"]["nonce"]), sealed,
+                _aad(self.header["delta_id"], self.base["sha256"], self.target["artifact_id"]))
+        except InvalidTag:
+            raise ArtifactError("delta_tampered", "%s: the patch fails authentication" % self.path) from None
+        del sealed
+        model = self._apply(base_model, patch)
+        del patch
+        if len(model) != target["size"] or hashlib.sha256(model).hexdigest() != target["sha256"]:
+            raise ArtifactError("delta_result", "%s: the patched model does not match %s %s's sha256"
+                                % (self.path, target["name"], target["version"]))
+        self._seal(model, data_key, envelope, theader, out_path)
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _apply(self, base_model: bytes, patch: bytes) -> bytes:
+        zstd = _zstd()
+        window = self.header["patch"]["window_log"]
+        try:
+            dictionary = zstd.ZstdCompressionDict(base_model, dict_type=zstd.DICT_TYPE_RAWCONTENT)
+            return zstd.ZstdDecompressor(dict_data=dictionary, max_window_size=1 << window).decompress(
+                patch, max_output_size=self.target["size"])
+        except zstd.ZstdError as exc:
+            raise ArtifactError("delta_patch", "%s: the patch does not apply: %s" % (self.path, exc)) from None
+
+    def _seal(self, model: bytes, data_key: bytes, envelope: Envelope, theader: Dict[str, Any], out_path: str) -> None:
+        aead = CIPHERS[envelope.cipher](data_key)
+        view = memoryview(model)
+        digests = []
+        tmp = "%s.partial-%d" % (out_path, os.getpid())
+        try:
+            with open(tmp, "wb") as out:
+                out.write(self.head)
+                for index in range(envelope.chunks):
+                    start = index * envelope.chunk_size
+                    sealed = aead.encrypt(envelope.nonce(index), view[start:start + envelope.plain_len(index)],
+                                          envelope.aad(index))
+                    digests.append(hashlib.sha256(sealed).digest())
+                    out.write(sealed)
+                if not hmac.compare_digest(chunk_list_digest(digests), theader["payload"]["chunks_sha256"]):
+                    raise ArtifactError("delta_result", "%s: the rebuilt payload does not match artifact %s's signed "
+                                        "digest" % (self.path, self.target["artifact_id"]))
+                out.flush()
+                os.fsync(out.fileno())
+            os.chmod(tmp, 0o640)
+            os.replace(tmp, out_path)
+        except OSError as exc:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise ArtifactError("io", "writing the rebuilt artifact %s: %s" % (out_path, exc.strerror)) from None
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        finally:
+            view.release()
+
+
+def _aad(delta_id: str, base_sha256: str, artifact_id: str) -> bytes:
+    """The patch's associated data: which delta, from which base, to which artifact."""
+    return _KEY_CONTEXT + canonical([delta_id, base_sha256, artifact_id])
+
+
+def _parse(path: str, body: bytes) -> Dict[str, Any]:
+    try:
+        header = json.loads(body)
+    except ValueError:
+        header = None
+    if not isinstance(header, dict):
+        raise ArtifactError("delta_tampered", "%s: the header is not a JSON object (edited or corrupt)" % path)
+    return header
+
+
+def _check_header(path: str, header: Dict[str, Any]) -> None:
+    """The fields ``rebuild`` relies on, with their types: the header is signed, but by a key that
+    may sign a wrong one; a clear refusal beats a KeyError."""
+    ok = header.get("format") == FORMAT and header.get("format_version") == FORMAT_VERSION
+    base, target, patch = header.get("base"), header.get("target"), header.get("patch")
+    ok = ok and isinstance(base, dict) and isinstance(target, dict) and isinstance(patch, dict)
+    ok = ok and artifact._is_hex(header.get("delta_id"), 32) and patch.get("algorithm") == ALGORITHM
+    ok = ok and all(isinstance(d.get(k), int) and d.get(k) > 0 for d, k in (
+        (base, "size"), (target, "size"), (target, "head_size"), (target, "artifact_size"), (patch, "size"),
+        (patch, "window_log")))
+    ok = ok and all(artifact._is_hex(d.get(k), 64) for d, k in (
+        (base, "sha256"), (target, "sha256"), (target, "head_sha256"), (target, "artifact_sha256"),
+        (patch, "sealed_sha256")))
+    ok = ok and artifact._is_hex(target.get("artifact_id"), 32) and artifact._is_hex(patch.get("nonce"), 24)
+    ok = ok and isinstance(base.get("name"), str) and base.get("name") == target.get("name")
+    ok = ok and target.get("head_size", 0) <= _MAX_HEAD and patch.get("window_log", 99) <= MAX_WINDOW_LOG
+    if not ok:
+        raise ArtifactError("delta_format", "%s: the header is not a format %d delta header" % (path, FORMAT_VERSION))
+
+
+def peek(path: str) -> Optional[Dict[str, Any]]:
+    """The header of a delta file without checking anything (None when it is not one)."""
+    try:
+        with open(path, "rb") as f:
+            preamble = f.read(PREAMBLE.size)
+            if len(preamble) < PREAMBLE.size or preamble[:8] != MAGIC:
+                return None
+            return _parse(path, f.read(min(PREAMBLE.unpack(preamble)[3], _MAX_HEADER)))
+    except (OSError, ArtifactError, struct.error):
+        return None

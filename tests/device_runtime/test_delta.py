@@ -1,0 +1,218 @@
+"""Delta updates (edgeai_runtime.delta): a new version shipped as a zstd patch against the version
+the device holds, rebuilt on the device into the very artifact the controller packed, and installed
+through the same OTA transaction. Every bad delta is refused before anything changes, with a
+reason of its own, so the caller can fall back to the full artifact."""
+from __future__ import annotations
+
+import copy
+import os
+
+import pytest
+
+from edgeai_runtime import artifact, delta, keys
+from edgeai_runtime.ota import DeltaFailed
+from support import modelgen
+from support.artifacts import flip, slot_for
+from support.ota_device import QUICK
+
+
+def last_layer_tuned(digits, shift=1e-3):
+    """The digits model with only its output layer's biases changed (a fine-tuned last layer):
+    same predictions, different bytes in one place."""
+    tuned = copy.deepcopy(digits.model)
+    tuned.intercepts_[-1] = tuned.intercepts_[-1] + shift
+    return modelgen.digits_onnx(tuned)
+
+
+@pytest.fixture
+def update(device):
+    """v2.0.0 (last layer tuned) packed, and a delta for it against the serving v1.0.0."""
+    base = modelgen.digits_onnx(device.digits)
+    path, packed, files = device.pack("2.0.0", model=last_layer_tuned(device.digits))
+    base_manifest = device.store().manifest("digits", "1.0.0").to_dict()
+    made = delta.make(base, base_manifest, path, packed.data_key, device.signer,
+                      str(device.art_dir / "digits-2.0.0.from-1.0.0.eafd"))
+    assert made is not None
+    return path, packed, files, made
+
+
+def test_delta_rebuilds_the_packed_artifact_byte_for_byte(device, update):
+    path, packed, _files, made = update
+    out = str(device.art_dir / "rebuilt.eaf")
+    info = device.store().rebuild_delta(made.path, slot_for(packed, device.ring), out)
+    assert artifact.sha256_file(out) == artifact.sha256_file(path)
+    assert info["base_version"] == "1.0.0" and info["bytes"] == made.size == os.path.getsize(made.path)
+    assert info["full_bytes"] == os.path.getsize(path)
+    assert info["bytes_saved"] >= 0.8 * info["full_bytes"], info
+
+
+def test_delta_update_commits_and_records_the_bytes_saved(device, update):
+    _path, packed, files, made = update
+    result = device.updater().apply_delta(made.path, slot_for(packed, device.ring), files, QUICK,
+                                          bytes_transferred=made.size)
+    assert result["outcome"] == "committed" and result["active_version"] == "2.0.0"
+    assert result["delta"]["used"] and result["delta"]["bytes_saved"] == made.bytes_saved
+    assert result["timings"]["stage"] >= result["delta"]["rebuild_s"] > 0
+    assert device.serving() == "2.0.0" and device.answers("2.0.0")
+    [row] = device.history()
+    assert row["outcome"] == "committed" and row["bytes_saved"] == made.bytes_saved
+    assert row["bytes_transferred"] == made.size
+    assert not [e for e in os.listdir(device.root / "cache") if e.startswith("rebuilt")]
+
+
+def bad_delta(device, update, reason, match, edit):
+    """The delta, edited by ``edit(path, made)``, is refused with ``reason``; nothing changed, and the
+    full artifact then goes through (the fallback every caller takes)."""
+    path, packed, files, made = update
+    edit(made.path, made)
+    slot = slot_for(packed, device.ring)
+    with pytest.raises(DeltaFailed, match=match) as exc:
+        device.updater().apply_delta(made.path, slot, files, QUICK)
+    assert exc.value.reason == reason and not exc.value.result["changed"]
+    device.assert_previous_serves("1.0.0")
+    assert device.store().versions("digits") == ["1.0.0"] and device.history() == []
+    assert not [e for e in os.listdir(device.root / "cache") if e.startswith("rebuilt")]
+    assert device.updater().apply(path, slot, files, QUICK)["outcome"] == "committed"
+
+
+def sealed_patch_offset(made):
+    return os.path.getsize(made.path) - made.header["patch"]["size"] - artifact.TAG_BYTES
+
+
+def test_corrupt_patch_byte_falls_back(device, update):
+    bad_delta(device, update, "delta_checksum", "does not match the delta's signed digest",
+              lambda p, m: flip(p, sealed_patch_offset(m) + 5))
+
+
+def test_truncated_delta_falls_back(device, update):
+    def cut(p, m):
+        with open(p, "r+b") as f:
+            f.truncate(os.path.getsize(p) - 7)
+    bad_delta(device, update, "delta_truncated", "truncated|its header says", cut)
+
+
+def test_edited_delta_header_falls_back(device, update):
+    bad_delta(device, update, "delta_tampered", "signature does not verify",
+              lambda p, m: flip(p, delta.PREAMBLE.size + 30))
+
+
+def test_edited_target_head_falls_back(device, update):
+    body = len(artifact.canonical(update[3].header))
+    bad_delta(device, update, "delta_checksum", "target artifact's header",
+              lambda p, m: flip(p, delta.PREAMBLE.size + body + artifact.SIGNATURE_BYTES + 40))
+
+
+def test_delta_against_a_base_the_device_lacks_falls_back(device, signer):
+    other = last_layer_tuned(device.digits, shift=5e-3)  # a version this device never had
+    path, packed, files = device.pack("2.0.0", model=last_layer_tuned(device.digits))
+    manifest = dict(device.store().manifest("digits", "1.0.0").to_dict(), sha256=_sha256(other), size=len(other))
+    made = delta.make(other, manifest, path, packed.data_key, signer, str(device.art_dir / "d.eafd"),
+                      target_model=last_layer_tuned(device.digits))
+    assert made is not None
+    bad_delta(device, (path, packed, files, made), "delta_base_missing", "does not hold", lambda p, m: None)
+
+
+def test_patch_that_gives_another_model_is_refused(device, update):
+    """A delta signed by the fleet but whose patch yields other bytes (a controller bug): the target's
+    sha256 catches it before any chunk is sealed."""
+    path, packed, files, _made = update
+    base = modelgen.digits_onnx(device.digits)
+    wrong = last_layer_tuned(device.digits, shift=2e-3)
+    made = delta.make(base, device.store().manifest("digits", "1.0.0").to_dict(), path, packed.data_key,
+                      device.signer, str(device.art_dir / "wrong.eafd"), target_model=wrong)
+    bad_delta(device, (path, packed, files, made), "delta_result", "does not match digits 2.0.0's sha256",
+              lambda p, m: None)
+
+
+def test_delta_for_another_device_key_is_refused(device, update):
+    path, packed, files, made = update
+    stranger = keys.generate("x25519")
+    slot = keys.wrap(packed.data_key, stranger.public_key(), packed.artifact_id)
+    with pytest.raises(DeltaFailed) as exc:
+        device.updater().apply_delta(made.path, slot, files, QUICK)
+    assert exc.value.reason in ("wrong_device_key", "unknown_device_key"), exc.value
+    device.assert_previous_serves("1.0.0")
+
+
+def test_untrusted_delta_signer_is_refused(device, update):
+    path, packed, files, _made = update
+    rogue = keys.generate("ed25519")
+    base = modelgen.digits_onnx(device.digits)
+    with pytest.raises(artifact.ArtifactError, match="untrusted|not trusted"):
+        delta.make(base, device.store().manifest("digits", "1.0.0").to_dict(), path, packed.data_key, rogue,
+                   str(device.art_dir / "rogue.eafd"))
+
+
+def test_unrelated_versions_get_no_delta(device):
+    base = modelgen.digits_onnx(device.digits)
+    path, packed, _files = device.pack("2.0.0", model=modelgen.digits_onnx(modelgen.train_digits_mlp(seed=4)))
+    out = device.art_dir / "none.eafd"
+    assert delta.make(base, device.store().manifest("digits", "1.0.0").to_dict(), path, packed.data_key,
+                      device.signer, str(out)) is None
+    assert not out.exists()
+
+
+def _sha256(data):
+    import hashlib
+    return hashlib.sha256(data).hexdigest()
+
+
+# -- pull mode: the registry offers the delta beside the artifact ------------------------------
+
+def _publish_with_delta(device, update, registry_dir):
+    from edgeai_runtime.registry import publish
+    path, packed, files, made = update
+    file_paths = {}
+    for name, data in files.items():
+        (device.art_dir / name).write_bytes(data)
+        file_paths[name] = str(device.art_dir / name)
+    facts = {"path": made.path, "base_version": "1.0.0", "base_sha256": made.header["base"]["sha256"]}
+    publish(str(registry_dir), device.signer, [{"artifact": path, "files": file_paths, "deltas": [facts]}],
+            {device.ring.current_id(): device.ring.current().public_pem},
+            lambda artifact_path, pem: slot_for(packed, device.ring), sequence=5)
+    return path, made
+
+
+def _pull(device, tmp_path):
+    from edgeai_runtime.config import load_config
+    from edgeai_runtime.registry import Agent, Downloader
+    from support.https_files import Registry
+    from support.pki import make_ca, make_server_cert, write_pem
+    ca_key, ca_cert = make_ca("edgeai delta test CA")
+    key, cert = make_server_cert(ca_key, ca_cert)
+    ca = write_pem(tmp_path / "ca.pem", ca_cert)
+    registry = Registry(str(tmp_path / "registry"), write_pem(tmp_path / "srv.pem", cert),
+                        write_pem(tmp_path / "srv.key", key))
+    try:
+        agent = Agent(load_config(str(device.root)), Downloader(registry.url, ca, retries=1, backoff_s=0.05), QUICK)
+        return agent.run_once(), [r[0] for r in registry.requests]
+    finally:
+        registry.close()
+
+
+def test_agent_fetches_the_delta_not_the_artifact(device, update, tmp_path):
+    path, made = _publish_with_delta(device, update, tmp_path / "registry")
+    result, requested = _pull(device, tmp_path)
+    assert not result["failed"], result
+    [model] = result["models"]
+    assert model["outcome"] == "committed" and model["delta"]["used"]
+    assert model["delta"]["bytes_saved"] == made.bytes_saved
+    assert any(r.endswith(".eafd") for r in requested) and not any(r.endswith(".eaf") for r in requested)
+    assert model["bytes_transferred"] < 0.2 * os.path.getsize(path) + sum(
+        os.path.getsize(device.art_dir / n) for n in ("golden.npz", "validation.npz"))
+    assert device.serving() == "2.0.0" and device.history()[0]["bytes_saved"] == made.bytes_saved
+    assert not os.listdir(device.root / "cache" / "downloads")
+
+
+def test_agent_falls_back_to_the_artifact_when_the_delta_is_bad(device, update, tmp_path):
+    """The registry's copy of the delta is corrupt (its published sha256 then fails the download
+    check): the agent fetches the artifact instead, and the update goes through."""
+    path, made = _publish_with_delta(device, update, tmp_path / "registry")
+    flip(str(tmp_path / "registry" / "artifacts" / os.path.basename(made.path)), made.size - 3)
+    result, requested = _pull(device, tmp_path)
+    assert not result["failed"], result
+    [model] = result["models"]
+    assert model["outcome"] == "committed" and not model["delta"]["used"]
+    assert "checksum" in model["delta"]["fallback_reason"], model["delta"]
+    assert any(r.endswith(".eaf") for r in requested)
+    assert device.serving() == "2.0.0"
