@@ -47,7 +47,7 @@ class ActionModule(ActionBase):
             done = self._execute_module(module_name='edgeai.fleet.model', module_args=device_args,
                                         task_vars=task_vars)
             if done.get('delta_failed'):  # the device changed nothing: send the whole artifact after all
-                done = self._full_after_delta(device_args, remote_dir, done, task_vars)
+                done = self._full_after_delta(device_args, remote_dir, done, task_vars, host)
         finally:
             if remote_dir:
                 self._remove_tmp_path(remote_dir, force=True)
@@ -84,7 +84,8 @@ class ActionModule(ActionBase):
         if stored is not None:  # same model, slot for an old device key: re-key in place, send nothing
             run_store(self, dict(common, state='rekeyed', name=name, version=version, keyslot=slot), task_vars, host)
             return device_args, None
-        delta = self._delta(pub, args, model, path, fleet, host) if args['delta'] and args['state'] == 'active' else None
+        wanted = args['delta'] and args['state'] == 'active' and 'delta' in (status.get('features') or [])
+        delta = self._delta(pub, args, model, path, fleet) if wanted else None
         if delta is not None:
             result['delta'] = delta
         payload = delta['path'] if delta and delta.get('path') else path
@@ -100,9 +101,10 @@ class ActionModule(ActionBase):
         self._full_artifact = path
         return device_args, remote_dir
 
-    def _delta(self, pub, args, model, path, fleet, host):
+    def _delta(self, pub, args, model, path, fleet):
         """A delta from the version the device serves, when that version's artifact is still in
-        artifact_dir and the delta is worth it; else None, or the reason there is none."""
+        artifact_dir and the delta is worth it; else None, or the reason there is none (the
+        artifact goes instead: a delta is an optimisation, never a reason to fail)."""
         active = model.get('active')
         base = model.get('installed', {}).get(active) or {}
         if not (base.get('signed') and base.get('artifact_id')):
@@ -114,15 +116,17 @@ class ActionModule(ActionBase):
                                                                                       args['artifact_dir']))
         try:
             delta_path, facts = pub.ensure_delta(base_path, path, fleet)
-        except (pub.ArtifactError, OSError) as exc:
-            if getattr(exc, 'reason', None) == 'delta_unsupported':  # no zstandard on the controller
-                return dict(made=False, reason=str(exc))
-            raise AnsibleActionFail('%s: making a delta from %s %s: %s' % (host, model.get('name'), active, exc))
+        except (pub.ArtifactError, OSError) as exc:  # e.g. no zstandard here, or v1 signed by a retired key
+            return dict(made=False, reason='no delta from %s %s: %s' % (model.get('name'), active, exc))
         return dict(facts, path=delta_path) if delta_path else facts
 
-    def _full_after_delta(self, device_args, remote_dir, failed, task_vars):
+    def _full_after_delta(self, device_args, remote_dir, failed, task_vars, host):
         """The device could not use the delta (it said why and changed nothing): send the artifact."""
-        remote, sent, seconds = send(self, remote_dir, {os.path.basename(self._full_artifact): self._full_artifact})
+        try:
+            remote, sent, seconds = send(self, remote_dir, {os.path.basename(self._full_artifact): self._full_artifact})
+        except Exception as exc:
+            raise AnsibleActionFail('%s: sending %s after the delta failed (%s): %s'
+                                    % (host, self._full_artifact, failed.get('msg'), exc))
         args = dict(device_args, delta_file=None, artifact=remote[os.path.basename(self._full_artifact)],
                     stage_seconds=round(device_args['stage_seconds'] + seconds, 4),
                     bytes_transferred=device_args['bytes_transferred'] + sent)

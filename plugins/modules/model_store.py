@@ -106,6 +106,16 @@ trusted_signers:
   returned: always
   type: list
   elements: str
+preferred_cipher:
+  description: The payload cipher the device prefers (ChaCha20-Poly1305 where the CPU lacks AES instructions); null
+    from device runtimes older than 0.1.0's delta support.
+  returned: always
+  type: str
+features:
+  description: What the device runtime supports beyond the base (C(delta)); empty for older runtimes.
+  returned: always
+  type: list
+  elements: str
 msg:
   description: What the runtime did.
   returned: when state is not status
@@ -153,7 +163,8 @@ def main():
     listed = run('model', 'list')
     before = listed.get('models', [])
     result = dict(changed=False, models=before, device_key_id=listed.get('device_key_id'),
-                  device_public_key=listed.get('device_public_key'), trusted_signers=listed.get('trusted_signers', []))
+                  device_public_key=listed.get('device_public_key'), trusted_signers=listed.get('trusted_signers', []),
+                  preferred_cipher=listed.get('preferred_cipher'), features=listed.get('features', []))
     if p['state'] == 'status':
         module.exit_json(**result)
 

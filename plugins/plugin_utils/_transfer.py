@@ -48,16 +48,17 @@ def send(action, remote_dir, files):
 
 
 def device_public_key(args, task_vars, host, status=None):
-    """The host's public key (the option, else the edgeai_device_key fact, else what the device's store
-    reports) and its preferred cipher."""
+    """The host's public key (the option, else what the device's store reports now, else the
+    edgeai_device_key fact) and its preferred cipher (the store's report first, then the fact's)."""
     device_key = task_vars.get('edgeai_device_key') or {}
-    public_key = args['public_key'] or device_key.get('public_key') or (status or {}).get('device_public_key')
+    status = status or {}
+    public_key = args['public_key'] or status.get('device_public_key') or device_key.get('public_key')
     if not public_key:
         raise AnsibleActionFail('%s has no device public key: run edgeai.fleet.device_key (role '
                                 'edgeai.fleet.device_keys) first, or pass public_key' % host)
     cipher = args['cipher']
     if cipher == 'auto':
-        cipher = device_key.get('preferred_cipher') or 'aes-256-gcm'
+        cipher = status.get('preferred_cipher') or device_key.get('preferred_cipher') or 'aes-256-gcm'
     return public_key, cipher
 
 

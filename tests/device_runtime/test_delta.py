@@ -5,6 +5,8 @@ reason of its own, so the caller can fall back to the full artifact."""
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import os
 
 import pytest
@@ -14,6 +16,7 @@ from edgeai_runtime.ota import DeltaFailed
 from support import modelgen
 from support.artifacts import flip, slot_for
 from support.ota_device import QUICK
+from support.service import runtime
 
 
 def last_layer_tuned(digits, shift=1e-3):
@@ -134,13 +137,70 @@ def test_delta_for_another_device_key_is_refused(device, update):
     device.assert_previous_serves("1.0.0")
 
 
-def test_untrusted_delta_signer_is_refused(device, update):
-    path, packed, files, _made = update
+def resign(path, key, edit):
+    """Rewrite a delta: ``edit(header, rest)`` changes the header in place and may return new bytes
+    for what follows the signature (target head + sealed patch); then sign with ``key``."""
+    with open(path, "rb") as f:
+        data = f.read()
+    header_len = delta.PREAMBLE.unpack(data[:delta.PREAMBLE.size])[3]
+    header = json.loads(data[delta.PREAMBLE.size:delta.PREAMBLE.size + header_len])
+    rest = data[delta.PREAMBLE.size + header_len + artifact.SIGNATURE_BYTES:]
+    rest = edit(header, rest) or rest
+    body = artifact.canonical(header)
+    preamble = delta.PREAMBLE.pack(delta.MAGIC, delta.FORMAT_VERSION, 0, len(body))
+    with open(path, "wb") as f:
+        f.write(preamble + body + key.sign(preamble + body) + rest)
+
+
+def test_delta_signed_by_an_untrusted_key_falls_back(device, update):
     rogue = keys.generate("ed25519")
+    bad_delta(device, update, "untrusted_signer", "not trusted",
+              lambda p, m: resign(p, rogue, lambda h, r: h.update(signer=keys.key_id(rogue))))
+
+
+def test_patch_failing_authentication_falls_back(device, update):
+    """Signed by the fleet key, digest updated: only the AEAD tag catches the edited patch."""
+    def edit(header, rest):
+        head = header["target"]["head_size"]
+        sealed = bytearray(rest[head:])
+        sealed[-1] ^= 1
+        header["patch"]["sealed_sha256"] = hashlib.sha256(bytes(sealed)).hexdigest()
+        return rest[:head] + bytes(sealed)
+    bad_delta(device, update, "delta_tampered", "fails authentication",
+              lambda p, m: resign(p, device.signer, edit))
+
+
+def test_signed_delta_with_an_impossible_head_size_falls_back(device, update):
+    bad_delta(device, update, "delta_format", "not a format 1 delta header",
+              lambda p, m: resign(p, device.signer, lambda h, r: h["target"].update(head_size=10)))
+
+
+def test_patch_declaring_another_size_is_refused_before_decompressing(device, update):
+    """zstandard allocates what the frame declares: the declared size is checked first."""
+    path, packed, files, _made = update
     base = modelgen.digits_onnx(device.digits)
-    with pytest.raises(artifact.ArtifactError, match="untrusted|not trusted"):
-        delta.make(base, device.store().manifest("digits", "1.0.0").to_dict(), path, packed.data_key, rogue,
-                   str(device.art_dir / "rogue.eafd"))
+    longer = last_layer_tuned(device.digits) + b"\0" * 4096
+    made = delta.make(base, device.store().manifest("digits", "1.0.0").to_dict(), path, packed.data_key,
+                      device.signer, str(device.art_dir / "long.eafd"), target_model=longer)
+    bad_delta(device, (path, packed, files, made), "delta_patch", "frame declares", lambda p, m: None)
+
+
+def test_cli_falls_back_to_the_artifact_given_beside_the_delta(device, update, tmp_path):
+    path, packed, files, made = update
+    flip(made.path, sealed_patch_offset(made) + 5)
+    slot = tmp_path / "slot.json"
+    slot.write_text(json.dumps(slot_for(packed, device.ring)))
+    gate = []
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        gate.append("--file=%s=%s" % (name, tmp_path / name))
+    done = runtime(device.root, "ota", "apply", "--delta", made.path, "--artifact", path, "--keyslot", str(slot),
+                   "--watch", "0.4", "--interval", "0.2", *gate)
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["outcome"] == "committed" and not result["delta"]["used"]
+    assert result["delta"]["fallback_reason"].startswith("delta_checksum")
+    assert device.serving() == "2.0.0"
 
 
 def test_unrelated_versions_get_no_delta(device):
@@ -153,7 +213,6 @@ def test_unrelated_versions_get_no_delta(device):
 
 
 def _sha256(data):
-    import hashlib
     return hashlib.sha256(data).hexdigest()
 
 
@@ -204,6 +263,23 @@ def test_agent_fetches_the_delta_not_the_artifact(device, update, tmp_path):
     assert not os.listdir(device.root / "cache" / "downloads")
 
 
+def test_agent_falls_back_when_the_delta_does_not_give_the_artifact(device, update, tmp_path):
+    """The delta downloads intact (its published sha256 matches) but patches into other bytes: the
+    device refuses it with nothing changed, and the agent fetches the artifact."""
+    path, packed, files, _made = update
+    wrong = delta.make(modelgen.digits_onnx(device.digits), device.store().manifest("digits", "1.0.0").to_dict(),
+                       path, packed.data_key, device.signer, str(device.art_dir / "wrong.eafd"),
+                       target_model=last_layer_tuned(device.digits, shift=2e-3))
+    _publish_with_delta(device, (path, packed, files, wrong), tmp_path / "registry")
+    result, requested = _pull(device, tmp_path)
+    assert not result["failed"], result
+    [model] = result["models"]
+    assert model["outcome"] == "committed" and not model["delta"]["used"]
+    assert model["delta"]["fallback_reason"].startswith("delta_result"), model["delta"]
+    assert any(r.endswith(".eafd") for r in requested) and any(r.endswith(".eaf") for r in requested)
+    assert device.serving() == "2.0.0" and [r["outcome"] for r in device.history()] == ["committed"]
+
+
 def test_agent_falls_back_to_the_artifact_when_the_delta_is_bad(device, update, tmp_path):
     """The registry's copy of the delta is corrupt (its published sha256 then fails the download
     check): the agent fetches the artifact instead, and the update goes through."""
@@ -216,3 +292,19 @@ def test_agent_falls_back_to_the_artifact_when_the_delta_is_bad(device, update, 
     assert "checksum" in model["delta"]["fallback_reason"], model["delta"]
     assert any(r.endswith(".eaf") for r in requested)
     assert device.serving() == "2.0.0"
+
+
+def test_recovery_removes_artifacts_rebuilt_by_dead_installers(device):
+    """A kill -9 during a rebuild leaves cache/rebuilt-<pid>.eaf: the next installer removes it, and
+    leaves alone one of a process still running."""
+    cache = device.root / "cache"
+    cache.mkdir(exist_ok=True)
+    import subprocess
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale, partial = cache / ("rebuilt-%d.eaf" % dead.pid), cache / ("rebuilt-%d.eaf.partial-%d" % (dead.pid, dead.pid))
+    alive = cache / ("rebuilt-%d.eaf" % device.proc.pid)
+    for f in (stale, partial, alive):
+        f.write_bytes(b"x" * 10)
+    device.updater().recover()
+    assert not stale.exists() and not partial.exists() and alive.exists()

@@ -9,8 +9,8 @@ import os
 from pathlib import Path
 
 import yaml
-from edgeai_runtime import publisher
-from support.artifacts import flip
+from edgeai_runtime import artifact, delta, publisher
+from edgeai_runtime.keys import key_id
 
 from conftest import DEMO_MODEL, REPO, device_json, version_of
 
@@ -52,10 +52,12 @@ def test_push_ota_update_rerun_check_rollback_and_refusal(deployed, run_playbook
     assert (done['previous_version'], done['active_version']) == (v1, '2.0.0')
     assert done['bytes_transferred'] > 0
     # v1's artifact is in artifact_dir and v2 shares its bytes: a delta went instead of the artifact.
-    delta = done['delta']
-    assert delta['used'] and delta['base_version'] == v1, delta
-    assert delta['bytes_saved'] >= 0.8 * delta['full_bytes'] and delta['bytes'] + delta['bytes_saved'] == \
-        delta['full_bytes']
+    sent = done['delta']
+    assert sent['used'] and sent['base_version'] == v1, sent
+    assert sent['bytes'] <= 0.2 * sent['full_bytes'], sent
+    gate_files = sum(f.stat().st_size for f in v2.iterdir() if f.name != 'manifest.json'
+                     and f.name != json.loads((v2 / 'manifest.json').read_text())['model_file'])
+    assert done['bytes_transferred'] == sent['bytes'] + gate_files  # the delta went, not the artifact
     assert set(done['timings']) >= {'stage', 'verify', 'load', 'gate', 'activate', 'watch', 'commit'}
     history = done['ansible_facts']['edgeai_model_history']
     assert history[0]['version'] == '2.0.0' and history[0]['outcome'] == 'committed'
@@ -92,19 +94,27 @@ def test_push_ota_update_rerun_check_rollback_and_refusal(deployed, run_playbook
     listed = device_json(host, 'model', 'list')['models'][0]
     assert listed['active'] == v1 and '3.0.0' not in listed['versions']
 
-    # 6. A delta corrupted on the controller's disk: the device refuses it and changes nothing, the full
-    #    artifact follows, and the update goes through.
+    # 6. A delta the device cannot use (signed and intact, but patching into other bytes: a controller
+    #    bug): the device refuses it and changes nothing, the full artifact follows, and the update goes
+    #    through.
     v4 = version_of(DEMO_MODEL, tmp_path / 'v4', '4.0.0')
     fleet = publisher.FleetKeys(keys['keys_dir'])
     target = publisher.ensure_artifact(publisher.ModelDir.read(str(v4)), keys['artifact_dir'], fleet)[0]
-    base = [p for p in Path(keys['artifact_dir']).glob('digits-%s-aes.eaf' % v1)][0]
-    delta_path, _facts = publisher.ensure_delta(str(base), target, fleet)
-    flip(delta_path, os.path.getsize(delta_path) - 20)
+    base_path = str([p for p in Path(keys['artifact_dir']).glob('digits-%s-aes.eaf' % v1)][0])
+    delta_path, _facts = publisher.ensure_delta(base_path, target, fleet)
+    trusted = {key_id(fleet.signing): fleet.signing.public_key()}
+    base = artifact.Artifact.open(base_path, trusted)
+    base_model = base.decrypt(publisher._escrow_data_key(base_path, base.artifact_id, fleet))
+    wrong = bytearray(base_model)
+    wrong[-10] ^= 1
+    target_id = artifact.read_header(target)['artifact_id']
+    assert delta.make(base_model, base.manifest.to_dict(), target, publisher._escrow_data_key(target, target_id, fleet),
+                      fleet.signing, delta_path, target_model=bytes(wrong))
     fallback = model_task(run_playbook, tmp_path, inventory, 'fallback', src=str(v4), watch=1, **keys)
     assert fallback.rc == 0, fallback.failures(host)
     done = result_of(fallback, host)
     assert done['outcome'] == 'committed' and done['active_version'] == '4.0.0'
-    assert not done['delta']['used'] and 'delta_checksum' in done['delta']['fallback_reason'], done['delta']
+    assert not done['delta']['used'] and 'delta_result' in done['delta']['fallback_reason'], done['delta']
     assert done['bytes_transferred'] > os.path.getsize(target)
     assert [r['outcome'] for r in done['ansible_facts']['edgeai_model_history']][:1] == ['committed']
 

@@ -280,6 +280,42 @@ def _new_bytes(size: int) -> Tuple[Any, memoryview]:
         return buf, memoryview(buf)
 
 
+@contextlib.contextmanager
+def atomic_output(out_path: str, mode: int = 0o644) -> Iterator[BinaryIO]:
+    """A file written beside ``out_path`` and renamed into place (after fsync) only when the block
+    ends without an exception; otherwise removed."""
+    tmp = "%s.partial-%d" % (out_path, os.getpid())
+    try:
+        with open(tmp, "wb") as out:
+            yield out
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, out_path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def read_signed_head(f: BinaryIO, path: str, magic: bytes, max_header: int,
+                     reasons: Tuple[str, str, str]) -> Tuple[bytes, int, bytes, bytes]:
+    """Preamble, format version, header bytes and signature at the start of ``f``: the part of an
+    artifact or delta its signature covers. ``reasons``: (bad magic, header too long, truncated)."""
+    preamble = f.read(PREAMBLE.size)
+    if len(preamble) < PREAMBLE.size or preamble[:8] != magic:
+        raise ArtifactError(reasons[0], "%s is not an edgeai %s (bad magic)"
+                            % (path, "model artifact" if magic == MAGIC else "model delta"))
+    _magic, version, _flags, header_len = PREAMBLE.unpack(preamble)
+    if header_len > max_header:
+        raise ArtifactError(reasons[1], "%s: header length %d is over the %d-byte limit" % (path, header_len, max_header))
+    header_bytes = f.read(header_len)
+    signature = f.read(SIGNATURE_BYTES)
+    if len(header_bytes) != header_len or len(signature) != SIGNATURE_BYTES:
+        raise ArtifactError(reasons[2], "%s is truncated inside its header" % path)
+    return preamble, version, header_bytes, signature
+
+
 def _is_hex(value: Any, length: int) -> bool:
     if not isinstance(value, str) or len(value) != length:
         return False
@@ -344,10 +380,9 @@ def pack(model_path: str, out_path: str, manifest_fields: Mapping[str, Any], sig
               "payload": {"size": envelope.payload_size, "chunks_sha256": _ZERO_HEX}}
     provisional = canonical(header)
     aead = CIPHERS[cipher](data_key)
-    tmp = "%s.partial-%d" % (out_path, os.getpid())
     plain_hash, cipher_hash = _Hasher(chunk_size), _ChunkHasher(chunk_size + TAG_BYTES, envelope.chunks)
     try:
-        with open(model_path, "rb") as src, open(tmp, "wb") as out:
+        with open(model_path, "rb") as src, atomic_output(out_path) as out:
             out.write(PREAMBLE.pack(MAGIC, FORMAT_VERSION, 0, len(provisional)) + provisional
                       + b"\0" * SIGNATURE_BYTES)
             for index in range(envelope.chunks):
@@ -374,14 +409,6 @@ def pack(model_path: str, out_path: str, manifest_fields: Mapping[str, Any], sig
             preamble = PREAMBLE.pack(MAGIC, FORMAT_VERSION, 0, len(final))
             out.seek(0)
             out.write(preamble + final + signing_key.sign(preamble + final))
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out_path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
     finally:
         plain_hash.close()
         cipher_hash.close()
@@ -419,23 +446,28 @@ class Artifact:
         """Read the header and check its signature against ``trusted_signers`` (key id -> public key)."""
         try:
             with open(path, "rb") as f:
-                preamble = f.read(PREAMBLE.size)
-                if len(preamble) < PREAMBLE.size or preamble[:8] != MAGIC:
-                    raise ArtifactError("not_an_artifact", "%s is not an edgeai model artifact (bad magic)" % path)
-                _magic, version, _flags, header_len = PREAMBLE.unpack(preamble)
-                if version != FORMAT_VERSION:
-                    raise ArtifactError("format_version", "%s is artifact format %d; this runtime (%s) reads %d"
-                                        % (path, version, __version__, FORMAT_VERSION))
-                if header_len > MAX_HEADER_BYTES:
-                    raise ArtifactError("bad_format", "%s: header length %d is over the %d-byte limit"
-                                        % (path, header_len, MAX_HEADER_BYTES))
-                header_bytes = f.read(header_len)
-                signature = f.read(SIGNATURE_BYTES)
-                if len(header_bytes) != header_len or len(signature) != SIGNATURE_BYTES:
-                    raise ArtifactError("truncated", "%s is truncated inside its header" % path)
+                art = cls.from_head(f, path, trusted_signers)
                 file_size = os.fstat(f.fileno()).st_size
         except OSError as exc:
             raise ArtifactError("io", "reading artifact %s: %s" % (path, exc.strerror)) from None
+        offset, payload_size = art.payload_offset, art.envelope.payload_size
+        if file_size < offset + payload_size:
+            raise ArtifactError("truncated", "%s is truncated: %d payload bytes of %d (chunks missing)"
+                                % (path, file_size - offset, payload_size))
+        if file_size > offset + payload_size:
+            raise ArtifactError("trailing_data", "%s has %d bytes after the last chunk"
+                                % (path, file_size - offset - payload_size))
+        return art
+
+    @classmethod
+    def from_head(cls, f: BinaryIO, path: str, trusted_signers: Mapping[str, ed25519.Ed25519PublicKey]) -> "Artifact":
+        """The artifact whose preamble, header and signature ``f`` starts with (the payload not looked
+        at): signature, format, manifest and envelope checked. ``path`` names it in errors."""
+        preamble, version, header_bytes, signature = read_signed_head(
+            f, path, MAGIC, MAX_HEADER_BYTES, ("not_an_artifact", "bad_format", "truncated"))
+        if version != FORMAT_VERSION:
+            raise ArtifactError("format_version", "%s is artifact format %d; this runtime (%s) reads %d"
+                                % (path, version, __version__, FORMAT_VERSION))
         try:
             header = json.loads(header_bytes)
         except ValueError:
@@ -469,14 +501,7 @@ class Artifact:
             raise ArtifactError("bad_format", "%s: payload size does not match the envelope" % path)
         if not _is_hex(payload.get("chunks_sha256"), 64):
             raise ArtifactError("bad_format", "%s: payload.chunks_sha256 must be 64 hex digits" % path)
-        offset = PREAMBLE.size + header_len + SIGNATURE_BYTES
-        if file_size < offset + envelope.payload_size:
-            raise ArtifactError("truncated", "%s is truncated: %d payload bytes of %d (chunks missing)"
-                                % (path, file_size - offset, envelope.payload_size))
-        if file_size > offset + envelope.payload_size:
-            raise ArtifactError("trailing_data", "%s has %d bytes after the last chunk"
-                                % (path, file_size - offset - envelope.payload_size))
-        return cls(path, header, manifest, envelope, offset)
+        return cls(path, header, manifest, envelope, PREAMBLE.size + len(header_bytes) + SIGNATURE_BYTES)
 
     def check_compatible(self, hardware_class: Optional[str], runtime_version: str = __version__) -> None:
         """Refuse an artifact this device must not load: another hardware class, or a newer runtime needed."""

@@ -35,6 +35,10 @@ from .config import DEFAULT_ROOT, ConfigError, RuntimeConfig, load_config
 from .manifest import Manifest, ManifestError
 
 
+#: What this runtime can do that older ones could not; controllers ask before using it.
+FEATURES = ("delta",)
+
+
 class CommandFailed(Exception):
     pass
 
@@ -99,6 +103,7 @@ def _gate_files(specs: Optional[List[str]]) -> Dict[str, bytes]:
 
 
 def cmd_model(args: argparse.Namespace, config: RuntimeConfig) -> Dict[str, Any]:
+    from .artifact import default_cipher
     from .store import open_store
     store = open_store(config)
     if args.action in ("list", "status"):
@@ -106,7 +111,8 @@ def cmd_model(args: argparse.Namespace, config: RuntimeConfig) -> Dict[str, Any]
         result: Dict[str, Any] = {"changed": False, "models": store.status(),
                                   "device_key_id": current.key_id if current else None,
                                   "device_public_key": current.public_pem if current else None,
-                                  "trusted_signers": sorted(store.trusted_signers())}
+                                  "trusted_signers": sorted(store.trusted_signers()),
+                                  "preferred_cipher": default_cipher(), "features": list(FEATURES)}
         if args.action == "status":
             result["service"] = _call_service(config, "GET", "/v2/admin/status", timeout=10)
         return result
@@ -194,7 +200,7 @@ def cmd_artifact(args: argparse.Namespace, config: RuntimeConfig) -> Dict[str, A
 
 def cmd_ota(args: argparse.Namespace, config: RuntimeConfig) -> Dict[str, Any]:
     """Update transactions (edgeai_runtime.ota): apply, rollback, recover, history."""
-    from .ota import Policy, Updater
+    from .ota import Policy, UpdateFailed, Updater
     updater = Updater(config)
     if args.action == "apply":
         policy = Policy(watch_s=args.watch, interval_s=args.interval, max_error_rate=args.max_error_rate,
@@ -204,8 +210,8 @@ def cmd_ota(args: argparse.Namespace, config: RuntimeConfig) -> Dict[str, Any]:
         except ValueError as exc:
             raise CommandFailed(str(exc)) from None
         if args.installed:
-            if args.artifact or args.keyslot or args.file:
-                raise CommandFailed("--installed NAME VERSION takes neither --artifact, --keyslot nor --file")
+            if args.artifact or args.delta or args.keyslot or args.file:
+                raise CommandFailed("--installed NAME VERSION takes no --artifact, --delta, --keyslot or --file")
             return updater.apply_installed(args.installed[0], args.installed[1], policy, mode=args.mode)
         if not ((args.artifact or args.delta) and args.keyslot):
             raise CommandFailed("ota apply takes --artifact and/or --delta with --keyslot, or --installed NAME VERSION")
@@ -219,7 +225,11 @@ def cmd_ota(args: argparse.Namespace, config: RuntimeConfig) -> Dict[str, Any]:
                 if not args.artifact:
                     raise
                 fallback = {"used": False, "fallback_reason": "%s: %s" % (exc.reason, exc)}
-            return dict(updater.apply(args.artifact, keyslot, files, policy, **common), delta=fallback)
+            try:
+                return dict(updater.apply(args.artifact, keyslot, files, policy, **common), delta=fallback)
+            except UpdateFailed as exc:
+                exc.result["delta"] = fallback
+                raise
         return updater.apply(args.artifact, keyslot, files, policy, **common)
     if args.action == "rollback":
         return updater.rollback(args.name, args.version, args.reason)

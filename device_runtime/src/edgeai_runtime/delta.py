@@ -23,9 +23,9 @@ controller zstd's match tables besides (about 8 bytes per base byte, at most 1 G
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
+import io
 import json
 import os
 import secrets
@@ -151,20 +151,10 @@ def make(base_model: bytes, base_manifest: Mapping[str, Any], target_path: str, 
     header["patch"]["sealed_sha256"] = hashlib.sha256(sealed).hexdigest()
     body = canonical(header)
     preamble = PREAMBLE.pack(MAGIC, FORMAT_VERSION, 0, len(body))
-    tmp = "%s.partial-%d" % (out_path, os.getpid())
-    try:
-        with open(tmp, "wb") as out:
-            out.write(preamble + body + signing_key.sign(preamble + body))
-            out.write(head)
-            out.write(sealed)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out_path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with artifact.atomic_output(out_path) as out:
+        out.write(preamble + body + signing_key.sign(preamble + body))
+        out.write(head)
+        out.write(sealed)
     return Made(out_path, header, os.path.getsize(out_path), full_size, time.perf_counter() - started)
 
 
@@ -172,11 +162,14 @@ def make(base_model: bytes, base_manifest: Mapping[str, Any], target_path: str, 
 class Delta:
     """A delta whose signature has been checked; ``rebuild`` checks everything else."""
 
-    def __init__(self, path: str, header: Dict[str, Any], head: bytes, patch_offset: int) -> None:
+    def __init__(self, path: str, header: Dict[str, Any], head: bytes, patch_offset: int,
+                 target_artifact: artifact.Artifact) -> None:
         self.path = path
         self.header = header
         self.head = head
         self.patch_offset = patch_offset
+        #: The target artifact as its embedded head describes it (its own signature checked).
+        self.target_artifact = target_artifact
 
     @property
     def base(self) -> Dict[str, Any]:
@@ -194,19 +187,13 @@ class Delta:
     def open(cls, path: str, trusted_signers: Mapping[str, ed25519.Ed25519PublicKey]) -> "Delta":
         try:
             with open(path, "rb") as f:
-                preamble = f.read(PREAMBLE.size)
-                if len(preamble) < PREAMBLE.size or preamble[:8] != MAGIC:
-                    raise ArtifactError("delta_format", "%s is not an edgeai model delta (bad magic)" % path)
-                _magic, version, _flags, header_len = PREAMBLE.unpack(preamble)
-                if version != FORMAT_VERSION or header_len > _MAX_HEADER:
-                    raise ArtifactError("delta_format", "%s is delta format %d with a %d-byte header; this runtime "
-                                        "reads format %d" % (path, version, header_len, FORMAT_VERSION))
-                body = f.read(header_len)
-                signature = f.read(SIGNATURE_BYTES)
-                if len(body) != header_len or len(signature) != SIGNATURE_BYTES:
-                    raise ArtifactError("delta_truncated", "%s is truncated inside its header" % path)
+                preamble, version, body, signature = artifact.read_signed_head(
+                    f, path, MAGIC, _MAX_HEADER, ("delta_format", "delta_format", "delta_truncated"))
+                if version != FORMAT_VERSION:
+                    raise ArtifactError("delta_format", "%s is delta format %d; this runtime reads format %d"
+                                        % (path, version, FORMAT_VERSION))
                 header = _parse(path, body)
-                signer = trusted_signers.get(header.get("signer"))
+                signer = trusted_signers.get(header["signer"]) if isinstance(header.get("signer"), str) else None
                 if signer is None:
                     raise ArtifactError("untrusted_signer", "%s is signed by key %s, which is not trusted here"
                                         % (path, header.get("signer")))
@@ -228,12 +215,29 @@ class Delta:
         if not hmac.compare_digest(hashlib.sha256(head).hexdigest(), target["head_sha256"]):
             raise ArtifactError("delta_checksum", "%s: the target artifact's header does not match the delta's "
                                 "signed digest" % path)
-        return cls(path, header, head, patch_offset)
+        # The embedded head is an artifact header in its own right: signature, format, manifest and
+        # envelope; and it must be the target the delta names.
+        try:
+            art = artifact.Artifact.from_head(io.BytesIO(head), "%s (target head)" % path, trusted_signers)
+        except ArtifactError as exc:
+            raise ArtifactError("delta_format", str(exc)) from None
+        m = art.manifest
+        if (art.artifact_id, m.name, m.version, m.sha256, m.size) != (target["artifact_id"], target["name"],
+                                                                        target["version"], target["sha256"],
+                                                                        target["size"]):
+            raise ArtifactError("delta_format", "%s: the embedded head is %s %s (artifact %s), not the target the "
+                                "delta names" % (path, m.name, m.version, art.artifact_id))
+        return cls(path, header, head, patch_offset, art)
 
-    def target_header(self) -> Dict[str, Any]:
-        """The target artifact's header (authenticated through ``target.head_sha256``)."""
-        header_len = PREAMBLE.unpack(self.head[:PREAMBLE.size])[3]
-        return _parse(self.path, self.head[PREAMBLE.size:PREAMBLE.size + header_len])
+    def check_sealed(self) -> bytes:
+        """The sealed patch, after checking it against the signed digest."""
+        with open(self.path, "rb") as f:
+            f.seek(self.patch_offset)
+            sealed = f.read()
+        if not hmac.compare_digest(hashlib.sha256(sealed).hexdigest(), self.header["patch"]["sealed_sha256"]):
+            raise ArtifactError("delta_checksum", "%s: the patch does not match the delta's signed digest (corrupt "
+                                "or truncated in transit)" % self.path)
+        return sealed
 
     def rebuild(self, base_model: bytes, data_key: bytes, out_path: str) -> None:
         """Write the target artifact to ``out_path`` from the base plaintext; checks the base, the
@@ -243,19 +247,9 @@ class Delta:
         if len(base_model) != base["size"] or hashlib.sha256(base_model).hexdigest() != base["sha256"]:
             raise ArtifactError("delta_base", "%s patches %s %s (sha256 %s), not the model given"
                                 % (self.path, base["name"], base["version"], base["sha256"]))
-        theader = self.target_header()
-        envelope = Envelope.parse(target["artifact_id"], theader.get("envelope"))
-        if theader.get("artifact_id") != target["artifact_id"] or envelope.plaintext_size != target["size"]:
-            raise ArtifactError("delta_format", "%s: the target head is not artifact %s" % (self.path, target["artifact_id"]))
-        if not hmac.compare_digest(artifact.key_commitment(data_key, target["artifact_id"]), envelope.key_commitment):
-            raise ArtifactError("wrong_data_key", "%s: the data key does not match the target's key commitment"
-                                % self.path)
-        with open(self.path, "rb") as f:
-            f.seek(self.patch_offset)
-            sealed = f.read()
-        if not hmac.compare_digest(hashlib.sha256(sealed).hexdigest(), self.header["patch"]["sealed_sha256"]):
-            raise ArtifactError("delta_checksum", "%s: the patch does not match the delta's signed digest (corrupt "
-                                "or truncated in transit)" % self.path)
+        self.target_artifact.check_key(data_key)
+        envelope = self.target_artifact.envelope
+        sealed = self.check_sealed()
         try:
             patch = CIPHERS[envelope.cipher](patch_key(data_key, self.header["delta_id"])).decrypt(
                 bytes.fromhex(self.header["patch"]["nonce"]), sealed,
@@ -268,13 +262,22 @@ class Delta:
         if len(model) != target["size"] or hashlib.sha256(model).hexdigest() != target["sha256"]:
             raise ArtifactError("delta_result", "%s: the patched model does not match %s %s's sha256"
                                 % (self.path, target["name"], target["version"]))
-        self._seal(model, data_key, envelope, theader, out_path)
+        self._seal(model, data_key, envelope, self.target_artifact.payload_digest, out_path)
 
     # -- internals ---------------------------------------------------------------------------
 
     def _apply(self, base_model: bytes, patch: bytes) -> bytes:
         zstd = _zstd()
         window = self.header["patch"]["window_log"]
+        try:  # zstandard sizes its output from the frame header: check that before it allocates
+            frame = zstd.get_frame_parameters(patch)
+        except zstd.ZstdError as exc:
+            raise ArtifactError("delta_patch", "%s: the patch is not a zstd frame: %s" % (self.path, exc)) from None
+        if frame.content_size != self.target["size"] or frame.window_size > 1 << window:
+            raise ArtifactError("delta_patch", "%s: the patch's frame declares %s bytes in a %d-byte window; the "
+                                "target is %d bytes, the window at most %d" % (self.path, frame.content_size,
+                                                                           frame.window_size, self.target["size"],
+                                                                           1 << window))
         try:
             dictionary = zstd.ZstdCompressionDict(base_model, dict_type=zstd.DICT_TYPE_RAWCONTENT)
             return zstd.ZstdDecompressor(dict_data=dictionary, max_window_size=1 << window).decompress(
@@ -282,13 +285,12 @@ class Delta:
         except zstd.ZstdError as exc:
             raise ArtifactError("delta_patch", "%s: the patch does not apply: %s" % (self.path, exc)) from None
 
-    def _seal(self, model: bytes, data_key: bytes, envelope: Envelope, theader: Dict[str, Any], out_path: str) -> None:
+    def _seal(self, model: bytes, data_key: bytes, envelope: Envelope, payload_digest: str, out_path: str) -> None:
         aead = CIPHERS[envelope.cipher](data_key)
         view = memoryview(model)
         digests = []
-        tmp = "%s.partial-%d" % (out_path, os.getpid())
         try:
-            with open(tmp, "wb") as out:
+            with artifact.atomic_output(out_path, 0o640) as out:
                 out.write(self.head)
                 for index in range(envelope.chunks):
                     start = index * envelope.chunk_size
@@ -296,21 +298,11 @@ class Delta:
                                           envelope.aad(index))
                     digests.append(hashlib.sha256(sealed).digest())
                     out.write(sealed)
-                if not hmac.compare_digest(chunk_list_digest(digests), theader["payload"]["chunks_sha256"]):
+                if not hmac.compare_digest(chunk_list_digest(digests), payload_digest):
                     raise ArtifactError("delta_result", "%s: the rebuilt payload does not match artifact %s's signed "
                                         "digest" % (self.path, self.target["artifact_id"]))
-                out.flush()
-                os.fsync(out.fileno())
-            os.chmod(tmp, 0o640)
-            os.replace(tmp, out_path)
         except OSError as exc:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
             raise ArtifactError("io", "writing the rebuilt artifact %s: %s" % (out_path, exc.strerror)) from None
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
         finally:
             view.release()
 
@@ -345,7 +337,8 @@ def _check_header(path: str, header: Dict[str, Any]) -> None:
         (patch, "sealed_sha256")))
     ok = ok and artifact._is_hex(target.get("artifact_id"), 32) and artifact._is_hex(patch.get("nonce"), 24)
     ok = ok and isinstance(base.get("name"), str) and base.get("name") == target.get("name")
-    ok = ok and target.get("head_size", 0) <= _MAX_HEAD and patch.get("window_log", 99) <= MAX_WINDOW_LOG
+    ok = ok and PREAMBLE.size + SIGNATURE_BYTES < target.get("head_size", 0) <= _MAX_HEAD
+    ok = ok and patch.get("window_log", 99) <= MAX_WINDOW_LOG
     if not ok:
         raise ArtifactError("delta_format", "%s: the header is not a format %d delta header" % (path, FORMAT_VERSION))
 

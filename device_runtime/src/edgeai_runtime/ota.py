@@ -282,7 +282,6 @@ class Updater:
         artifact is rebuilt (timed as part of ``stage``), checked against its signed digests and
         installed like a full one. Raises DeltaFailed, with nothing changed, when the delta does not
         give its artifact (the caller then sends or fetches the full one)."""
-        from .keys import ArtifactError
         policy.check()
         cache = os.path.join(self.config.root, "cache")
         os.makedirs(cache, exist_ok=True)
@@ -291,7 +290,7 @@ class Updater:
         try:
             try:
                 info = self.store.rebuild_delta(delta, keyslot, rebuilt)
-            except (ArtifactError, StoreError, OSError) as exc:
+            except Exception as exc:  # noqa: BLE001 - nothing has changed yet: every failure means "send the artifact"
                 reason = getattr(exc, "reason", None) or "delta_failed"
                 raise DeltaFailed("the delta %s gives no artifact (%s): %s" % (os.path.basename(delta), reason, exc),
                                   reason, {"changed": False, "outcome": "delta_failed", "delta_reason": reason,
@@ -538,6 +537,7 @@ class Updater:
 
     def _recover(self) -> List[Dict[str, Any]]:
         self.store.recover()
+        self._sweep_rebuilt()
         data = self._read_journal()
         if data is None:
             self.history.sweep("interrupted before its journal was written; nothing was changed")
@@ -559,6 +559,27 @@ class Updater:
         self.history.sweep("interrupted; recovered with transaction %s" % tx.txid)
         return [{"txid": tx.txid, "name": tx.name, "version": tx.version, "outcome": "interrupted",
                  "undo": outcome, "restored": tx.from_version}]
+
+    def _sweep_rebuilt(self) -> None:
+        """Remove artifacts rebuilt from deltas by installers that died (``cache/rebuilt-<pid>``)."""
+        cache = os.path.join(self.config.root, "cache")
+        try:
+            entries = os.listdir(cache)
+        except OSError:
+            return
+        for entry in entries:
+            pid = entry[len("rebuilt-"):].split(".", 1)[0]
+            if not (entry.startswith("rebuilt-") and pid.isdigit()) or int(pid) == os.getpid():
+                continue
+            try:
+                os.kill(int(pid), 0)
+                continue  # alive: still rebuilding
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(cache, entry))
 
     # -- journal and lock ------------------------------------------------------------------
 

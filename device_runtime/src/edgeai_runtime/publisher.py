@@ -212,22 +212,40 @@ def ensure_delta(base_path: str, target_path: str, fleet: FleetKeys) -> Tuple[Op
     signer = fleet.signing.public_key()
     trusted = {keys.key_id(signer): signer}
     base = artifact.Artifact.open(base_path, trusted)
-    target_header = artifact.read_header(target_path)
+    target = artifact.Artifact.open(target_path, trusted)
     out = "%s.from-%s%s" % (target_path[:-len(artifact.SUFFIX)], base.manifest.version, delta.SUFFIX)
+    pair = {"base_sha256": base.manifest.sha256, "target_artifact_id": target.artifact_id}
+    none = {"made": False, "reason": "a delta from %s would not save %d%% of the bytes"
+            % (base.manifest.version, 100 * (1 - delta.WORTH_SHIPPING))}
+    if delta.window_log(base.manifest.size, target.manifest.size) > delta.MAX_WINDOW_LOG:
+        return None, none
     with _locked(os.path.dirname(os.path.abspath(target_path))):
-        have = delta.peek(out)
-        if have and (have.get("target") or {}).get("artifact_id") == target_header.get("artifact_id") \
-                and (have.get("base") or {}).get("sha256") == base.manifest.sha256 \
-                and have.get("signer") == keys.key_id(signer):
-            return out, _delta_facts(out, have, made=False)
+        try:
+            have = delta.Delta.open(out, trusted)
+            have.check_sealed()
+            if (have.base["sha256"], have.target["artifact_id"]) == tuple(pair.values()):
+                return out, _delta_facts(out, have.header, made=False)
+        except (ArtifactError, OSError):
+            pass  # none yet, or not this pair, or damaged: make it (again)
+        if _read_json(out + ".none") == pair:  # not worth it, found before
+            return None, none
         base_model = base.decrypt(_escrow_data_key(base_path, base.artifact_id, fleet))
         made = delta.make(base_model, base.manifest.to_dict(), target_path,
-                          _escrow_data_key(target_path, target_header.get("artifact_id", ""), fleet),
-                          fleet.signing, out)
-    if made is None:
-        return None, {"made": False, "reason": "a delta from %s would not save %d%% of the bytes"
-                      % (base.manifest.version, 100 * (1 - delta.WORTH_SHIPPING))}
+                          _escrow_data_key(target_path, target.artifact_id, fleet), fleet.signing, out)
+        if made is None:
+            keys.write_atomic(out + ".none", json.dumps(pair, sort_keys=True).encode(), 0o644)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(out)
+            return None, none
     return out, dict(_delta_facts(out, made.header, made=True), seconds=round(made.seconds, 3))
+
+
+def _read_json(path: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
 
 
 def older_artifacts(out_dir: str, fields: Dict[str, Any], cipher: str) -> List[str]:
@@ -269,10 +287,8 @@ def publish_registry(registry: str, model_dirs: List[str], out_dir: str, fleet: 
         for base in older_artifacts(out_dir, md.fields, cipher)[:delta_bases]:
             try:
                 delta_path, facts = ensure_delta(base, path, fleet)
-            except ArtifactError as exc:
-                if exc.reason != "delta_unsupported":
-                    raise
-                break  # no zstandard here: whole artifacts only
+            except (ArtifactError, OSError):  # a delta is an optimisation: the artifact goes anyway
+                continue
             if delta_path:
                 deltas.append(facts)
         releases.append({"artifact": path, "files": md.files, "force": force, "deltas": deltas})

@@ -361,11 +361,13 @@ class Agent:
 
     def _usable_delta(self, name: str, entry: Dict[str, Any]) -> Optional[Dict[str, Any]]:
         """The entry's delta whose base this device holds (its serving version's first)."""
-        held = {self.store.manifest(name, v).sha256: v for v in self.store.versions(name)}
-        active = self.store.active(name)
-        usable = [d for d in entry.get("deltas") or [] if d.get("base_sha256") in held]
-        usable.sort(key=lambda d: held[d["base_sha256"]] != active)
-        return usable[0] if usable else None
+        try:
+            versions, active = self.store.versions(name), self.store.active(name)
+        except Exception:  # noqa: BLE001 - an unreadable store entry: the artifact, as without deltas
+            return None
+        usable = [(v != active, d) for d in entry.get("deltas") or [] if isinstance(d, dict)
+                  for v in versions if self.store.holds(name, v, str(d.get("base_sha256")))]
+        return min(usable, key=lambda pair: pair[0])[1] if usable else None
 
     @staticmethod
     def _clean(result: Dict[str, Any], local: Dict[str, str]) -> Dict[str, Any]:

@@ -274,6 +274,13 @@ class ModelStore:
             self._stage(manifest, write_model, files)
         return Change(True, name, version, message="installed (signed artifact %s)" % art.artifact_id)
 
+    def holds(self, name: str, version: str, sha256: str) -> bool:
+        """Is ``version`` of ``name`` stored here with that model sha256 (False if unreadable)?"""
+        try:
+            return self.manifest(name, version).sha256 == sha256
+        except (StoreError, ManifestError, ValueError):
+            return False
+
     def rebuild_delta(self, path: str, keyslot: Dict[str, Any], out_path: str) -> Dict[str, Any]:
         """Rebuild the artifact a delta (edgeai_runtime.delta) carries into ``out_path``, patching the
         version of its model held here whose sha256 is the delta's base. Stores nothing; the rebuilt
@@ -281,7 +288,7 @@ class ModelStore:
         from .delta import Delta
         delta = Delta.open(path, self.trusted_signers())
         base = delta.base
-        held = [v for v in self.versions(base["name"]) if self.manifest(base["name"], v).sha256 == base["sha256"]]
+        held = [v for v in self.versions(base["name"]) if self.holds(base["name"], v, base["sha256"])]
         if not held:
             raise ArtifactError("delta_base_missing", "%s patches %s %s (sha256 %s), which this device does not hold "
                                 "(it holds: %s)" % (path, base["name"], base["version"], base["sha256"][:12],
