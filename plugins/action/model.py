@@ -112,8 +112,8 @@ class ActionModule(ActionBase):
         try:
             base_path = artifact_for(pub, args['artifact_dir'], base['artifact_id'])
         except AnsibleActionFail:
-            return dict(made=False, reason='the artifact of %s %s is no longer in %s' % (model.get('name'), active,
-                                                                                      args['artifact_dir']))
+            return dict(made=False, reason='the artifact of %s %s is no longer in %s'
+                        % (model.get('name'), active, args['artifact_dir']))
         try:
             delta_path, facts = pub.ensure_delta(base_path, path, fleet)
         except (pub.ArtifactError, OSError) as exc:  # e.g. no zstandard here, or v1 signed by a retired key

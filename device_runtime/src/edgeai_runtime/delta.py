@@ -158,7 +158,6 @@ def make(base_model: bytes, base_manifest: Mapping[str, Any], target_path: str, 
     return Made(out_path, header, os.path.getsize(out_path), full_size, time.perf_counter() - started)
 
 
-
 class Delta:
     """A delta whose signature has been checked; ``rebuild`` checks everything else."""
 
@@ -222,9 +221,8 @@ class Delta:
         except ArtifactError as exc:
             raise ArtifactError("delta_format", str(exc)) from None
         m = art.manifest
-        if (art.artifact_id, m.name, m.version, m.sha256, m.size) != (target["artifact_id"], target["name"],
-                                                                        target["version"], target["sha256"],
-                                                                        target["size"]):
+        named = (target["artifact_id"], target["name"], target["version"], target["sha256"], target["size"])
+        if (art.artifact_id, m.name, m.version, m.sha256, m.size) != named:
             raise ArtifactError("delta_format", "%s: the embedded head is %s %s (artifact %s), not the target the "
                                 "delta names" % (path, m.name, m.version, art.artifact_id))
         return cls(path, header, head, patch_offset, art)
@@ -275,9 +273,8 @@ class Delta:
             raise ArtifactError("delta_patch", "%s: the patch is not a zstd frame: %s" % (self.path, exc)) from None
         if frame.content_size != self.target["size"] or frame.window_size > 1 << window:
             raise ArtifactError("delta_patch", "%s: the patch's frame declares %s bytes in a %d-byte window; the "
-                                "target is %d bytes, the window at most %d" % (self.path, frame.content_size,
-                                                                           frame.window_size, self.target["size"],
-                                                                           1 << window))
+                                "target is %d bytes, the window at most %d"
+                                % (self.path, frame.content_size, frame.window_size, self.target["size"], 1 << window))
         try:
             dictionary = zstd.ZstdCompressionDict(base_model, dict_type=zstd.DICT_TYPE_RAWCONTENT)
             return zstd.ZstdDecompressor(dict_data=dictionary, max_window_size=1 << window).decompress(
