@@ -57,3 +57,23 @@ options:
     type: str
     default: edgeai
 """
+
+    # Modules whose action plugin packs artifacts with the fleet keys (edgeai.fleet.model, model_artifact).
+    PACKING = r"""
+options:
+  passphrase:
+    description: Passphrase of the fleet's private keys, if they are encrypted.
+    type: str
+  cipher:
+    description:
+      - Payload cipher. C(auto) takes the device's preference (C(chacha20-poly1305) on CPUs without AES
+        instructions, such as the Raspberry Pi 4), else C(aes-256-gcm).
+    type: str
+    choices: [auto, aes-256-gcm, chacha20-poly1305]
+    default: auto
+  chunk_mib:
+    description: Payload chunk size in MiB.
+    type: int
+    choices: [1, 2, 3, 4]
+    default: 4
+"""

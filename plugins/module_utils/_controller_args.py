@@ -7,6 +7,19 @@
 
 from __future__ import annotations
 
+#: Options of every action plugin that packs artifacts (documented by the _attributes.packing fragment),
+#: and where the device runtime lives (_attributes.device_runtime).
+_PACKING = dict(
+    passphrase=dict(type='str', no_log=True),
+    cipher=dict(type='str', default='auto', choices=['auto', 'aes-256-gcm', 'chacha20-poly1305']),
+    chunk_mib=dict(type='int', default=4, choices=[1, 2, 3, 4]),
+    public_key=dict(type='str'),
+)
+_DEVICE = dict(
+    root=dict(type='path', default='/opt/edgeai'),
+    user=dict(type='str', default='edgeai'),
+)
+
 FLEET_KEYS_SPEC = dict(
     keys_dir=dict(type='path', required=True),
     passphrase=dict(type='str', no_log=True),
@@ -16,15 +29,10 @@ MODEL_ARTIFACT_SPEC = dict(
     state=dict(type='str', default='present', choices=['present', 'rekeyed']),
     src=dict(type='path'),
     keys_dir=dict(type='path', required=True),
-    passphrase=dict(type='str', no_log=True),
     artifact_dir=dict(type='path', required=True),
-    cipher=dict(type='str', default='auto', choices=['auto', 'aes-256-gcm', 'chacha20-poly1305']),
-    chunk_mib=dict(type='int', default=4, choices=[1, 2, 3, 4]),
-    public_key=dict(type='str'),
     activate=dict(type='bool', default=False),
     force=dict(type='bool', default=False),
-    root=dict(type='path', default='/opt/edgeai'),
-    user=dict(type='str', default='edgeai'),
+    **_PACKING, **_DEVICE
 )
 MODEL_ARTIFACT_REQUIRED_IF = [('state', 'present', ('src',))]
 
@@ -45,11 +53,7 @@ MODEL_SPEC = dict(
     min_requests=dict(type='int', default=20),
     latency_p95_ms=dict(type='float'),
     keys_dir=dict(type='path'),
-    passphrase=dict(type='str', no_log=True),
     artifact_dir=dict(type='path'),
-    cipher=dict(type='str', default='auto', choices=['auto', 'aes-256-gcm', 'chacha20-poly1305']),
-    chunk_mib=dict(type='int', default=4, choices=[1, 2, 3, 4]),
-    public_key=dict(type='str'),
     delta=dict(type='bool', default=True),
     artifact=dict(type='path'),
     delta_file=dict(type='path'),
@@ -57,8 +61,7 @@ MODEL_SPEC = dict(
     files=dict(type='dict', default={}),
     stage_seconds=dict(type='float', default=0.0),
     bytes_transferred=dict(type='int', default=0),
-    root=dict(type='path', default='/opt/edgeai'),
-    user=dict(type='str', default='edgeai'),
+    **_PACKING, **_DEVICE
 )
 
 

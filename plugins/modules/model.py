@@ -31,6 +31,7 @@ author:
 extends_documentation_fragment:
   - edgeai.fleet._attributes
   - edgeai.fleet._attributes.device_runtime
+  - edgeai.fleet._attributes.packing
   - edgeai.fleet._attributes.facts_module
 attributes:
   action:
@@ -90,25 +91,12 @@ options:
   keys_dir:
     description: Controller directory of the fleet's signing and escrow keys (see M(edgeai.fleet.fleet_keys)).
     type: path
-  passphrase:
-    description: Passphrase of the fleet's private keys, when they are encrypted.
-    type: str
   artifact_dir:
     description: Controller directory where packed artifacts are kept (one per model and cipher).
     type: path
-  cipher:
-    description: Payload cipher; C(auto) takes the device's preference (ChaCha20-Poly1305 without AES instructions).
-    type: str
-    choices: [auto, aes-256-gcm, chacha20-poly1305]
-    default: auto
-  chunk_mib:
-    description: Payload chunk size in MiB.
-    type: int
-    choices: [1, 2, 3, 4]
-    default: 4
   public_key:
-    description: The device's public key (PEM); by default the fact C(edgeai_device_key) gathered by
-      M(edgeai.fleet.device_key), else the key the device's store reports.
+    description: The device's public key (PEM); by default the key the device's store reports, else the fact
+      C(edgeai_device_key) gathered by M(edgeai.fleet.device_key).
     type: str
   delta:
     description:

@@ -25,6 +25,7 @@ author:
 extends_documentation_fragment:
   - edgeai.fleet._attributes
   - edgeai.fleet._attributes.device_runtime
+  - edgeai.fleet._attributes.packing
 attributes:
   check_mode:
     support: full
@@ -55,25 +56,10 @@ options:
     description: Controller directory of the fleet keys (M(edgeai.fleet.fleet_keys)).
     type: path
     required: true
-  passphrase:
-    description: Passphrase of the fleet's private keys, if they are encrypted.
-    type: str
   artifact_dir:
     description: Controller directory where packed artifacts and their escrow key slots are kept.
     type: path
     required: true
-  cipher:
-    description:
-      - Payload cipher. C(auto) takes the device's preference (C(chacha20-poly1305) on CPUs without AES
-        instructions, such as the Raspberry Pi 4), else C(aes-256-gcm).
-    type: str
-    choices: [auto, aes-256-gcm, chacha20-poly1305]
-    default: auto
-  chunk_mib:
-    description: Payload chunk size in MiB.
-    type: int
-    choices: [1, 2, 3, 4]
-    default: 4
   public_key:
     description: The device's public key (PEM). Defaults to the C(edgeai_device_key) fact.
     type: str

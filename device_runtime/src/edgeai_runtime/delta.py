@@ -29,7 +29,6 @@ import io
 import json
 import os
 import secrets
-import struct
 import time
 from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional
@@ -338,15 +337,3 @@ def _check_header(path: str, header: Dict[str, Any]) -> None:
     ok = ok and patch.get("window_log", 99) <= MAX_WINDOW_LOG
     if not ok:
         raise ArtifactError("delta_format", "%s: the header is not a format %d delta header" % (path, FORMAT_VERSION))
-
-
-def peek(path: str) -> Optional[Dict[str, Any]]:
-    """The header of a delta file without checking anything (None when it is not one)."""
-    try:
-        with open(path, "rb") as f:
-            preamble = f.read(PREAMBLE.size)
-            if len(preamble) < PREAMBLE.size or preamble[:8] != MAGIC:
-                return None
-            return _parse(path, f.read(min(PREAMBLE.unpack(preamble)[3], _MAX_HEADER)))
-    except (OSError, ArtifactError, struct.error):
-        return None
