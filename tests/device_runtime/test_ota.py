@@ -253,11 +253,22 @@ def test_kill_9_of_the_installer_at_random_points(device):
         while not journal.exists() and proc.poll() is None:
             time.sleep(0.002)
 
+    # A calibration run: how long the transaction takes, and how long until its watch window starts
+    # (verify, load, gate and activate take a few per cent of it, the watch the rest).
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for_journal(proc)
     started = time.monotonic()
+    before_watch = None
+    while proc.poll() is None:
+        try:
+            if before_watch is None and json.loads(journal.read_text())["phase"] in ("watch", "commit"):
+                before_watch = time.monotonic() - started
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.002)
     assert proc.wait(timeout=120) == 0
     transaction = time.monotonic() - started
+    before_watch = before_watch or transaction
     reset_to_v1()
     rng = random.Random(20261123)
     seen = {}
@@ -265,9 +276,9 @@ def test_kill_9_of_the_installer_at_random_points(device):
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if loop % 10 == 0:  # now and then before the transaction starts (opening the artifact, the lock)
             time.sleep(rng.uniform(0.0, 0.5))
-        else:  # mostly somewhere inside it
+        else:  # mostly somewhere inside it: every other time before the watch, so the short phases are hit too
             wait_for_journal(proc)
-            deadline = time.monotonic() + rng.uniform(0.0, transaction)
+            deadline = time.monotonic() + rng.uniform(0.0, before_watch if loop % 2 else transaction)
             while time.monotonic() < deadline and proc.poll() is None:
                 time.sleep(0.002)
         try:
