@@ -1,12 +1,15 @@
-"""Build the demo models the simulated fleet serves, offline, into a directory per model.
+"""Build the demo model release the simulated fleet serves, offline.
 
   python scripts/build-demo-models.py OUTDIR
 
-Writes OUTDIR/digits-onnx/ (ONNX MLP trained on scikit-learn's bundled digits) and
-OUTDIR/digits-tflite/ (the same network as a .tflite flatbuffer), each with
-manifest.json, the model and its gate data (golden samples and the held-out split,
-accuracy threshold 0.9). Idempotent: a model directory whose manifest already exists
-is left alone, so deploys stay unchanged on a re-run.
+Writes the release OUTDIR/digits-1.0.0/, one variant (build) of digits 1.0.0 per runtime:
+  onnxruntime-fp32/  an ONNX MLP trained on scikit-learn's bundled digits (any class that runs
+                     ONNX Runtime: generic, and the Jetsons through ONNX Runtime)
+  tflite-int8/       the same network as a .tflite flatbuffer with int8 weights (raspberry_pi, and
+                     coral, which runs it on LiteRT's CPU kernels when no Edge TPU build is on offer)
+each with manifest.json, the model and its gate data (golden samples and the held-out split,
+accuracy threshold 0.9). Idempotent: a variant directory whose manifest already exists is left
+alone, so deploys stay unchanged on a re-run.
 """
 from __future__ import annotations
 
@@ -19,9 +22,10 @@ sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 from support import modelgen  # noqa: E402  pylint: disable=wrong-import-position
 from support.digits_store import digits_manifest  # noqa: E402  pylint: disable=wrong-import-position
 
+VERSION = "1.0.0"
 
-def write_package(outdir: str, dirname: str, manifest, model: bytes, files) -> None:
-    target = os.path.join(outdir, dirname)
+
+def write_package(target: str, manifest, model: bytes, files) -> None:
     if os.path.exists(os.path.join(target, "manifest.json")):
         print("%s: up to date" % target)
         return
@@ -33,24 +37,22 @@ def write_package(outdir: str, dirname: str, manifest, model: bytes, files) -> N
     with open(os.path.join(tmp, "manifest.json"), "w", encoding="utf-8") as f:
         f.write(manifest.to_json())
     os.rename(tmp, target)
-    print("%s: built %s %s (%s, %d bytes)" % (target, manifest.name, manifest.version, manifest.runtime, len(model)))
+    print("%s: built %s %s (%s/%s, %d bytes)" % (target, manifest.name, manifest.version, manifest.runtime,
+                                                  manifest.precision, len(model)))
 
 
 def main() -> int:
-    outdir = sys.argv[1]
-    os.makedirs(outdir, exist_ok=True)
+    release = os.path.join(sys.argv[1], "digits-%s" % VERSION)
+    os.makedirs(release, exist_ok=True)
     digits = modelgen.train_digits_mlp(seed=0)
     onnx = modelgen.digits_onnx(digits)
-    write_package(outdir, "digits-onnx", *_with(digits_manifest("1.0.0", onnx, digits), onnx))
-    tflite = modelgen.digits_tflite(digits)
-    write_package(outdir, "digits-tflite",
-                  *_with(digits_manifest("1.0.0", tflite, digits, runtime="tflite"), tflite))
+    manifest, files = digits_manifest(VERSION, onnx, digits)
+    write_package(os.path.join(release, "onnxruntime-fp32"), manifest, onnx, files)
+    tflite = modelgen.digits_tflite(digits, quantize="int8")
+    manifest, files = digits_manifest(VERSION, tflite, digits, runtime="tflite", precision="int8",
+                                      hardware_classes=["raspberry_pi", "coral"])
+    write_package(os.path.join(release, "tflite-int8"), manifest, tflite, files)
     return 0
-
-
-def _with(manifest_and_files, model):
-    manifest, files = manifest_and_files
-    return manifest, model, files
 
 
 if __name__ == "__main__":

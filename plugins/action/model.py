@@ -18,7 +18,7 @@ from ansible_collections.edgeai.fleet.plugins.module_utils._controller_args impo
     MODEL_CONTROLLER_OPTIONS, MODEL_SPEC)
 from ansible_collections.edgeai.fleet.plugins.plugin_utils._device_runtime import publisher
 from ansible_collections.edgeai.fleet.plugins.plugin_utils._transfer import (
-    artifact_for, device_public_key, read_model, run_store, send, stored_version)
+    artifact_for, device_public_key, device_view, run_store, send)
 
 
 class ActionModule(ActionBase):
@@ -60,11 +60,11 @@ class ActionModule(ActionBase):
         """Send the artifact when the device does not hold this version for its current key.
         Returns the module's arguments and the remote directory to remove afterwards."""
         pub = publisher()
-        model_dir, fleet = read_model(pub, args, host)
+        model_dir, fleet, status, model, stored = device_view(self, pub, args, task_vars, host)
         name, version = model_dir.fields['name'], model_dir.fields['version']
         device_args.update(name=name, version=version)
+        result['variant'] = model_dir.path
         common = dict(root=args['root'], user=args['user'])
-        model, stored, status = stored_version(self, args, model_dir, task_vars, host)
         device_key_id = status['device_key_id']
         public_key, cipher = device_public_key(args, task_vars, host, status)
         if stored is not None and stored.get('signed') and stored.get('key_id') == device_key_id:
@@ -75,9 +75,11 @@ class ActionModule(ActionBase):
         try:
             path, header, packed = pub.ensure_artifact(model_dir, args['artifact_dir'], fleet, cipher,
                                                        args['chunk_mib'] << 20)
+            artifact_id = header['artifact_id']
             if stored is not None and stored.get('signed') and stored.get('artifact_id'):
                 path = artifact_for(pub, args['artifact_dir'], stored['artifact_id'])  # re-key what it holds
-            slot = pub.wrap_for(path, fleet, public_key)
+                artifact_id = stored['artifact_id']
+            slot = pub.wrap_for(path, fleet, public_key, artifact_id)
         except (pub.ArtifactError, OSError) as exc:
             raise AnsibleActionFail('%s: packing %s %s: %s' % (host, name, version, exc))
         result.update(artifact=path, artifact_id=slot['artifact_id'], packed=packed)

@@ -17,7 +17,7 @@ from ansible_collections.edgeai.fleet.plugins.module_utils._controller_args impo
     MODEL_ARTIFACT_REQUIRED_IF, MODEL_ARTIFACT_SPEC)
 from ansible_collections.edgeai.fleet.plugins.plugin_utils._device_runtime import publisher
 from ansible_collections.edgeai.fleet.plugins.plugin_utils._transfer import (
-    artifact_for, device_public_key, read_model, run_store, send, stored_version)
+    artifact_for, device_public_key, device_view, run_store, send)
 
 
 class ActionModule(ActionBase):
@@ -34,17 +34,17 @@ class ActionModule(ActionBase):
         del validation
         host = task_vars.get('inventory_hostname', '?')
         pub = publisher()
-        public_key, cipher = device_public_key(args, task_vars, host)
         if args['state'] == 'rekeyed':
+            public_key, cipher = device_public_key(args, task_vars, host)
             return self._rekey_all(pub, args, public_key, task_vars, host, result)
-        model_dir, fleet = read_model(pub, args, host)
+        model_dir, fleet, status, model, stored = device_view(self, pub, args, task_vars, host)
+        public_key, cipher = device_public_key(args, task_vars, host, status)
         name, version = model_dir.fields['name'], model_dir.fields['version']
         common = dict(root=args['root'], user=args['user'])
-        model, stored, status = stored_version(self, args, model_dir, task_vars, host)
         device_key_id = status['device_key_id']
         same_model = stored is not None and stored.get('signed')
         needs_activation = args['activate'] and model.get('active') != version
-        result.update(name=name, version=version, cipher=cipher, sent=False)
+        result.update(name=name, version=version, cipher=cipher, sent=False, variant=model_dir.path)
         if same_model and stored.get('key_id') == device_key_id and not needs_activation:
             result.update(changed=False, msg='%s %s is installed and wrapped for the current device key'
                                              % (name, version), artifact_id=stored.get('artifact_id'))
@@ -56,10 +56,12 @@ class ActionModule(ActionBase):
         try:
             path, header, packed = pub.ensure_artifact(model_dir, args['artifact_dir'], fleet, cipher,
                                                        args['chunk_mib'] << 20)
+            artifact_id = header['artifact_id']
             if same_model and stored.get('artifact_id'):
                 # Wrap the artifact the device already holds, not a newer packing of the same model.
                 path = self._artifact_for(pub, args['artifact_dir'], stored['artifact_id'])
-            slot = pub.wrap_for(path, fleet, public_key)
+                artifact_id = stored['artifact_id']
+            slot = pub.wrap_for(path, fleet, public_key, artifact_id)
         except (pub.ArtifactError, OSError) as exc:
             raise AnsibleActionFail('%s: packing %s %s: %s' % (host, name, version, exc))
         result.update(artifact=path, artifact_id=slot['artifact_id'], packed=packed)
@@ -109,7 +111,7 @@ class ActionModule(ActionBase):
         for name, version, details in stale:
             try:
                 path = self._artifact_for(pub, args['artifact_dir'], details['artifact_id'])
-                slot = pub.wrap_for(path, fleet, public_key)
+                slot = pub.wrap_for(path, fleet, public_key, details['artifact_id'])
             except (pub.ArtifactError, OSError) as exc:
                 raise AnsibleActionFail('%s: re-wrapping %s %s: %s' % (host, name, version, exc))
             except AnsibleActionFail as exc:

@@ -54,7 +54,11 @@ options:
     default: active
   src:
     description:
-      - Controller directory holding the model and its C(manifest.json) (and the gate files it names).
+      - Controller directory holding the model and its C(manifest.json) (and the gate files it names); or a release
+        directory whose subdirectories are such directories, one per variant (build) of the same model version.
+      - From a release, the host gets the variant that fits the class profile its device runtime reports (runtime,
+        precision, the manifest's C(hardware_classes)); a host no variant fits fails before anything changes. See
+        C(docs/ota.md), "Releases with variants".
       - Required with C(state=present) and C(state=active).
     type: path
   name:
@@ -92,7 +96,7 @@ options:
     description: Controller directory of the fleet's signing and escrow keys (see M(edgeai.fleet.fleet_keys)).
     type: path
   artifact_dir:
-    description: Controller directory where packed artifacts are kept (one per model and cipher).
+    description: Controller directory where packed artifacts are kept (one per variant and cipher).
     type: path
   public_key:
     description: The device's public key (PEM); by default the key the device's store reports, else the fact
@@ -167,6 +171,10 @@ name:
 version:
   description: The version the task was about.
   returned: always
+  type: str
+variant:
+  description: The controller directory of the variant this host got (I(src) itself unless I(src) is a release).
+  returned: with state=present and state=active
   type: str
 previous_version:
   description: The version that was active before the task.

@@ -13,7 +13,8 @@ version_added: 0.2.0
 description:
   - On the controller, packs the model directory I(src) (C(manifest.json), the model file, its gate data files)
     into a signed artifact (Ed25519 over the manifest; AES-256-GCM or ChaCha20-Poly1305 in chunks; see
-    C(docs/artifact-format.md)). The artifact is packed once per model, version and cipher and reused for every host.
+    C(docs/artifact-format.md)). The artifact is packed once per variant (name, version, runtime, precision, model
+    sha256) and cipher, and reused for every host.
   - Wraps the artifact's random data key for the host's own public key (fact C(edgeai_device_key) from
     M(edgeai.fleet.device_key)). A leaked device key exposes only what was wrapped for that device.
   - Asks the device what it holds first. An artifact already installed with the same model is not sent again;
@@ -49,7 +50,11 @@ options:
     default: present
   src:
     description:
-      - Controller directory with C(manifest.json), the model file it names and its gate files.
+      - Controller directory with C(manifest.json), the model file it names and its gate files; or a release
+        directory whose subdirectories are such directories, one per variant (build) of the same model version.
+      - From a release, the host gets the variant that fits the class profile its device runtime reports (runtime,
+        precision, the manifest's C(hardware_classes)); a host no variant fits fails before anything changes. See
+        C(docs/ota.md), "Releases with variants".
       - Required with C(state=present).
     type: path
   keys_dir:
@@ -93,6 +98,10 @@ rekeyed:
   returned: with state=rekeyed
   type: list
   elements: str
+variant:
+  description: The controller directory of the variant this host got (I(src) itself unless I(src) is a release).
+  returned: with state=present
+  type: str
 name:
   description: Model name.
   returned: with state=present

@@ -62,29 +62,50 @@ def device_public_key(args, task_vars, host, status=None):
     return public_key, cipher
 
 
-def read_model(pub, args, host):
-    """The model directory (args['src']) and the fleet keys, or a task failure naming the host."""
+def read_release(pub, args, host):
+    """The release at args['src'] (a model directory, or a directory of variants) and the fleet
+    keys, or a task failure naming the host."""
     try:
-        return pub.ModelDir.read(args['src']), pub.FleetKeys(args['keys_dir'], args['passphrase'])
+        return pub.Release.read(args['src']), pub.FleetKeys(args['keys_dir'], args['passphrase'])
     except (pub.ArtifactError, OSError) as exc:
-        raise AnsibleActionFail('%s: %s' % (host, exc))
+        raise AnsibleActionFail('%s: %s' % (host, exc), result=dict(reason=getattr(exc, 'reason', None)))
 
 
 def store_status(action, args, task_vars, host):
     return run_store(action, dict(root=args['root'], user=args['user'], state='status'), task_vars, host)
 
 
-def stored_version(action, args, model_dir, task_vars, host):
-    """What the device's store holds for this model: (its entry, this version's details or None,
-    the device's current key id). Refuses a different model installed under the same version."""
-    name, version = model_dir.fields['name'], model_dir.fields['version']
+def choose_variant(pub, release, status, host):
+    """The variant of the release that fits the device's class profile, as its store reports it."""
+    profile = status.get('profile')
+    if not profile:
+        if len(release.variants) == 1:
+            return release.variants[0]  # a device runtime too old to report its profile: nothing to choose
+        raise AnsibleActionFail('%s: the device runtime reports no class profile, so none of the %d variants in %s '
+                                'can be chosen for it; deploy edgeai.fleet.inference_service first'
+                                % (host, len(release.variants), release.path))
+    try:
+        return release.select(profile)
+    except pub.ArtifactError as exc:
+        raise AnsibleActionFail('%s: %s: %s' % (host, release.path, exc), result=dict(reason=exc.reason))
+
+
+def device_view(action, pub, args, task_vars, host):
+    """Everything the artifact-sending action plugins decide on: the variant of args['src'] this
+    device gets, the fleet keys, the store's status, the model's entry there and this version's
+    details (None when the device lacks it). Refuses a different model installed under the same
+    version, and a device without a key pair."""
+    release, fleet = read_release(pub, args, host)
     status = store_status(action, args, task_vars, host)
+    model_dir = choose_variant(pub, release, status, host)
+    name, version = model_dir.fields['name'], model_dir.fields['version']
     model = next((m for m in status['models'] if m['name'] == name), {})
     stored = model.get('installed', {}).get(version)
-    device_key_id = status.get('device_key_id')
-    if device_key_id is None:
+    if status.get('device_key_id') is None:
         raise AnsibleActionFail('%s holds no device key pair: run edgeai.fleet.device_key first' % host)
     if stored is not None and stored.get('sha256') != model_dir.sha256:
-        raise AnsibleActionFail('%s: a different model is installed as %s %s (sha256 %s, this one %s); '
-                                'use a new version' % (host, name, version, stored.get('sha256'), model_dir.sha256))
-    return model, stored, status
+        raise AnsibleActionFail('%s: a different build is installed as %s %s (%s/%s, sha256 %s); the one chosen for '
+                                'this device is %s (sha256 %s): use a new version'
+                                % (host, name, version, stored.get('runtime'), stored.get('precision'),
+                                   stored.get('sha256'), model_dir.path, model_dir.sha256))
+    return model_dir, fleet, status, model, stored

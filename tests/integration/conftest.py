@@ -21,7 +21,8 @@ REPO = Path(__file__).resolve().parents[2]
 PODMAN = shutil.which('podman')
 
 
-DEMO_MODEL = REPO / '.state' / 'demo-models' / 'digits-onnx'
+DEMO_RELEASE = REPO / '.state' / 'demo-models' / 'digits-1.0.0'
+DEMO_MODEL = DEMO_RELEASE / 'onnxruntime-fp32'
 
 # Waits, inside a device, until the service says a model is ready.
 WAIT_READY = r'''

@@ -19,7 +19,8 @@ TFLITE_OUTPUTS = [{"name": "probabilities", "datatype": "FP32", "shape": [1, 10]
 
 
 def digits_manifest(version: str, model: bytes, digits: modelgen.DigitsModel, runtime: str = "onnxruntime",
-                    precision: str = "fp32", threshold: Optional[float] = 0.9, name: str = "digits"):
+                    precision: str = "fp32", threshold: Optional[float] = 0.9, name: str = "digits",
+                    hardware_classes: Optional[list] = None):
     """The manifest and gate files for a digits model (golden samples + the held-out split)."""
     golden_x, golden_y = modelgen.golden_samples(digits, n=10)
     val_x, val_y = modelgen.validation_set(digits)
@@ -31,7 +32,8 @@ def digits_manifest(version: str, model: bytes, digits: modelgen.DigitsModel, ru
         inputs=ONNX_INPUTS if onnx else TFLITE_INPUTS, outputs=ONNX_OUTPUTS if onnx else TFLITE_OUTPUTS,
         preprocessing={"shape": [64], "dtype": "float32", "mean": 0.0, "std": 16.0},
         validation={"golden": "golden.npz", "dataset": "validation.npz", "accuracy_threshold": threshold,
-                    "label_output": "probabilities"})
+                    "label_output": "probabilities"},
+        hardware_classes=hardware_classes or [])
     return manifest, files
 
 

@@ -112,7 +112,8 @@ def cmd_model(args: argparse.Namespace, config: RuntimeConfig) -> Dict[str, Any]
                                   "device_key_id": current.key_id if current else None,
                                   "device_public_key": current.public_pem if current else None,
                                   "trusted_signers": sorted(store.trusted_signers()),
-                                  "preferred_cipher": default_cipher(), "features": list(FEATURES)}
+                                  "preferred_cipher": default_cipher(), "features": list(FEATURES),
+                                  "profile": config.profile()}
         if args.action == "status":
             result["service"] = _call_service(config, "GET", "/v2/admin/status", timeout=10)
         return result

@@ -22,6 +22,7 @@ class RuntimeConfig:
     token: Optional[str] = None            # bearer token; required when host is not loopback
     keep_versions: int = 2                 # versions kept besides the active one
     hardware_class: str = "generic"
+    runtime: str = "onnxruntime"           # the class profile's runtime (which model variants fit)
     precision: str = "fp32"
     max_batch_size: int = 1
     memory_limit_bytes: int = 2 * 1024 ** 3
@@ -55,6 +56,10 @@ class RuntimeConfig:
             raise ConfigError("max_delay_ms must not be negative")
         return self
 
+    def profile(self) -> Dict[str, str]:
+        """The class profile, as the controller chooses model variants by it."""
+        return {"hardware_class": self.hardware_class, "runtime": self.runtime, "precision": self.precision}
+
     def with_overrides(self, **overrides: Any) -> "RuntimeConfig":
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
@@ -79,7 +84,7 @@ def load_config(root: str = DEFAULT_ROOT, **overrides: Any) -> RuntimeConfig:
     known = {f.name for f in fields(RuntimeConfig)}
     values: Dict[str, Any] = {"root": root}
     profile = _read_json(os.path.join(root, "etc", "profile.json"))
-    for key in ("hardware_class", "precision", "max_batch_size", "memory_limit_bytes"):
+    for key in ("hardware_class", "runtime", "precision", "max_batch_size", "memory_limit_bytes"):
         if key in profile:
             values[key] = profile[key]
     service = _read_json(os.path.join(root, "etc", "runtime.json"))

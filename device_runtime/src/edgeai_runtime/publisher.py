@@ -29,7 +29,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from . import artifact, keys
+from . import artifact, keys, variants
 from .keys import ArtifactError
 from .manifest import Manifest, ManifestError, version_key
 
@@ -100,6 +100,7 @@ class ModelDir:
     fields: Dict[str, Any]
     model_path: str
     files: Dict[str, str]      # gate file name -> path
+    sha256: str                # the model file's, checked against the manifest
 
     @classmethod
     def read(cls, path: str) -> "ModelDir":
@@ -118,6 +119,7 @@ class ModelDir:
         model_path = os.path.join(path, manifest.model_file)
         if not os.path.isfile(model_path):
             raise ArtifactError("bad_manifest", "%s names model file %s, which is not there" % (path, manifest.model_file))
+        variants.check_format(model_path, manifest.runtime)
         digest = artifact.sha256_file(model_path)
         if digest != manifest.sha256 or os.path.getsize(model_path) != manifest.size:
             raise ArtifactError("bad_manifest", "%s: %s does not match manifest.json's sha256 and size"
@@ -129,11 +131,55 @@ class ModelDir:
                 raise ArtifactError("bad_manifest", "%s names gate file %s, which is not there" % (path, name))
         fields = {k: v for k, v in manifest.to_dict().items() if k not in _MEASURED}
         fields["files"] = {name: artifact.sha256_file(fpath) for name, fpath in files.items()}
-        return cls(path, fields, model_path, files)
+        return cls(path, fields, model_path, files, digest)
 
     @property
-    def sha256(self) -> str:
-        return artifact.sha256_file(self.model_path)
+    def identity(self) -> str:
+        """The variant's identity (edgeai_runtime.variants.identity)."""
+        return variants.identity(dict(self.fields, sha256=self.sha256))
+
+
+@dataclass(frozen=True)
+class Release:
+    """A model version as the roles take it: one model directory, or a release directory whose
+    subdirectories are its variants (one build per runtime or hardware class), e.g.
+
+        digits-1.0.0/onnxruntime-fp32/{manifest.json, model.onnx, golden.npz, ...}
+        digits-1.0.0/tflite-int8/{manifest.json, model.tflite, ...}
+
+    Every variant has the same name and version; no two claim the same class with the same
+    runtime and precision."""
+    path: str
+    variants: List[ModelDir]
+
+    @classmethod
+    def read(cls, path: str) -> "Release":
+        path = os.path.abspath(path)
+        if os.path.exists(os.path.join(path, "manifest.json")):
+            return cls(path, [ModelDir.read(path)])
+        try:
+            entries = sorted(os.listdir(path))
+        except OSError as exc:
+            raise ArtifactError("bad_release", "reading the release %s: %s" % (path, exc.strerror)) from None
+        found = [ModelDir.read(os.path.join(path, e)) for e in entries
+                 if os.path.isfile(os.path.join(path, e, "manifest.json"))]
+        if not found:
+            raise ArtifactError("bad_release", "%s holds neither manifest.json nor variant directories with one"
+                                % path)
+        first = found[0]
+        for other in found[1:]:
+            if (other.fields["name"], other.fields["version"]) != (first.fields["name"], first.fields["version"]):
+                raise ArtifactError("bad_release", "%s is %s %s but %s is %s %s: a release holds one model version"
+                                    % (first.path, first.fields["name"], first.fields["version"], other.path,
+                                       other.fields["name"], other.fields["version"]))
+        variants.check_distinct([(v.path, v.fields) for v in found])
+        return cls(path, found)
+
+    def select(self, profile: Dict[str, Any]) -> ModelDir:
+        """The variant that fits a device's class profile (hardware_class, runtime, precision)."""
+        index = variants.choose([(os.path.relpath(v.path, os.path.dirname(self.path)), v.fields)
+                                 for v in self.variants], variants.Profile.from_dict(profile))
+        return self.variants[index]
 
 
 @contextlib.contextmanager
@@ -147,8 +193,9 @@ def _locked(directory: str) -> Iterator[None]:
         os.close(fd)
 
 
-def artifact_path(out_dir: str, fields: Dict[str, Any], cipher: str) -> str:
-    fname = "%s-%s-%s%s" % (fields["name"], fields["version"], CIPHER_TAGS[cipher], artifact.SUFFIX)
+def artifact_path(out_dir: str, model_dir: ModelDir, cipher: str) -> str:
+    """Where the artifact of this variant under this cipher is kept: one file per variant identity."""
+    fname = "%s-%s%s" % (model_dir.identity, CIPHER_TAGS[cipher], artifact.SUFFIX)
     return os.path.join(os.path.abspath(out_dir), fname)
 
 
@@ -159,7 +206,7 @@ def ensure_artifact(model_dir: ModelDir, out_dir: str, fleet: FleetKeys, cipher:
     if cipher not in artifact.CIPHERS:
         raise ArtifactError("bad_format", "cipher %r is not one of %s" % (cipher, ", ".join(artifact.CIPHERS)))
     os.makedirs(out_dir, exist_ok=True)
-    path = artifact_path(out_dir, model_dir.fields, cipher)
+    path = artifact_path(out_dir, model_dir, cipher)
     with _locked(out_dir):
         header = _reusable(path, model_dir, fleet, cipher, chunk_size)
         if header is not None:
@@ -249,7 +296,8 @@ def _read_json(path: str) -> Any:
 
 
 def older_artifacts(out_dir: str, fields: Dict[str, Any], cipher: str) -> List[str]:
-    """Artifacts in ``out_dir`` of earlier versions of the model, with the same cipher, newest first."""
+    """Artifacts in ``out_dir`` of earlier versions of the same kind of variant (model name, runtime
+    and precision) under the same cipher, newest first: the bases worth a delta."""
     found = []
     suffix = "-%s%s" % (CIPHER_TAGS[cipher], artifact.SUFFIX)
     for entry in os.listdir(out_dir):
@@ -259,8 +307,8 @@ def older_artifacts(out_dir: str, fields: Dict[str, Any], cipher: str) -> List[s
             manifest = artifact.read_header(os.path.join(out_dir, entry)).get("manifest") or {}
         except (ArtifactError, OSError):
             continue
-        if manifest.get("name") == fields["name"] and version_key(str(manifest.get("version"))) \
-                < version_key(fields["version"]):
+        same_kind = all(manifest.get(k) == fields[k] for k in ("name", "runtime", "precision"))
+        if same_kind and version_key(str(manifest.get("version"))) < version_key(fields["version"]):
             found.append((version_key(manifest["version"]), os.path.join(out_dir, entry)))
     return [path for _key, path in sorted(found, reverse=True)]
 
@@ -296,12 +344,19 @@ def publish_registry(registry: str, model_dirs: List[str], out_dir: str, fleet: 
     return publish(registry, fleet.signing, releases, devices, lambda path, pem: wrap_for(path, fleet, pem), sequence)
 
 
-def wrap_for(path: str, fleet: FleetKeys, public_pem: str) -> Dict[str, str]:
-    """A key slot of the artifact at ``path`` for one device's public key (via the escrow slot)."""
-    header = artifact.read_header(path)
-    artifact_id = header.get("artifact_id", "")
-    data_key = _escrow_data_key(path, artifact_id, fleet)
-    return keys.wrap(data_key, keys.load_public(public_pem, "the device's public key"), artifact_id)
+def wrap_for(path: str, fleet: FleetKeys, public_pem: str, artifact_id: Optional[str] = None) -> Dict[str, str]:
+    """A key slot of the artifact at ``path`` for one device's public key (via the escrow slot).
+    Read under the artifact directory's lock, so a fork re-packing the file cannot pair one
+    artifact's header with another's escrow slot; with ``artifact_id``, the file must still be that
+    artifact (ArtifactError ``artifact_replaced`` otherwise)."""
+    with _locked(os.path.dirname(os.path.abspath(path))):
+        header = artifact.read_header(path)
+        found = header.get("artifact_id", "")
+        if artifact_id is not None and found != artifact_id:
+            raise ArtifactError("artifact_replaced", "%s is now artifact %s, not %s: it was packed again meanwhile"
+                                % (path, found, artifact_id))
+        data_key = _escrow_data_key(path, found, fleet)
+    return keys.wrap(data_key, keys.load_public(public_pem, "the device's public key"), found)
 
 
 # -- CLI ---------------------------------------------------------------------------------------

@@ -174,7 +174,8 @@ class ModelStore:
     def details(self, name: str, version: str) -> Dict[str, Any]:
         """What a controller compares before sending anything: identity, signature, key slot."""
         manifest = self.manifest(name, version)
-        info: Dict[str, Any] = {"sha256": manifest.sha256, "size": manifest.size, "signed": False}
+        info: Dict[str, Any] = {"sha256": manifest.sha256, "size": manifest.size, "signed": False,
+                                "runtime": manifest.runtime, "precision": manifest.precision}
         if self.is_artifact(name, version):
             from .artifact import read_header
             header = read_header(os.path.join(self._version_dir(name, version), ARTIFACT_FILE))
