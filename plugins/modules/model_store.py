@@ -116,6 +116,11 @@ features:
   returned: always
   type: list
   elements: str
+profile:
+  description: The device's class profile as its runtime reads it (C(hardware_class), C(runtime), C(precision));
+    the controller chooses model variants by it. Null from older device runtimes.
+  returned: always
+  type: dict
 msg:
   description: What the runtime did.
   returned: when state is not status
@@ -164,7 +169,8 @@ def main():
     before = listed.get('models', [])
     result = dict(changed=False, models=before, device_key_id=listed.get('device_key_id'),
                   device_public_key=listed.get('device_public_key'), trusted_signers=listed.get('trusted_signers', []),
-                  preferred_cipher=listed.get('preferred_cipher'), features=listed.get('features', []))
+                  preferred_cipher=listed.get('preferred_cipher'), features=listed.get('features', []),
+                  profile=listed.get('profile'))
     if p['state'] == 'status':
         module.exit_json(**result)
 

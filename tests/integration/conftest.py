@@ -106,7 +106,9 @@ class PlaybookRun(object):
                 for t in play['tasks'] if host in t['hosts']]
 
     def failures(self, host):
-        return [(name, r.get('msg')) for name, r in self.tasks(host) if r.get('failed') or r.get('unreachable')]
+        """[(task name, message)] of the failed tasks on host; a loop's message joins its failed items'."""
+        return [(name, '; '.join(i.get('msg', '') for i in r['results'] if i.get('failed')) if r.get('results')
+                 else r.get('msg')) for name, r in self.tasks(host) if r.get('failed') or r.get('unreachable')]
 
 
 @pytest.fixture
