@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+from ansible_collections.edgeai.fleet.plugins.module_utils._keyslot import KEYSLOT_SPEC
+
 #: Options of every action plugin that packs artifacts (documented by the _attributes.packing fragment),
 #: and where the device runtime lives (_attributes.device_runtime).
 _PACKING = dict(
@@ -57,7 +59,7 @@ MODEL_SPEC = dict(
     delta=dict(type='bool', default=True),
     artifact=dict(type='path'),
     delta_file=dict(type='path'),
-    keyslot=dict(type='dict', no_log=True),
+    keyslot=KEYSLOT_SPEC,
     files=dict(type='dict', default={}),
     stage_seconds=dict(type='float', default=0.0),
     bytes_transferred=dict(type='int', default=0),

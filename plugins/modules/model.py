@@ -117,6 +117,22 @@ options:
   keyslot:
     description: Set by the action plugin - the artifact's data key wrapped for this device.
     type: dict
+    suboptions:
+      type:
+        description: The slot's kind, C(x25519) (a sealed box) or C(rsa-oaep-sha256).
+        type: str
+      key_id:
+        description: The id of the device key the data key is wrapped for. Shown in messages.
+        type: str
+      artifact_id:
+        description: The id of the artifact the slot belongs to. Shown in messages.
+        type: str
+      ephemeral:
+        description: For C(x25519), the sender's one-use public key (base64).
+        type: str
+      wrapped:
+        description: The wrapped data key (base64). The only field hidden from logs and results.
+        type: str
   delta_file:
     description: Set by the action plugin - the delta's path on the device after the transfer.
     type: path
@@ -219,13 +235,13 @@ ansible_facts:
       elements: dict
 """
 
-import json
 import os
 import shutil
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.edgeai.fleet.plugins.module_utils._controller_args import MODEL_SPEC
+from ansible_collections.edgeai.fleet.plugins.module_utils._keyslot import keyslot_json
 from ansible_collections.edgeai.fleet.plugins.module_utils._runtime_cli import (
     readable_copies, run_runtime, runtime_result)
 
@@ -300,7 +316,7 @@ def apply(module, run, p, name, version):
         try:
             source = ['--delta', os.path.join(staging, 'model.eafd'), '--keyslot', '-']
             source += ['--file=%s=%s' % (fname, os.path.join(staging, fname)) for fname in sorted(p['files'])]
-            done = ota(module, p, source, stdin=json.dumps(p['keyslot'] or {}))
+            done = ota(module, p, source, stdin=keyslot_json(p['keyslot']))
             if done.get('outcome') == 'delta_failed':  # nothing changed: the action plugin sends the artifact
                 done['delta'] = dict(used=False, fallback_reason='%s: %s' % (done.get('reason'), done.get('msg')))
             return done
@@ -313,9 +329,9 @@ def apply(module, run, p, name, version):
             source += ['--file=%s=%s' % (fname, os.path.join(staging, fname)) for fname in sorted(p['files'])]
             if p['state'] == 'present':
                 args = ['model', 'install'] + source + (['--force'] if p['force'] else [])
-                done = run(*args, stdin=json.dumps(p['keyslot'] or {}))
+                done = run(*args, stdin=keyslot_json(p['keyslot']))
                 return dict(done, outcome='installed' if done.get('changed') else 'unchanged')
-            return ota(module, p, source, stdin=json.dumps(p['keyslot'] or {}))
+            return ota(module, p, source, stdin=keyslot_json(p['keyslot']))
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return ota(module, p, ['--installed', name, version])

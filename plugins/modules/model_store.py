@@ -50,6 +50,22 @@ options:
       - The artifact's data key wrapped for this device (from M(edgeai.fleet.model_artifact) or C(edgeai-artifact wrap)).
       - Required with C(state=installed) and C(state=rekeyed).
     type: dict
+    suboptions:
+      type:
+        description: The slot's kind, C(x25519) (a sealed box) or C(rsa-oaep-sha256).
+        type: str
+      key_id:
+        description: The id of the device key the data key is wrapped for. Shown in messages.
+        type: str
+      artifact_id:
+        description: The id of the artifact the slot belongs to. Shown in messages.
+        type: str
+      ephemeral:
+        description: For C(x25519), the sender's one-use public key (base64).
+        type: str
+      wrapped:
+        description: The wrapped data key (base64). The only field hidden from logs and results.
+        type: str
   files:
     description: Gate data files on the device, by the name the manifest gives them.
     type: dict
@@ -127,12 +143,12 @@ msg:
   type: str
 """
 
-import json
 import os
 import shutil
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.edgeai.fleet.plugins.module_utils._keyslot import KEYSLOT_SPEC, keyslot_json
 from ansible_collections.edgeai.fleet.plugins.module_utils._runtime_cli import readable_copies, run_runtime
 
 
@@ -146,7 +162,7 @@ def main():
         argument_spec=dict(
             state=dict(type='str', default='status', choices=['status', 'installed', 'rekeyed', 'activated']),
             artifact=dict(type='path'),
-            keyslot=dict(type='dict', no_log=True),
+            keyslot=KEYSLOT_SPEC,
             files=dict(type='dict', default={}),
             name=dict(type='str'),
             version=dict(type='str'),
@@ -174,7 +190,7 @@ def main():
     if p['state'] == 'status':
         module.exit_json(**result)
 
-    slot = json.dumps(p['keyslot'] or {})
+    slot = keyslot_json(p['keyslot'])
     name, version = p['name'], p['version']
     if p['state'] == 'installed' and module.check_mode:
         header = run('artifact', 'verify', p['artifact'])  # signature, class, runtime version, payload digest
