@@ -74,32 +74,11 @@ changed_paths:
   sample: [{path: /opt/edgeai/models, created: true}]
 """
 
-import grp
 import os
-import pwd
 
 from ansible.module_utils.basic import AnsibleModule
 
-
-def _id(kind, name):
-    """The numeric id of a user or group name (or of a number given as a string); None if unknown."""
-    try:
-        return (pwd.getpwnam if kind == 'user' else grp.getgrnam)(name)[2]
-    except KeyError:
-        return int(name) if name.isdigit() else None
-
-
-def describe(st):
-    if st is None:
-        return 'absent'
-    return '%s:%s %04o' % (_name('user', st.st_uid), _name('group', st.st_gid), st.st_mode & 0o7777)
-
-
-def _name(kind, number):
-    try:
-        return (pwd.getpwuid if kind == 'user' else grp.getgrgid)(number)[0]
-    except KeyError:
-        return str(number)
+from ansible_collections.edgeai.fleet.plugins.module_utils._owners import describe, numeric_id
 
 
 def main():
@@ -123,7 +102,7 @@ def main():
             mode = int(entry['mode'], 8)
         except ValueError:
             module.fail_json(msg='laying out %s: mode %r is not an octal number' % (path, entry['mode']))
-        uid, gid = _id('user', entry['owner']), _id('group', entry['group'])
+        uid, gid = numeric_id('user', entry['owner']), numeric_id('group', entry['group'])
         if (uid is None or gid is None) and not module.check_mode:
             module.fail_json(msg='laying out %s: %s %s does not exist'
                              % (path, 'user' if uid is None else 'group', entry['owner'] if uid is None else

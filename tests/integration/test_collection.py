@@ -33,8 +33,9 @@ def test_galaxy_build_installs_and_every_plugin_renders(tmp_path):
     listed = run(['ansible-doc', '-l', 'edgeai.fleet', '-j'], **env)
     assert listed.returncode == 0, listed.stderr
     modules = sorted(json.loads(listed.stdout))
-    assert modules == ['edgeai.fleet.' + m for m in ('device_facts', 'device_key', 'device_layout', 'fleet_keys',
-                                                     'model', 'model_artifact', 'model_store')]
+    assert modules == ['edgeai.fleet.' + m for m in ('device_facts', 'device_files', 'device_key', 'device_layout',
+                                                     'device_venv', 'fleet_keys', 'model', 'model_artifact',
+                                                     'model_store')]
     for name in modules:
         doc = run(['ansible-doc', name], **env)
         assert doc.returncode == 0 and 'EXAMPLES' in doc.stdout and not doc.stderr.strip(), doc.stderr

@@ -4,12 +4,17 @@ Real podman containers from the target image, real ansible-playbook runs.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 
 from conftest import REPO, podman, write_inventory
 
 DEPLOY = REPO / 'deploy.yml'
 KNOWN = 'jetson_nano, jetson_orin, raspberry_pi, coral, generic'
+MARKER = '/opt/edgeai/venv/.edgeai-installed'
+PIP = 'Install the device runtime and its runtime packages into the venv'
+RECORD = 'Record what the venv was installed from'
 
 
 def device_has(host, *test_args):
@@ -41,6 +46,49 @@ def test_check_run_check_run(make_device, run_playbook, tmp_path):
     assert check2.rc == 0 and check2.changed(host) == 0, [n for n, r in check2.tasks(host) if r.get('changed')]
     run2 = run_playbook(DEPLOY, inventory)
     assert run2.rc == 0 and run2.changed(host) == 0, [n for n, r in run2.tasks(host) if r.get('changed')]
+
+    # The venv's install marker records what it was installed from; while it matches, re-runs skip the
+    # pushes and pip.
+    marker = json.loads(podman('exec', host, 'cat', MARKER).stdout)
+    wheel = next((REPO / '.state' / 'home' / '.cache' / 'edgeai-fleet' / 'wheelhouse' / 'dist').glob('*.whl'), None)
+    if wheel is not None:  # the default cache under HOME, as scripts/test.sh sets it
+        assert marker['wheel_sha256'] == hashlib.sha256(wheel.read_bytes()).hexdigest()
+    version = re.search(r'(?m)^version = "([^"]+)"', (REPO / 'device_runtime' / 'pyproject.toml').read_text()).group(1)
+    assert marker['requirements'] == ['edgeai-device-runtime==' + version, 'onnxruntime'], marker
+    for run in (check2, run2):
+        assert task_result(run, host, PIP).get('skipped'), 'pip ran although the marker matched'
+    assert not task_result(run1, host, PIP).get('skipped') and task_result(run1, host, PIP)['changed']
+
+    # A marker of other inputs (here: another wheel) installs again: pip runs (in check mode with --dry-run)
+    # and the marker is rewritten; check mode predicts that and changes nothing.
+    stale = json.dumps(dict(marker, wheel_sha256='0' * 64), indent=4, sort_keys=True) + '\n'
+    podman('exec', '-i', host, 'sh', '-c', 'cat > %s' % MARKER, input=stale)
+    check3 = run_playbook(DEPLOY, inventory, '--check')
+    assert check3.rc == 0, check3.failures(host)
+    assert changed_tasks(check3, host) == [RECORD]
+    assert not task_result(check3, host, PIP).get('skipped')
+    assert podman('exec', host, 'cat', MARKER).stdout == stale, 'check mode rewrote the marker'
+    run3 = run_playbook(DEPLOY, inventory)
+    assert run3.rc == 0, run3.failures(host)
+    assert changed_tasks(run3, host) == [RECORD]
+    assert not task_result(run3, host, PIP).get('skipped')
+    assert json.loads(podman('exec', host, 'cat', MARKER).stdout) == marker
+
+    # A missing marker (a venv installed before markers, or recreated) installs again too.
+    podman('exec', host, 'rm', MARKER)
+    run4 = run_playbook(DEPLOY, inventory)
+    assert run4.rc == 0 and changed_tasks(run4, host) == [RECORD], run4.failures(host)
+    assert json.loads(podman('exec', host, 'cat', MARKER).stdout) == marker
+
+
+def task_result(run, host, name):
+    """The host's result of the one task called name (without its role prefix)."""
+    [result] = [r for n, r in run.tasks(host) if n.split(' : ')[-1] == name]
+    return result
+
+
+def changed_tasks(run, host):
+    return [n.split(' : ')[-1] for n, r in run.tasks(host) if r.get('changed')]
 
 
 def test_profile_override_diff_is_honest(make_device, run_playbook, tmp_path):
