@@ -16,10 +16,12 @@ Then, with no requests at all:
 
   1. settle window (``--settle``): right after the last request, what a backend's spin-waiting
      thread pool or any other after-request work costs;
-  2. idle window (``--seconds``, default 60): process CPU time (psutil: user + system, all threads,
-     exited threads included) as % of one core, and voluntary context switches (wakeups) summed
-     over the threads in /proc/PID/task; a thread that starts and ends inside the window is not
-     seen there, so the number of threads started and ended is printed too;
+  2. idle window (``--seconds``, default 60): process CPU time as % of one core, twice: psutil's
+     user + system of all threads, exited ones included (the kernel's tick-sampled accounting,
+     10 ms steps), and the threads' own nanosecond run times (/proc/PID/task/*/schedstat; the
+     finer number); and voluntary context switches (wakeups) summed over the threads. A thread
+     that starts and ends inside the window is not seen in /proc/PID/task, so the number of
+     threads started and ended is printed too;
   3. strace window (``--strace-seconds``, when strace is installed): ``strace -f -c`` on each
      process, which does see short-lived threads: system calls per second, the most frequent
      ones, and how many threads were created. strace slows what it traces, so this window is
@@ -83,16 +85,18 @@ def cpu_seconds(proc: psutil.Process) -> float:
     return times.user + times.system
 
 
-def thread_switches(pid: int) -> Dict[int, Tuple[int, int]]:
-    """Per thread: (voluntary, involuntary) context switches so far."""
-    counts: Dict[int, Tuple[int, int]] = {}
+def thread_counters(pid: int) -> Dict[int, Tuple[int, int, int]]:
+    """Per thread: (voluntary, involuntary context switches, nanoseconds on a CPU) so far."""
+    counts: Dict[int, Tuple[int, int, int]] = {}
     for tid in os.listdir("/proc/%d/task" % pid):
         try:
             with open("/proc/%d/task/%s/status" % (pid, tid), encoding="ascii") as f:
                 fields = dict(line.split(":", 1) for line in f if "ctxt_switches" in line)
+            with open("/proc/%d/task/%s/schedstat" % (pid, tid), encoding="ascii") as f:
+                run_ns = int(f.read().split()[0])
         except (FileNotFoundError, ProcessLookupError):
             continue  # the thread ended while we listed them
-        counts[int(tid)] = (int(fields["voluntary_ctxt_switches"]), int(fields["nonvoluntary_ctxt_switches"]))
+        counts[int(tid)] = (int(fields["voluntary_ctxt_switches"]), int(fields["nonvoluntary_ctxt_switches"]), run_ns)
     return counts
 
 
@@ -100,22 +104,24 @@ class Sample:
     def __init__(self, proc: psutil.Process) -> None:
         self.at = time.perf_counter()
         self.cpu = cpu_seconds(proc)
-        self.switches = thread_switches(proc.pid)
+        self.threads = thread_counters(proc.pid)
 
 
 def window(before: Sample, after: Sample) -> dict:
     seconds = after.at - before.at
-    voluntary = involuntary = 0
-    for tid, (vol, invol) in after.switches.items():
-        vol0, invol0 = before.switches.get(tid, (0, 0))
+    voluntary = involuntary = run_ns = 0
+    for tid, (vol, invol, ns) in after.threads.items():
+        vol0, invol0, ns0 = before.threads.get(tid, (0, 0, 0))
         voluntary += vol - vol0
         involuntary += invol - invol0
-    started = sorted(set(after.switches) - set(before.switches))
-    ended = sorted(set(before.switches) - set(after.switches))
+        run_ns += ns - ns0
+    started = sorted(set(after.threads) - set(before.threads))
+    ended = sorted(set(before.threads) - set(after.threads))
     return {"seconds": round(seconds, 2), "cpu_s": round(after.cpu - before.cpu, 4),
             "cpu_pct": round(100.0 * (after.cpu - before.cpu) / seconds, 4),
+            "sched_cpu_pct": round(100.0 * run_ns / 1e9 / seconds, 4),
             "wakeups_per_s": round(voluntary / seconds, 2), "involuntary_per_s": round(involuntary / seconds, 2),
-            "threads": len(after.switches), "threads_started": len(started), "threads_ended": len(ended)}
+            "threads": len(after.threads), "threads_started": len(started), "threads_ended": len(ended)}
 
 
 def measure_together(procs: Dict[str, psutil.Process], seconds: float) -> Dict[str, dict]:
@@ -247,29 +253,35 @@ def main(argv: Optional[List[str]] = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
 
     labels = {"sleep": "sleep (floor)", "uvicorn": "bare uvicorn+Starlette", "service": "edgeai-runtime serve"}
-    print("\n%-24s %14s %12s %9s %11s | %10s %12s" % ("idle %gs, no requests" % profile["seconds"], "CPU % of 1 core",
-                                                    "wakeups/s", "threads", "+/- threads", "settle CPU%",
-                                                    "syscalls/s"))
+    print("\n%-23s | %-40s | %-17s | %s" % ("no requests", "idle window, %gs" % profile["seconds"],
+                                           "settle, %gs" % profile["settle_s"], "strace, %gs" % profile["strace_s"]))
+    print("%-23s | %8s %8s %9s %6s %6s | %8s %8s | %10s %7s" % (
+        "", "CPU %", "sched %", "wakeups/s", "thr", "+/-", "sched %", "wakeup/s", "syscalls/s", "clones"))
     for name, row in idle.items():
         trace = traced.get(name, {})
-        print("%-24s %14.4f %12.2f %9d %5d/%-5d | %10.4f %12s" % (
-            labels[name], row["cpu_pct"], row["wakeups_per_s"], row["threads"], row["threads_started"],
-            row["threads_ended"], settle[name]["cpu_pct"], trace.get("syscalls_per_s", trace.get("error", "-"))))
+        print("%-23s | %8.4f %8.4f %9.2f %6d %2d/%-3d | %8.4f %8.2f | %10s %7s" % (
+            labels[name], row["cpu_pct"], row["sched_cpu_pct"], row["wakeups_per_s"], row["threads"],
+            row["threads_started"], row["threads_ended"], settle[name]["sched_cpu_pct"],
+            settle[name]["wakeups_per_s"], trace.get("syscalls_per_s", "-"), trace.get("threads_created", "-")))
     for name, trace in traced.items():
-        if "top" in trace:
-            print("  strace %-8s %d threads created; top: %s" % (
-                name, trace["threads_created"], ", ".join("%s %d" % kv for kv in trace["top"].items())))
+        if "top" in trace and trace["top"]:
+            print("  strace %-8s top: %s" % (name, ", ".join("%s %d" % kv for kv in trace["top"].items())))
+        elif "error" in trace:
+            print("  strace %-8s failed: %s" % (name, trace["error"]))
     svc, bare, floor = idle["service"], idle["uvicorn"], idle["sleep"]
     ratios = {"cpu_vs_uvicorn": ratio(svc["cpu_pct"], bare["cpu_pct"]),
+              "sched_cpu_vs_uvicorn": ratio(svc["sched_cpu_pct"], bare["sched_cpu_pct"]),
               "wakeups_vs_uvicorn": ratio(svc["wakeups_per_s"], bare["wakeups_per_s"]),
               "cpu_pct_above_sleep": round(svc["cpu_pct"] - floor["cpu_pct"], 4),
+              "sched_cpu_pct_above_sleep": round(svc["sched_cpu_pct"] - floor["sched_cpu_pct"], 4),
               "wakeups_per_s_above_sleep": round(svc["wakeups_per_s"] - floor["wakeups_per_s"], 2)}
     if "syscalls_per_s" in traced.get("service", {}) and "syscalls_per_s" in traced.get("uvicorn", {}):
         ratios["syscalls_vs_uvicorn"] = ratio(traced["service"]["syscalls_per_s"], traced["uvicorn"]["syscalls_per_s"])
-    print("\nservice / bare uvicorn: CPU x%s, wakeups x%s%s; service - sleep: CPU %+.4f %%, wakeups %+.2f/s"
-          % (ratios["cpu_vs_uvicorn"], ratios["wakeups_vs_uvicorn"],
-             ", syscalls x%s" % ratios["syscalls_vs_uvicorn"] if "syscalls_vs_uvicorn" in ratios else "",
-             ratios["cpu_pct_above_sleep"], ratios["wakeups_per_s_above_sleep"]))
+    print("\nservice / bare uvicorn: CPU x%s, sched CPU x%s, wakeups x%s%s" % (
+        ratios["cpu_vs_uvicorn"], ratios["sched_cpu_vs_uvicorn"], ratios["wakeups_vs_uvicorn"],
+        ", syscalls x%s" % ratios["syscalls_vs_uvicorn"] if "syscalls_vs_uvicorn" in ratios else ""))
+    print("service - sleep: CPU %+.4f %%, sched CPU %+.4f %%, wakeups %+.2f/s" % (
+        ratios["cpu_pct_above_sleep"], ratios["sched_cpu_pct_above_sleep"], ratios["wakeups_per_s_above_sleep"]))
 
     summary = {
         "profile": "quick" if args.quick else "full",
