@@ -267,12 +267,11 @@ def cmd_probe(args: argparse.Namespace, config: RuntimeConfig) -> Dict[str, Any]
 
 
 def cmd_serve(args: argparse.Namespace, config: RuntimeConfig) -> int:
-    import uvicorn
     from .app import create_app
+    from .http_server import serve
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(config), host=config.host, port=config.port, log_level="info", access_log=False,
-                timeout_graceful_shutdown=int(config.drain_timeout_s))
-    return 0
+    return serve(create_app(config), host=config.host, port=config.port, log_level="info", access_log=False,
+                 timeout_graceful_shutdown=int(config.drain_timeout_s))
 
 
 def build_parser() -> argparse.ArgumentParser:
