@@ -1,6 +1,7 @@
 """ModelStore on a real filesystem: layout, atomic pointers, keep-N, and kill -9 at random moments."""
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -62,7 +63,10 @@ def test_activate_previous_rollback_and_keep(tmp_path):
         store.remove("m", "1.2.0")
     with pytest.raises(StoreError, match="not installed"):
         store.activate("m", "9.9.9")
-    assert os.readlink(tmp_path / "models" / "m" / "active") == "1.2.0"
+    # The pair is one record (one symlink whose target is the JSON), switched with one rename.
+    record = json.loads(os.readlink(tmp_path / "models" / "m" / "pointers"))
+    assert record == {"active": "1.2.0", "previous": "1.10.0"}
+    assert not os.path.lexists(tmp_path / "models" / "m" / "active")
 
 
 def test_corrupt_file_on_disk_is_detected(tmp_path):

@@ -397,7 +397,8 @@ async def admin_activate(request: Request) -> Response:
     try:
         data = await _admin_json(request)
         version = _version_arg(data)
-        result = await run_in_threadpool(service.manager.activate, name, version, True, _budget(data))
+        result = await run_in_threadpool(service.manager.activate, name, version, True, _budget(data),
+                                         data.get("prune", True) is not False)
     except V2Error as exc:
         return error(exc.status, exc.message)
     except (StoreError, ManifestError, GateFailed, BackendUnavailable, ModelLoadError) as exc:

@@ -35,6 +35,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa, x25
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from .fsutil import fsync_dir, write_point
+
 DATA_KEY_BYTES = 32
 DEVICE_KEY_TYPES = ("x25519", "rsa")
 SLOT_TYPES = {"x25519": "x25519", "rsa": "rsa-oaep-sha256"}
@@ -145,8 +147,12 @@ def write_private(path: str, key: PrivateKey, passphrase: Optional[bytes] = None
     write_atomic(path, private_pem(key, passphrase), 0o600, uid, gid)
 
 
-def write_atomic(path: str, data: bytes, mode: int, uid: int = -1, gid: int = -1) -> None:
+def write_atomic(path: str, data: bytes, mode: int, uid: int = -1, gid: int = -1, label: Optional[str] = None) -> None:
+    """Write ``path`` as a whole or not at all: a temp file, fsynced, renamed over it, the directory
+    fsynced. ``label``: what the write points call it (default: the file name)."""
     directory = os.path.dirname(os.path.abspath(path))
+    label = label or os.path.basename(path)
+    write_point("write %s (temp file)" % label)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
     try:
         os.fchmod(fd, mode)
@@ -156,11 +162,13 @@ def write_atomic(path: str, data: bytes, mode: int, uid: int = -1, gid: int = -1
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        write_point("write %s (rename)" % label)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    fsync_dir(directory)
 
 
 # -- key slots ---------------------------------------------------------------------------------
