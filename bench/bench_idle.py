@@ -153,10 +153,10 @@ def strace_together(procs: Dict[str, psutil.Process], seconds: float, workdir: P
     for name, (out, tracer) in tracers.items():
         tracer.send_signal(signal.SIGINT)
         try:
-            _, err = tracer.communicate(timeout=30)
+            err = tracer.communicate(timeout=30)[1]
         except subprocess.TimeoutExpired:
             tracer.kill()
-            _, err = tracer.communicate()
+            err = tracer.communicate()[1]
         table = out.read_text() if out.exists() else ""
         calls = parse_strace_summary(table)
         message = err.decode(errors="replace").strip()
@@ -167,7 +167,7 @@ def strace_together(procs: Dict[str, psutil.Process], seconds: float, workdir: P
         top = sorted(calls.items(), key=lambda kv: -kv[1])[:5]
         results[name] = {"seconds": round(seconds, 2), "syscalls_per_s": round(total / seconds, 2),
                          "threads_created": calls.get("clone3", 0) + calls.get("clone", 0),
-                         "top": {k: v for k, v in top}}
+                         "top": dict(top)}
     return results
 
 
@@ -229,7 +229,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         body = body_for(digits.X_test[:1].astype("float32") / 16.0)
         with httpx.Client(timeout=10) as client:
-            for _ in range(profile["requests"]):
+            for _request in range(profile["requests"]):
                 client.get(uvicorn_base + "/live").raise_for_status()
                 client.post(service.base + "/v2/models/digits/infer", content=body,
                             headers={"content-type": "application/json"}).raise_for_status()
@@ -253,8 +253,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
 
     labels = {"sleep": "sleep (floor)", "uvicorn": "bare uvicorn+Starlette", "service": "edgeai-runtime serve"}
-    print("\n%-23s | %-40s | %-17s | %s" % ("no requests", "idle window, %gs" % profile["seconds"],
-                                           "settle, %gs" % profile["settle_s"], "strace, %gs" % profile["strace_s"]))
+    windows = ("no requests", "idle window, %gs" % profile["seconds"], "settle, %gs" % profile["settle_s"],
+               "strace, %gs" % profile["strace_s"])
+    print("\n%-23s | %-40s | %-17s | %s" % windows)
     print("%-23s | %8s %8s %9s %6s %6s | %8s %8s | %10s %7s" % (
         "", "CPU %", "sched %", "wakeups/s", "thr", "+/-", "sched %", "wakeup/s", "syscalls/s", "clones"))
     for name, row in idle.items():

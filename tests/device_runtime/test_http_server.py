@@ -49,7 +49,7 @@ def start():
 
 def test_setting_should_exit_wakes_the_idle_server(start):
     """What uvicorn's signal handler and in-process callers do; the loop does not poll for it."""
-    server, thread, _ = start()
+    server, thread, _base = start()
     time.sleep(0.3)
     asked = time.monotonic()
     server.should_exit = True
@@ -59,7 +59,7 @@ def test_setting_should_exit_wakes_the_idle_server(start):
 
 
 def test_date_is_made_when_a_response_needs_it(start):
-    _, _, base = start(headers=[("x-device", "sim-1")])
+    base = start(headers=[("x-device", "sim-1")])[2]
     with httpx.Client(base_url=base) as client:
         first = client.get("/live")
         time.sleep(1.1)
@@ -71,14 +71,14 @@ def test_date_is_made_when_a_response_needs_it(start):
 
 
 def test_no_date_header_when_turned_off(start):
-    _, _, base = start(date_header=False)
+    base = start(date_header=False)[2]
     reply = httpx.get(base + "/live")
     assert reply.status_code == 200 and "date" not in reply.headers and reply.headers["server"] == "uvicorn"
 
 
 def test_limit_max_requests_still_ends_the_server(start):
     """uvicorn checks the limit on its tick: with a limit configured the stock loop runs."""
-    _, thread, base = start(limit_max_requests=1)
+    _server, thread, base = start(limit_max_requests=1)
     assert httpx.get(base + "/live").status_code == 200
     thread.join(timeout=10)
     assert not thread.is_alive()

@@ -30,7 +30,7 @@ def write_point(label: str) -> None:
     crash_at = os.environ.get(CRASH_ENV)
     if crash_at:
         with open(trace, encoding="utf-8") as f:
-            reached = sum(1 for _ in f)
+            reached = sum(1 for _line in f)
         if reached == int(crash_at):
             os.kill(os.getpid(), signal.SIGKILL)
 
@@ -82,7 +82,7 @@ def shortfall(needs: Mapping[str, int]) -> Optional[Tuple[str, int, int]]:
         first, total = by_fs.get(dev, (path, 0))
         by_fs[dev] = (first, total + nbytes)
     for path, nbytes in by_fs.values():
-        free, _ = space(path)
+        free = space(path)[0]
         if free < nbytes:
             return path, nbytes, free
     return None

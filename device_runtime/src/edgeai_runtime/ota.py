@@ -161,7 +161,7 @@ class History:
         if full is not None:
             return full
         try:
-            free, _ = fsutil.space(self.path)
+            free = fsutil.space(self.path)[0]
         except OSError:
             free = _HISTORY_ROOM
         if free < _HISTORY_ROOM:  # SQLite says "database or disk is full" or "disk I/O error"

@@ -73,7 +73,7 @@ class DiskFull(StoreError):
 
     def __init__(self, path: str, doing: str, needed: Optional[int] = None, detail: Optional[str] = None) -> None:
         try:
-            free, _ = space(path)
+            free = space(path)[0]
             mount = mount_point(path)
         except OSError:
             free, mount = -1, "?"
@@ -300,7 +300,7 @@ class ModelStore:
         every file rounded up to whole blocks, the version's directory, and the pointer record."""
         if os.path.isdir(self._version_dir(manifest.name, manifest.version)):
             return 0
-        _, block = space(self.models_dir)
+        block = space(self.models_dir)[1]
         sizes = [os.path.getsize(artifact) if artifact else manifest.size, len(manifest.to_json().encode()),
                  len(json.dumps(keyslot or {}, sort_keys=True).encode())]
         sizes += [len(data) for data in (files or {}).values()]
