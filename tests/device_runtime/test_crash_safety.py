@@ -524,3 +524,14 @@ def test_a_root_that_does_not_exist_is_an_error_naming_it(template, tmp_path, ca
     a_file.write_text("")
     code, out = run_cli(capsys, a_file, "keys", "ensure")
     assert code == 1 and out["reason"] == "root_missing" and "is not a directory" in out["msg"]
+
+
+def test_reading_commands_create_nothing_in_a_bare_root(tmp_path, capsys):
+    """A root that exists but holds nothing yet (provisioning in progress) is read as empty, and
+    reading it creates no store, state or keys there."""
+    root = tmp_path / "bare"
+    root.mkdir()
+    for args in (["model", "list"], ["keys", "show"], ["ota", "history"], ["ota", "history", "--name", "digits"]):
+        code, out = run_cli(capsys, root, *args)
+        assert code == 0 and not out["changed"] and out["swept"] == [], (args, out)
+    assert os.listdir(root) == []
