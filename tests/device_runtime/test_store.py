@@ -95,6 +95,7 @@ from edgeai_runtime.store import ModelStore
 sys.path.insert(0, sys.argv[2])
 from test_store import install
 store = ModelStore(sys.argv[1], keep=2)
+print("churning", flush=True)
 while True:
     version = "2.%d.0" % time.monotonic_ns()  # newer than anything an earlier, killed run installed
     install(store, version)
@@ -113,7 +114,8 @@ def test_kill_9_at_random_moments_never_leaves_no_active_version(tmp_path):
     kills = 0
     for attempt in range(25):  # pylint: disable=unused-variable
         proc = subprocess.Popen([sys.executable, "-c", CHURN, str(tmp_path), os.path.dirname(__file__)],
-                                stderr=subprocess.PIPE)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc.stdout.readline()  # the imports take longer than the kill window on a loaded machine
         time.sleep(rng.uniform(0.3, 0.6))
         proc.send_signal(signal.SIGKILL)
         stderr = proc.communicate()[1]

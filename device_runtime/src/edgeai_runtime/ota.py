@@ -747,6 +747,8 @@ class Updater:
         """The light part of recovery, for commands that only read (``ota history``): when no update
         runs, write the history row of a transaction that ended but could not record itself. A
         transaction that needs undoing is left to the next update or ``ota recover``."""
+        if not os.path.isdir(self.state_dir):  # no update ever ran here: nothing to repair, nothing to create
+            return []
         try:
             with self._lock():
                 data = self._read_journal()
