@@ -32,7 +32,7 @@ import argparse
 import json
 import logging
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Set
 
 from . import __version__
 from .config import DEFAULT_ROOT, RuntimeConfig, load_config
@@ -72,6 +72,8 @@ def _switch(config: RuntimeConfig, store: ModelStore, name: str, action: str,
     before = store.pointers(name)
     try:
         if action == "activate":
+            if version is None:
+                raise CommandFailed("activating %s needs a version" % name)
             result = manager.activate(name, version)
         else:
             result = manager.rollback(name, version)
@@ -169,12 +171,14 @@ def cmd_keys(args: argparse.Namespace, config: RuntimeConfig, store: ModelStore)
     result: Dict[str, Any] = {"changed": changed}
     if args.action == "retire":
         # Keep every key an installed artifact's slot still needs: retiring never strands a model.
-        needed = set()
+        needed: Set[str] = set()
         for name in store.names():
             for version in store.versions(name):
                 if store.is_artifact(name, version):
-                    needed.add(store.keyslot(name, version).get("key_id"))
-        keep = sorted(k for k in needed if k)
+                    slot_key = store.keyslot(name, version).get("key_id")
+                    if isinstance(slot_key, str) and slot_key:
+                        needed.add(slot_key)
+        keep = sorted(needed)
         if args.dry_run:
             removed = [k for k in ring.ids() if k != ring.current_id() and k not in keep]
         else:

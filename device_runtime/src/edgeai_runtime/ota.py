@@ -517,7 +517,8 @@ class Updater:
             if target not in self.store.versions(name):
                 raise StoreError("rolling back %s to %s: that version is not kept (kept: %s)"
                                  % (name, target, ", ".join(self.store.versions(name)) or "none"))
-            base = {"name": name, "version": target, "previous_version": active, "recovered": recovered}
+            base: Dict[str, Any] = {"name": name, "version": target, "previous_version": active,
+                                    "recovered": recovered}
             if active == target and self._serving_ok(name, target):
                 return dict(base, changed=False, active_version=target, timings={})
             started = time.monotonic()

@@ -283,7 +283,7 @@ class ModelStore:
         return os.path.join(self._version_dir(name, version), filename)
 
     def status(self) -> List[Dict[str, object]]:
-        found = []
+        found: List[Dict[str, object]] = []
         for n in self.names():
             active, previous = self.pointers(n)
             found.append({"name": n, "versions": self.versions(n), "active": active, "previous": previous,
@@ -395,7 +395,8 @@ class ModelStore:
             raise ArtifactError("delta_base_missing", "%s patches %s %s (sha256 %s), which this device does not hold "
                                 "(it holds: %s)" % (path, base["name"], base["version"], base["sha256"][:12],
                                                     ", ".join(self.versions(base["name"])) or "none"))
-        base_version = self.active(base["name"]) if self.active(base["name"]) in held else held[-1]
+        active = self.active(base["name"])
+        base_version = active if active is not None and active in held else held[-1]
         try:
             model = self.read_model(base["name"], base_version)
         except StoreError as exc:
