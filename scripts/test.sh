@@ -23,6 +23,14 @@ stage() { log "=== $* ==="; }
 # a stale one would shadow the checkout for ansible-lint and Molecule. The checkout is the source.
 rm -rf "$ANSIBLE_HOME/collections/ansible_collections/edgeai"
 
+# Collect every test first: a collection error (say, two test files with one basename) costs
+# seconds here instead of surfacing after the Molecule stages.
+stage "pytest --collect-only"
+python -m pytest tests/unit tests/device_runtime tests/integration -p no:cacheprovider \
+  --collect-only -q >"$EDGEAI_STATE/pytest-collect.txt" || {
+  cat "$EDGEAI_STATE/pytest-collect.txt"; die "pytest could not collect the suite"; }
+tail -n 1 "$EDGEAI_STATE/pytest-collect.txt"
+
 stage "ansible-lint --profile production"
 ansible-lint --offline --profile production
 
