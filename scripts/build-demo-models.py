@@ -37,8 +37,8 @@ def write_package(target: str, manifest, model: bytes, files) -> None:
     with open(os.path.join(tmp, "manifest.json"), "w", encoding="utf-8") as f:
         f.write(manifest.to_json())
     os.rename(tmp, target)
-    print("%s: built %s %s (%s/%s, %d bytes)" % (target, manifest.name, manifest.version, manifest.runtime,
-                                                  manifest.precision, len(model)))
+    print("%s: built %s %s (%s/%s, %d bytes)"
+          % (target, manifest.name, manifest.version, manifest.runtime, manifest.precision, len(model)))
 
 
 def main() -> int:

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The whole test suite: set everything up, then ansible-lint, changelog lint, ansible-test
-# sanity, the Molecule default and ota scenarios, and pytest (collection unit tests, the device
-# runtime against real ONNX Runtime/LiteRT and a real HTTP server, integration tests
-# against fresh containers). Exits non-zero on the first failing stage.
+# The whole test suite: set everything up, then ansible-lint, changelog lint, mypy and
+# import-linter on the device runtime, ansible-test sanity, the Molecule default and ota
+# scenarios, and pytest (collection unit tests, the device runtime against real ONNX
+# Runtime/LiteRT and a real HTTP server, integration tests against fresh containers).
+# Exits non-zero on the first failing stage.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 cd "$EDGEAI_ROOT"
@@ -22,11 +23,27 @@ stage() { log "=== $* ==="; }
 # a stale one would shadow the checkout for ansible-lint and Molecule. The checkout is the source.
 rm -rf "$ANSIBLE_HOME/collections/ansible_collections/edgeai"
 
+# Collect every test first: a collection error (say, two test files with one basename) costs
+# seconds here instead of surfacing after the Molecule stages.
+stage "pytest --collect-only"
+python -m pytest tests/unit tests/device_runtime tests/integration -p no:cacheprovider \
+  --collect-only -q >"$EDGEAI_STATE/pytest-collect.txt" || {
+  cat "$EDGEAI_STATE/pytest-collect.txt"; die "pytest could not collect the suite"; }
+tail -n 1 "$EDGEAI_STATE/pytest-collect.txt"
+
 stage "ansible-lint --profile production"
 ansible-lint --offline --profile production
 
 stage "antsibull-changelog lint"
 antsibull-changelog lint
+
+# Both read their settings from device_runtime/pyproject.toml; the mypy cache stays in .state.
+stage "mypy (device_runtime)"
+mypy --config-file device_runtime/pyproject.toml --cache-dir "$EDGEAI_STATE/mypy-cache" \
+  device_runtime/src/edgeai_runtime
+
+stage "import-linter"
+lint-imports --no-cache --no-logo device_runtime/pyproject.toml
 
 stage "ansible-test sanity"
 bash scripts/sanity.sh

@@ -5,6 +5,9 @@ Everything runs on onnxruntime's CPU provider (this machine has no GPU).
 """
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -399,3 +402,21 @@ def test_accelerator_session_failure_retries_on_cpu(monkeypatch):
     with pytest.raises(ModelLoadError) as info:
         OnnxBackend(b"not a model", BackendOptions())
     assert "\n" not in str(info.value)
+
+
+def test_onnx_runtime_telemetry_is_off(tmp_path):
+    """Loading and running a model leaves no ONNX Runtime telemetry store (device id, event database)
+    under the home and cache directories: the uploader behind it wakes an idle service on a timer."""
+    model = tmp_path / "model.onnx"
+    model.write_bytes(classifier_bytes())
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}
+    env.update(HOME=str(home), XDG_CACHE_HOME=str(home / ".cache"))
+    script = ("import sys, numpy as np\n"
+              "from edgeai_runtime.backends.base import BackendOptions\n"
+              "from edgeai_runtime.backends.onnx import OnnxBackend\n"
+              "backend = OnnxBackend(open(sys.argv[1], 'rb').read(), BackendOptions())\n"
+              "backend.infer({'x': np.ones((1, 64), np.float32)})\n")
+    subprocess.run([sys.executable, "-c", script, str(model)], env=env, check=True, timeout=120)
+    assert sorted(str(p.relative_to(home)) for p in home.rglob("*")) == []

@@ -5,7 +5,9 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 
 import httpx
 import numpy as np
@@ -14,7 +16,7 @@ import pytest
 from edgeai_runtime.store import ModelStore
 from support import modelgen
 from support.digits_store import install_digits
-from support.service import free_port, runtime, start_service, write_config
+from support.service import free_port, runtime, start_service, voluntary_switches, write_config
 
 BODY_LIMIT = 256 * 1024
 
@@ -205,3 +207,21 @@ def test_binary_tensor_extension(server, digits):
     short = client.post("/v2/models/digits/infer", content=header + x.tobytes()[:100],
                         headers={"inference-header-content-length": str(len(header))})
     assert short.status_code == 400 and "binary_data_size" in short.json()["error"]
+
+
+def test_idle_service_sleeps_and_its_date_header_stays_current(server):
+    """No periodic work while idle: over 3 s without requests the service's threads wake (voluntary
+    context switches) a few times at most; uvicorn's stock main loop alone wakes 30 times. The Date
+    header, made when a response asks for it instead of by that loop, is current afterwards."""
+    server.client.get("/v2/health/live").raise_for_status()
+    time.sleep(1.0)  # the last response's own work is over
+    before = voluntary_switches(server.proc.pid)
+    idle_from = time.time()
+    time.sleep(3.0)
+    after = voluntary_switches(server.proc.pid)
+    woke = {tid: n - before.get(tid, 0) for tid, n in after.items() if n - before.get(tid, 0)}
+    assert sum(woke.values()) < 10, "threads woke while idle: %s" % woke
+    reply = server.client.get("/v2/health/live")
+    date = parsedate_to_datetime(reply.headers["date"]).timestamp()
+    assert idle_from + 2.0 <= date <= time.time() + 1.0, reply.headers["date"]
+    assert reply.headers["server"] == "uvicorn"

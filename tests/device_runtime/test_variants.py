@@ -167,7 +167,7 @@ def test_two_variants_of_one_version_never_share_an_artifact_file(tmp_path, rele
 def test_wrapping_is_addressed_by_artifact_id(tmp_path, release, signer_keys):
     fleet = signer_keys
     variant = publisher.Release.read(str(release)).variants[0]
-    path, header, _ = publisher.ensure_artifact(variant, str(tmp_path / "a"), fleet)
+    path, header, _packed = publisher.ensure_artifact(variant, str(tmp_path / "a"), fleet)
     ring = DeviceKeyring(str(tmp_path / "device"))
     ring.create("x25519")
     pem = ring.current().public_pem
@@ -183,7 +183,7 @@ def _pack_and_wrap(args):
     release, out, keys_dir, pem, profile = args
     fleet = publisher.FleetKeys(keys_dir)
     variant = publisher.Release.read(release).select(profile)
-    path, header, _ = publisher.ensure_artifact(variant, out, fleet)
+    path, header, _packed = publisher.ensure_artifact(variant, out, fleet)
     return variant.fields["runtime"], path, header["artifact_id"], publisher.wrap_for(path, fleet, pem,
                                                                                       header["artifact_id"])
 

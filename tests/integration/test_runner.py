@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import DEMO_MODEL, REPO, WAIT_READY, podman
+from conftest import DEMO_RELEASE, REPO, WAIT_READY, podman
 
 ansible_runner = pytest.importorskip('ansible_runner')
 
@@ -53,7 +53,7 @@ def copy_inventory(dest, host):
 
 @pytest.fixture
 def private_data_dir(tmp_path, make_device, monkeypatch):
-    if not (DEMO_MODEL / 'manifest.json').exists():
+    if not (DEMO_RELEASE / 'onnxruntime-fp32' / 'manifest.json').exists():
         pytest.skip('needs the demo models (scripts/build-demo-models.py, run by scripts/test.sh)')
     host = make_device('generic')
     pdd = tmp_path / 'runner'
@@ -61,7 +61,7 @@ def private_data_dir(tmp_path, make_device, monkeypatch):
     copy_project(project)
     state = project / '.state'
     state.mkdir()
-    shutil.copytree(DEMO_MODEL.parent, state / 'demo-models')
+    shutil.copytree(DEMO_RELEASE, state / 'demo-models' / DEMO_RELEASE.name)
     (REPO / '.state' / 'wheelhouse').mkdir(parents=True, exist_ok=True)
     (state / 'wheelhouse').symlink_to(REPO / '.state' / 'wheelhouse')
     copy_inventory(pdd / 'inventory', host)

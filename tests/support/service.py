@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -48,3 +49,16 @@ def runtime(root, *args, env=None, timeout=120):
     """Run the device CLI; a CompletedProcess with text output."""
     return subprocess.run([sys.executable, "-m", "edgeai_runtime.cli", "--root", str(root), *args],
                           capture_output=True, text=True, timeout=timeout, env=env, check=False)
+
+
+def voluntary_switches(pid: int) -> dict:
+    """{thread id: voluntary context switches so far} of a process: how often each thread has slept and woken."""
+    counts = {}
+    for tid in os.listdir("/proc/%d/task" % pid):
+        try:
+            with open("/proc/%d/task/%s/status" % (pid, tid), encoding="ascii") as f:
+                counts[int(tid)] = next(int(line.split(":")[1]) for line in f
+                                        if line.startswith("voluntary_ctxt_switches:"))
+        except (FileNotFoundError, ProcessLookupError):
+            pass  # the thread ended meanwhile
+    return counts

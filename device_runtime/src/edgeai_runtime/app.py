@@ -22,7 +22,7 @@ import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, AsyncIterator, Dict, Optional, Tuple
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -30,6 +30,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.schemas import SchemaGenerator
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import __version__
 from .backends import BackendUnavailable, ModelLoadError
@@ -42,6 +43,9 @@ from .serving import LoadedModel, ModelManager, ModelNotFound
 from .store import StoreError, open_store
 from .v2 import (BINARY_HEADER, V2Error, binary_outputs, decode_request, encode_response, model_metadata,
                  parse_json, split_body)
+
+if TYPE_CHECKING:  # httpx is imported when a cloud fallback URL is configured, not before
+    import httpx
 
 log = logging.getLogger(__name__)
 #: When this process started: the OTA watch tells a restarted service by it (and the pid).
@@ -71,16 +75,16 @@ class Service:
         self.executor = ThreadPoolExecutor(max_workers=max(2, config.threads or 2), thread_name_prefix="infer")
         self._batchers: Dict[Tuple[str, str, int], Batcher] = {}
         self._loop: Optional[asyncio.AbstractEventLoop] = None
-        self._http = None
+        self._http: Optional[httpx.AsyncClient] = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def startup(self) -> None:
-        self._loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         self.store.recover()
         await self.reload()
         try:  # SIGHUP: pick up what the store says is active, without a restart
-            self._loop.add_signal_handler(signal.SIGHUP, lambda: self._loop.create_task(self.reload()))
+            loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
         except (NotImplementedError, RuntimeError, ValueError):
             log.info("SIGHUP reload is not available in this thread; use POST /v2/admin/reload")
 
@@ -167,14 +171,17 @@ class Service:
     async def forward_to_cloud(self, request: Request, body: bytes) -> Response:
         import httpx  # only needed when a fallback URL is configured
 
+        fallback_url = self.config.cloud_fallback_url
+        if not fallback_url:
+            raise RuntimeError("forwarding to the cloud needs cloud_fallback_url in the runtime configuration")
         if self._http is None:
             self._http = httpx.AsyncClient(timeout=self.config.cloud_fallback_timeout_s)
-        url = self.config.cloud_fallback_url.rstrip("/") + request.url.path
+        url = fallback_url.rstrip("/") + request.url.path
         try:
             upstream = await self._http.post(url, content=body, headers={"content-type": "application/json"})
         except httpx.HTTPError as exc:
             return error(502, "no local model is ready and the cloud fallback %s failed: %s"
-                         % (self.config.cloud_fallback_url, exc.__class__.__name__))
+                         % (fallback_url, exc.__class__.__name__))
         return Response(upstream.content, status_code=upstream.status_code,
                         media_type=upstream.headers.get("content-type", "application/json"),
                         headers={"x-edgeai-served-by": "cloud-fallback"})
@@ -397,7 +404,8 @@ async def admin_activate(request: Request) -> Response:
     try:
         data = await _admin_json(request)
         version = _version_arg(data)
-        result = await run_in_threadpool(service.manager.activate, name, version, True, _budget(data))
+        result = await run_in_threadpool(service.manager.activate, name, version, True, _budget(data),
+                                         data.get("prune", True) is not False)
     except V2Error as exc:
         return error(exc.status, exc.message)
     except (StoreError, ManifestError, GateFailed, BackendUnavailable, ModelLoadError) as exc:
@@ -433,10 +441,10 @@ async def admin_rollback(request: Request) -> Response:
 class Guard:
     """ASGI middleware: bearer token (when configured) and loopback-only admin routes."""
 
-    def __init__(self, app) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    async def __call__(self, scope, receive, send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             request = Request(scope)
             service: Service = scope["app"].state.service
@@ -473,7 +481,7 @@ def create_app(config: RuntimeConfig, manager: Optional[ModelManager] = None) ->
     ]
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette):
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await service.startup()
         try:
             yield

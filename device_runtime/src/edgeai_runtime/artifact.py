@@ -20,6 +20,7 @@ import abc
 import contextlib
 import hashlib
 import hmac
+import io
 import json
 import os
 import queue
@@ -28,7 +29,7 @@ import struct
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Callable, Dict, Iterator, Mapping, Optional, Tuple
+from typing import Any, BinaryIO, Callable, Dict, Iterator, Mapping, Optional, Protocol, Tuple
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -247,7 +248,13 @@ def sha256_file(path: str) -> str:
     return digest.hexdigest()
 
 
-def _read_exact(f: BinaryIO, view: memoryview) -> int:
+class _ReadsInto(Protocol):
+    """A binary file that reads into a caller's buffer (``open(path, "rb")``, buffered or not)."""
+
+    def readinto(self, buffer: memoryview, /) -> Optional[int]: ...
+
+
+def _read_exact(f: _ReadsInto, view: memoryview) -> int:
     got = 0
     while got < len(view):
         n = f.readinto(view[got:])
@@ -375,9 +382,11 @@ def pack(model_path: str, out_path: str, manifest_fields: Mapping[str, Any], sig
         manifest = Manifest.from_dict(fields)
     except ManifestError as exc:
         raise ArtifactError("bad_manifest", "manifest: %s" % exc) from None
+    manifest_doc = manifest.to_dict()
+    payload: Dict[str, object] = {"size": envelope.payload_size, "chunks_sha256": _ZERO_HEX}
     header = {"format": FORMAT, "format_version": FORMAT_VERSION, "artifact_id": artifact_id,
-              "signer": key_id(signing_key), "manifest": manifest.to_dict(), "envelope": envelope.to_dict(),
-              "payload": {"size": envelope.payload_size, "chunks_sha256": _ZERO_HEX}}
+              "signer": key_id(signing_key), "manifest": manifest_doc, "envelope": envelope.to_dict(),
+              "payload": payload}
     provisional = canonical(header)
     aead = CIPHERS[cipher](data_key)
     plain_hash, cipher_hash = _Hasher(chunk_size), _ChunkHasher(chunk_size + TAG_BYTES, envelope.chunks)
@@ -402,8 +411,8 @@ def pack(model_path: str, out_path: str, manifest_fields: Mapping[str, Any], sig
                 cipher_hash.feed(index, sealed_view, sealed)
             if src.read(1):
                 raise ArtifactError("io", "model %s grew while being packed" % model_path)
-            header["manifest"]["sha256"] = plain_hash.hexdigest()
-            header["payload"]["chunks_sha256"] = cipher_hash.hexdigest()
+            manifest_doc["sha256"] = plain_hash.hexdigest()
+            payload["chunks_sha256"] = cipher_hash.hexdigest()
             final = canonical(header)
             assert len(final) == len(provisional), "header length changed while filling in digests"
             preamble = PREAMBLE.pack(MAGIC, FORMAT_VERSION, 0, len(final))
@@ -606,14 +615,14 @@ class Artifact:
     # -- internals ---------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _payload(self) -> Iterator[BinaryIO]:
+    def _payload(self) -> Iterator[io.FileIO]:
         try:
             f = open(self.path, "rb", buffering=0)
         except OSError as exc:
             raise ArtifactError("io", "reading artifact %s: %s" % (self.path, exc.strerror)) from None
         with f:
             f.seek(self.payload_offset)
-            yield f  # type: ignore[misc]
+            yield f
 
     def _each_chunk(self, job: Callable[[], Callable[[int, memoryview], None]]) -> None:
         """Run a job on every sealed chunk, on ``hash_workers()`` threads that take the chunks in
@@ -684,7 +693,7 @@ class Artifact:
         except InvalidTag:
             raise self._chunk_error(aead, index, bytes(sealed)) from None
 
-    def _fill(self, f: BinaryIO, view: memoryview, index: int) -> None:
+    def _fill(self, f: _ReadsInto, view: memoryview, index: int) -> None:
         if _read_exact(f, view) != len(view):
             raise ArtifactError("truncated", "%s is truncated in chunk %d of %d" % (self.path, index, self.envelope.chunks))
 

@@ -17,7 +17,11 @@
   edgeai-runtime probe
 
 Every command but ``serve`` prints one JSON object. Exit status 0 means success,
-1 a refused or failed operation (the JSON has ``failed: true`` and ``msg``), 2 bad usage.
+1 a refused or failed operation (the JSON has ``failed: true``, ``msg`` and, where there is one,
+a stable ``reason`` code), 2 bad usage. ``changed`` is true only when the device changed. Every
+command sweeps what killed writers left in the store and lists it in ``swept``. The root must
+exist (``reason: root_missing`` otherwise). A full disk fails with ``reason: disk_full`` and a
+message naming the filesystem, the bytes free and the versions active after the failure.
 Activation and rollback go through the running service's loopback admin endpoint when
 the service is up, so it switches without a restart; otherwise the same load-and-gate
 runs in this process before the store's pointer moves.
@@ -28,11 +32,12 @@ import argparse
 import json
 import logging
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Set
 
 from . import __version__
-from .config import DEFAULT_ROOT, ConfigError, RuntimeConfig, load_config
-from .manifest import Manifest, ManifestError
+from .config import DEFAULT_ROOT, RuntimeConfig, load_config
+from .manifest import Manifest
+from .store import DiskFull, ModelStore, StoreError, open_store
 
 
 #: What this runtime can do that older ones could not; controllers ask before using it.
@@ -55,26 +60,27 @@ def _call_service(config: RuntimeConfig, method: str, path: str, body: Optional[
         return None
 
 
-def _manager(config: RuntimeConfig):
-    from .serving import ModelManager
-    from .store import open_store
-    return ModelManager(open_store(config), config)
-
-
-def _switch(config: RuntimeConfig, name: str, action: str, version: Optional[str]) -> Dict[str, Any]:
+def _switch(config: RuntimeConfig, store: ModelStore, name: str, action: str,
+            version: Optional[str]) -> Dict[str, Any]:
     body = {"version": version} if version else {}
     via_service = _call_service(config, "POST", "/v2/admin/models/%s/%s" % (name, action), body)
     if via_service is not None:
         via_service["via"] = "service"
         return via_service
-    manager = _manager(config)
+    from .serving import ModelManager
+    manager = ModelManager(store, config)
+    before = store.pointers(name)
     try:
         if action == "activate":
+            if version is None:
+                raise CommandFailed("activating %s needs a version" % name)
             result = manager.activate(name, version)
         else:
             result = manager.rollback(name, version)
     finally:
         manager.close()
+    # This process's manager is new, so it always "switches": what changed is the store's pointers.
+    result["changed"] = store.pointers(name) != before
     result["via"] = "store"
     return result
 
@@ -102,10 +108,8 @@ def _gate_files(specs: Optional[List[str]]) -> Dict[str, bytes]:
     return files
 
 
-def cmd_model(args: argparse.Namespace, config: RuntimeConfig) -> Dict[str, Any]:
+def cmd_model(args: argparse.Namespace, config: RuntimeConfig, store: ModelStore) -> Dict[str, Any]:
     from .artifact import default_cipher
-    from .store import open_store
-    store = open_store(config)
     if args.action in ("list", "status"):
         current = store.keyring.current()
         result: Dict[str, Any] = {"changed": False, "models": store.status(),
@@ -137,14 +141,14 @@ def cmd_model(args: argparse.Namespace, config: RuntimeConfig) -> Dict[str, Any]
             change = store.install(manifest, model, files, force=args.force)
         result = {"changed": change.changed, "name": change.name, "version": change.version, "msg": change.message}
         if args.activate:
-            switched = _switch(config, change.name, "activate", change.version)
+            switched = _switch(config, store, change.name, "activate", change.version)
             result["changed"] = result["changed"] or bool(switched.get("changed"))
             result["activation"] = switched
         return result
     if args.action == "activate":
-        return _switch(config, args.name, "activate", args.version)
+        return _switch(config, store, args.name, "activate", args.version)
     if args.action == "rollback":
-        return _switch(config, args.name, "rollback", args.version)
+        return _switch(config, store, args.name, "rollback", args.version)
     if args.action == "rekey":
         change = store.rekey(args.name, args.version, _read_json_arg(args.keyslot, "key slot"))
         return {"changed": change.changed, "name": change.name, "version": change.version, "msg": change.message}
@@ -154,10 +158,8 @@ def cmd_model(args: argparse.Namespace, config: RuntimeConfig) -> Dict[str, Any]
     raise CommandFailed("unknown model action %s" % args.action)
 
 
-def cmd_keys(args: argparse.Namespace, config: RuntimeConfig) -> Dict[str, Any]:
+def cmd_keys(args: argparse.Namespace, config: RuntimeConfig, store: ModelStore) -> Dict[str, Any]:
     """The device key pair: created here, its private half never printed or sent anywhere."""
-    from .store import open_store
-    store = open_store(config)
     ring = store.keyring
     changed = False
     if args.action == "ensure" and ring.current() is None:
@@ -169,17 +171,23 @@ def cmd_keys(args: argparse.Namespace, config: RuntimeConfig) -> Dict[str, Any]:
     result: Dict[str, Any] = {"changed": changed}
     if args.action == "retire":
         # Keep every key an installed artifact's slot still needs: retiring never strands a model.
-        needed = set()
+        needed: Set[str] = set()
         for name in store.names():
             for version in store.versions(name):
                 if store.is_artifact(name, version):
-                    needed.add(store.keyslot(name, version).get("key_id"))
-        keep = sorted(k for k in needed if k)
+                    slot_key = store.keyslot(name, version).get("key_id")
+                    if isinstance(slot_key, str) and slot_key:
+                        needed.add(slot_key)
+        keep = sorted(needed)
         if args.dry_run:
             removed = [k for k in ring.ids() if k != ring.current_id() and k not in keep]
         else:
             removed = ring.retire(keep=keep)
-        result.update(changed=bool(removed), retired=removed, still_needed=sorted(needed - {ring.current_id()}))
+        # --dry-run changes nothing: it says what would go (would_change), not changed.
+        result.update(changed=bool(removed) and not args.dry_run, retired=removed,
+                      still_needed=sorted(needed - {ring.current_id()}))
+        if args.dry_run:
+            result["would_change"] = bool(removed)
     from .artifact import default_cipher
     current = ring.current()
     result["current"] = current.to_dict() if current else None
@@ -188,10 +196,8 @@ def cmd_keys(args: argparse.Namespace, config: RuntimeConfig) -> Dict[str, Any]:
     return result
 
 
-def cmd_artifact(args: argparse.Namespace, config: RuntimeConfig) -> Dict[str, Any]:
+def cmd_artifact(args: argparse.Namespace, config: RuntimeConfig, store: ModelStore) -> Dict[str, Any]:
     from .artifact import Artifact
-    from .store import open_store
-    store = open_store(config)
     art = Artifact.open(args.artifact, store.trusted_signers())
     art.check_compatible(config.hardware_class)
     art.verify_payload()
@@ -199,10 +205,10 @@ def cmd_artifact(args: argparse.Namespace, config: RuntimeConfig) -> Dict[str, A
             "payload_chunks_sha256": art.payload_digest, "manifest": art.manifest.to_dict()}
 
 
-def cmd_ota(args: argparse.Namespace, config: RuntimeConfig) -> Dict[str, Any]:
+def cmd_ota(args: argparse.Namespace, config: RuntimeConfig, store: ModelStore) -> Dict[str, Any]:
     """Update transactions (edgeai_runtime.ota): apply, rollback, recover, history."""
     from .ota import Policy, UpdateFailed, Updater
-    updater = Updater(config)
+    updater = Updater(config, store=store)
     if args.action == "apply":
         policy = Policy(watch_s=args.watch, interval_s=args.interval, max_error_rate=args.max_error_rate,
                         min_requests=args.min_requests, latency_p95_ms=args.latency_p95_ms, force=args.force)
@@ -237,11 +243,13 @@ def cmd_ota(args: argparse.Namespace, config: RuntimeConfig) -> Dict[str, Any]:
     if args.action == "recover":
         done = updater.recover()
         return {"changed": bool(done), "recovered": done}
-    return {"changed": False, "history": updater.history.rows(args.name, args.limit),
-            "in_progress": updater._read_journal()}
+    repaired = updater.repair()  # the history row a full disk kept an ended update from writing
+    return {"changed": any(e.get("outcome") != "swept" for e in repaired),
+            "history": updater.history.rows(args.name, args.limit), "in_progress": updater._read_journal(),
+            "repaired": repaired}
 
 
-def cmd_agent(args: argparse.Namespace, config: RuntimeConfig) -> Dict[str, Any]:
+def cmd_agent(args: argparse.Namespace, config: RuntimeConfig, store: ModelStore) -> Dict[str, Any]:
     """Pull mode: poll the registry once (--once) or every --interval seconds."""
     import time
     from .ota import Policy
@@ -261,18 +269,17 @@ def cmd_agent(args: argparse.Namespace, config: RuntimeConfig) -> Dict[str, Any]
         time.sleep(args.interval)
 
 
-def cmd_probe(args: argparse.Namespace, config: RuntimeConfig) -> Dict[str, Any]:
+def cmd_probe(args: argparse.Namespace, config: RuntimeConfig, store: ModelStore) -> Dict[str, Any]:
     from .backends import probe_all
     return {"changed": False, "runtimes": {k: {"available": v is None, "reason": v} for k, v in probe_all().items()}}
 
 
 def cmd_serve(args: argparse.Namespace, config: RuntimeConfig) -> int:
-    import uvicorn
     from .app import create_app
+    from .http_server import serve
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(config), host=config.host, port=config.port, log_level="info", access_log=False,
-                timeout_graceful_shutdown=int(config.drain_timeout_s))
-    return 0
+    return serve(create_app(config), host=config.host, port=config.port, log_level="info", access_log=False,
+                 timeout_graceful_shutdown=int(config.drain_timeout_s))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -351,27 +358,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _failure(exc: Exception, args: argparse.Namespace, store: Optional[ModelStore]) -> Dict[str, Any]:
+    """The JSON of a failed command: ``msg``, a stable ``reason`` where there is one, and what the
+    failure carries (UpdateFailed: what happened, ``changed`` included)."""
+    failure = dict(getattr(exc, "result", None) or {})
+    failure["changed"] = bool(failure.get("changed"))
+    full = DiskFull.from_error(exc, "edgeai-runtime %s" % " ".join(
+        a for a in (args.command, getattr(args, "action", None)) if isinstance(a, str)), args.root)
+    msg = str(full or exc) or type(exc).__name__
+    if full is not None and store is not None:
+        try:
+            active = ", ".join("%s %s" % item for item in sorted(store.serving().items()) if item[1]) or "none"
+        except (OSError, StoreError, ValueError):
+            active = "unknown (the store is unreadable)"
+        msg += "; active now: %s" % active
+    failure.update(failed=True, msg=msg, error=type(exc).__name__)
+    reason = getattr(full or exc, "reason", None)
+    if isinstance(reason, str) and reason:
+        failure["reason"] = reason
+    if store is not None:
+        failure["swept"] = store.swept
+    return failure
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    store: Optional[ModelStore] = None
     try:
         overrides = {"host": getattr(args, "host", None), "port": getattr(args, "port", None)}
         config = load_config(args.root, **overrides)
         if args.command == "serve":
             return cmd_serve(args, config)
+        store = open_store(config)  # sweeps what dead writers left; every command reports it in "swept"
         commands = {"probe": cmd_probe, "model": cmd_model, "keys": cmd_keys, "artifact": cmd_artifact,
                     "ota": cmd_ota, "agent": cmd_agent}
-        result = commands[args.command](args, config)
-    except (CommandFailed, ConfigError, ManifestError, OSError) as exc:
-        print(json.dumps({"failed": True, "changed": False, "msg": str(exc)}))
+        result = commands[args.command](args, config, store)
+    except Exception as exc:  # CommandFailed, ConfigError, StoreError, UpdateFailed, OSError ...: one line each
+        print(json.dumps(_failure(exc, args, store), default=str))
         return 1
-    except Exception as exc:  # StoreError, GateFailed, BackendUnavailable, ModelLoadError: one line each
-        failure = dict(getattr(exc, "result", None) or {}, changed=False)  # UpdateFailed: what happened
-        failure.update(failed=True, msg=str(exc), error=type(exc).__name__)
-        failure["changed"] = bool((getattr(exc, "result", None) or {}).get("changed"))
-        if getattr(exc, "reason", None):
-            failure["reason"] = exc.reason
-        print(json.dumps(failure))
-        return 1
+    result.setdefault("swept", store.swept)
     print(json.dumps(result, default=str))
     return 0
 

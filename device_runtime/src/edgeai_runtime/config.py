@@ -14,6 +14,12 @@ class ConfigError(ValueError):
     """The configuration is unusable; ``str()`` names the setting."""
 
 
+class RootMissing(ConfigError):
+    """The device root does not exist (a mistyped ``--root``): nothing is created there."""
+
+    reason = "root_missing"
+
+
 @dataclass(frozen=True)
 class RuntimeConfig:
     root: str = DEFAULT_ROOT
@@ -80,7 +86,15 @@ def _read_json(path: str) -> Dict[str, Any]:
 def load_config(root: str = DEFAULT_ROOT, **overrides: Any) -> RuntimeConfig:
     """Defaults, then <root>/etc/profile.json (the provision role's class profile),
     then <root>/etc/runtime.json (the service settings), then ``overrides``;
-    the token may also come from EDGEAI_RUNTIME_TOKEN or <root>/etc/token."""
+    the token may also come from EDGEAI_RUNTIME_TOKEN or <root>/etc/token.
+
+    The root must exist: the provision role creates it (with the layout and the runtime's venv in
+    it), and the runtime never does, so a mistyped root is refused (RootMissing) instead of
+    becoming a fresh, empty device."""
+    if not os.path.isdir(root):
+        raise RootMissing("the device root %s %s; provision the device first (edgeai.fleet.provision) or pass "
+                          "the right --root" % (root, "is not a directory" if os.path.exists(root)
+                                                else "does not exist"))
     known = {f.name for f in fields(RuntimeConfig)}
     values: Dict[str, Any] = {"root": root}
     profile = _read_json(os.path.join(root, "etc", "profile.json"))

@@ -130,6 +130,8 @@ def make(base_model: bytes, base_manifest: Mapping[str, Any], target_path: str, 
         head = f.read(target.payload_offset)
     delta_id = secrets.token_hex(16)
     nonce = secrets.token_bytes(12)
+    patch_doc: Dict[str, object] = {"algorithm": ALGORITHM, "window_log": params.window_log, "size": len(patch),
+                                    "nonce": nonce.hex(), "sealed_sha256": _ZERO}
     header = {"format": FORMAT, "format_version": FORMAT_VERSION, "delta_id": delta_id,
               "signer": key_id(signing_key),
               "base": {"name": tm.name, "version": base_manifest.get("version"), "sha256": base_manifest["sha256"],
@@ -138,8 +140,7 @@ def make(base_model: bytes, base_manifest: Mapping[str, Any], target_path: str, 
                          "sha256": tm.sha256, "size": tm.size, "head_size": len(head),
                          "head_sha256": hashlib.sha256(head).hexdigest(), "artifact_size": full_size,
                          "artifact_sha256": artifact.sha256_file(target_path)},
-              "patch": {"algorithm": ALGORITHM, "window_log": params.window_log, "size": len(patch),
-                        "nonce": nonce.hex(), "sealed_sha256": _ZERO}}
+              "patch": patch_doc}
     preamble_len = PREAMBLE.size
     sealed_size = len(patch) + TAG_BYTES
     total = preamble_len + len(canonical(header)) + SIGNATURE_BYTES + len(head) + sealed_size
@@ -147,7 +148,7 @@ def make(base_model: bytes, base_manifest: Mapping[str, Any], target_path: str, 
         return None
     sealed = CIPHERS[target.envelope.cipher](patch_key(data_key, delta_id)).encrypt(
         nonce, patch, _aad(delta_id, base_manifest["sha256"], target.artifact_id))
-    header["patch"]["sealed_sha256"] = hashlib.sha256(sealed).hexdigest()
+    patch_doc["sealed_sha256"] = hashlib.sha256(sealed).hexdigest()
     body = canonical(header)
     preamble = PREAMBLE.pack(MAGIC, FORMAT_VERSION, 0, len(body))
     with artifact.atomic_output(out_path) as out:
@@ -321,13 +322,15 @@ def _parse(path: str, body: bytes) -> Dict[str, Any]:
 def _check_header(path: str, header: Dict[str, Any]) -> None:
     """The fields ``rebuild`` relies on, with their types: the header is signed, but by a key that
     may sign a wrong one; a clear refusal beats a KeyError."""
-    ok = header.get("format") == FORMAT and header.get("format_version") == FORMAT_VERSION
+    refused = ArtifactError("delta_format", "%s: the header is not a format %d delta header" % (path, FORMAT_VERSION))
     base, target, patch = header.get("base"), header.get("target"), header.get("patch")
-    ok = ok and isinstance(base, dict) and isinstance(target, dict) and isinstance(patch, dict)
-    ok = ok and artifact._is_hex(header.get("delta_id"), 32) and patch.get("algorithm") == ALGORITHM
-    ok = ok and all(isinstance(d.get(k), int) and d.get(k) > 0 for d, k in (
-        (base, "size"), (target, "size"), (target, "head_size"), (target, "artifact_size"), (patch, "size"),
-        (patch, "window_log")))
+    if not (header.get("format") == FORMAT and header.get("format_version") == FORMAT_VERSION
+            and isinstance(base, dict) and isinstance(target, dict) and isinstance(patch, dict)):
+        raise refused
+    ok = artifact._is_hex(header.get("delta_id"), 32) and patch.get("algorithm") == ALGORITHM
+    ok = ok and all(isinstance(v, int) and v > 0 for v in (
+        base.get("size"), target.get("size"), target.get("head_size"), target.get("artifact_size"), patch.get("size"),
+        patch.get("window_log")))
     ok = ok and all(artifact._is_hex(d.get(k), 64) for d, k in (
         (base, "sha256"), (target, "sha256"), (target, "head_sha256"), (target, "artifact_sha256"),
         (patch, "sealed_sha256")))
@@ -336,4 +339,4 @@ def _check_header(path: str, header: Dict[str, Any]) -> None:
     ok = ok and PREAMBLE.size + SIGNATURE_BYTES < target.get("head_size", 0) <= _MAX_HEAD
     ok = ok and patch.get("window_log", 99) <= MAX_WINDOW_LOG
     if not ok:
-        raise ArtifactError("delta_format", "%s: the header is not a format %d delta header" % (path, FORMAT_VERSION))
+        raise refused

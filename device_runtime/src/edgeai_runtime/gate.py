@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, Mapping, Optional, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -43,12 +43,13 @@ class GateResult:
 def encode_npz(inputs: Mapping[str, np.ndarray], labels: np.ndarray) -> bytes:
     """Gate data in the layout ``run_gate`` reads: ``inputs.<name>`` arrays and ``labels``."""
     buffer = io.BytesIO()
-    np.savez(buffer, labels=np.asarray(labels, dtype=np.int64),
-             **{"inputs." + name: np.asarray(value) for name, value in inputs.items()})
+    arrays = {"inputs." + name: np.asarray(value) for name, value in inputs.items()}
+    # allow_pickle=True is numpy's default; named here, it is not a keyword **arrays could fill.
+    np.savez(buffer, allow_pickle=True, labels=np.asarray(labels, dtype=np.int64), **arrays)
     return buffer.getvalue()
 
 
-def load_npz(data: bytes, what: str, manifest: Manifest):
+def load_npz(data: bytes, what: str, manifest: Manifest) -> Tuple[Dict[str, np.ndarray], np.ndarray]:
     try:
         arrays = np.load(io.BytesIO(data), allow_pickle=False)
     except Exception as exc:  # numpy raises several types for a bad archive
@@ -88,7 +89,7 @@ def measure_p95_ms(infer: Infer, rows: Mapping[str, np.ndarray]) -> Tuple[float,
         return {k: v[i % count:i % count + 1] for k, v in rows.items()}
 
     infer(one(0))
-    times = []
+    times: List[float] = []
     deadline = time.perf_counter() + LATENCY_TIME_S
     while len(times) < LATENCY_MAX_SAMPLES and (len(times) < LATENCY_MIN_SAMPLES or time.perf_counter() < deadline):
         sample = one(len(times))

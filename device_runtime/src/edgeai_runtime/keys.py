@@ -35,6 +35,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa, x25
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from .fsutil import fsync_dir, write_point
+
 DATA_KEY_BYTES = 32
 DEVICE_KEY_TYPES = ("x25519", "rsa")
 SLOT_TYPES = {"x25519": "x25519", "rsa": "rsa-oaep-sha256"}
@@ -44,6 +46,8 @@ _KEY_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 
 PublicKey = Union[ed25519.Ed25519PublicKey, x25519.X25519PublicKey, rsa.RSAPublicKey]
 PrivateKey = Union[ed25519.Ed25519PrivateKey, x25519.X25519PrivateKey, rsa.RSAPrivateKey]
+_PUBLIC_KEY_CLASSES = (ed25519.Ed25519PublicKey, x25519.X25519PublicKey, rsa.RSAPublicKey)
+_PRIVATE_KEY_CLASSES = (ed25519.Ed25519PrivateKey, x25519.X25519PrivateKey, rsa.RSAPrivateKey)
 
 
 class ArtifactError(ValueError):
@@ -73,27 +77,35 @@ def public_bytes(key: PublicKey) -> bytes:
     return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
+def _public_half(key: Union[PublicKey, PrivateKey]) -> PublicKey:
+    """A public key as it is; a private key's public half."""
+    return key.public_key() if isinstance(key, _PRIVATE_KEY_CLASSES) else key
+
+
 def key_id(key: Union[PublicKey, PrivateKey]) -> str:
     """128-bit fingerprint of a public key (of a private key's public half)."""
-    if not hasattr(key, "public_bytes"):
-        key = key.public_key()
-    return hashlib.sha256(public_bytes(key)).hexdigest()[:32]
+    return hashlib.sha256(public_bytes(_public_half(key))).hexdigest()[:32]
 
 
-def key_type(key: Union[PublicKey, PrivateKey]) -> str:
+def _unsupported(key: object) -> ArtifactError:
+    return ArtifactError("bad_key", "unsupported key type %s" % type(key).__name__)
+
+
+def key_type(key: object) -> str:
+    """``ed25519``, ``x25519`` or ``rsa`` for a key of those types (public or private); any other
+    object is refused (ArtifactError ``bad_key``)."""
     if isinstance(key, (ed25519.Ed25519PublicKey, ed25519.Ed25519PrivateKey)):
         return "ed25519"
     if isinstance(key, (x25519.X25519PublicKey, x25519.X25519PrivateKey)):
         return "x25519"
     if isinstance(key, (rsa.RSAPublicKey, rsa.RSAPrivateKey)):
         return "rsa"
-    raise ArtifactError("bad_key", "unsupported key type %s" % type(key).__name__)
+    raise _unsupported(key)
 
 
 def public_pem(key: Union[PublicKey, PrivateKey]) -> str:
-    if not hasattr(key, "public_bytes"):
-        key = key.public_key()
-    return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    return _public_half(key).public_bytes(serialization.Encoding.PEM,
+                                          serialization.PublicFormat.SubjectPublicKeyInfo).decode()
 
 
 def private_pem(key: PrivateKey, passphrase: Optional[bytes] = None) -> bytes:
@@ -118,7 +130,8 @@ def load_public(pem: Union[str, bytes], what: str = "public key") -> PublicKey:
         key = serialization.load_pem_public_key(data)
     except (ValueError, TypeError) as exc:
         raise ArtifactError("bad_key", "%s is not a PEM public key: %s" % (what, exc)) from None
-    key_type(key)
+    if not isinstance(key, _PUBLIC_KEY_CLASSES):
+        raise _unsupported(key)
     return key
 
 
@@ -135,7 +148,8 @@ def load_private(path: str, passphrase: Optional[bytes] = None) -> PrivateKey:
     except ValueError:
         raise ArtifactError("bad_key", "private key %s is not a PEM private key, or the passphrase is wrong"
                             % path) from None
-    key_type(key)
+    if not isinstance(key, _PRIVATE_KEY_CLASSES):
+        raise _unsupported(key)
     return key
 
 
@@ -145,8 +159,12 @@ def write_private(path: str, key: PrivateKey, passphrase: Optional[bytes] = None
     write_atomic(path, private_pem(key, passphrase), 0o600, uid, gid)
 
 
-def write_atomic(path: str, data: bytes, mode: int, uid: int = -1, gid: int = -1) -> None:
+def write_atomic(path: str, data: bytes, mode: int, uid: int = -1, gid: int = -1, label: Optional[str] = None) -> None:
+    """Write ``path`` as a whole or not at all: a temp file, fsynced, renamed over it, the directory
+    fsynced. ``label``: what the write points call it (default: the file name)."""
     directory = os.path.dirname(os.path.abspath(path))
+    label = label or os.path.basename(path)
+    write_point("write %s (temp file)" % label)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
     try:
         os.fchmod(fd, mode)
@@ -156,11 +174,13 @@ def write_atomic(path: str, data: bytes, mode: int, uid: int = -1, gid: int = -1
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        write_point("write %s (rename)" % label)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    fsync_dir(directory)
 
 
 # -- key slots ---------------------------------------------------------------------------------
@@ -175,7 +195,7 @@ def wrap(data_key: bytes, recipient: PublicKey, artifact_id: str) -> Dict[str, s
         raise ArtifactError("bad_key", "a data key is %d bytes" % DATA_KEY_BYTES)
     kind = key_type(recipient)
     slot = {"type": SLOT_TYPES.get(kind, kind), "key_id": key_id(recipient), "artifact_id": artifact_id}
-    if kind == "x25519":
+    if isinstance(recipient, x25519.X25519PublicKey):
         ephemeral = x25519.X25519PrivateKey.generate()
         eph_pub = ephemeral.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
         rcpt_pub = recipient.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
@@ -183,7 +203,7 @@ def wrap(data_key: bytes, recipient: PublicKey, artifact_id: str) -> Dict[str, s
         # The KEK is used exactly once, so a fixed nonce is safe.
         slot["ephemeral"] = b64(eph_pub)
         slot["wrapped"] = b64(AESGCM(kek).encrypt(b"\0" * 12, data_key, artifact_id.encode()))
-    elif kind == "rsa":
+    elif isinstance(recipient, rsa.RSAPublicKey):
         slot["wrapped"] = b64(recipient.encrypt(data_key, _oaep(artifact_id)))
     else:
         raise ArtifactError("bad_key", "an %s key cannot receive a wrapped data key (use x25519 or rsa)" % kind)

@@ -39,15 +39,21 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
+from . import fsutil
 from .client import ServiceClient, ServiceDown, ServiceError
 from .config import RuntimeConfig
 from .keys import write_atomic
 from .artifact import read_header as artifact_header
-from .store import ModelStore, StoreError, open_store
+from .store import DiskFull, ModelStore, StoreError, open_store
 
 PHASES = ("stage", "verify", "load", "gate", "activate", "watch", "commit")
 #: Phases after which the service may be serving the new version: a failure there needs a switch back.
 SWITCHED = ("activate", "watch", "commit")
+#: Room one transaction's bookkeeping takes on the state filesystem, at most: the journal (written
+#: atomically, so two copies at a time) and the history row (SQLite's rollback journal, a new page).
+BOOKKEEPING_BYTES = 64 * 1024
+#: Below this much free space a failing SQLite write is taken for a full disk.
+_HISTORY_ROOM = 32 * 1024
 
 
 class UpdateFailed(RuntimeError):
@@ -80,7 +86,8 @@ class Policy:
 
     def check(self) -> "Policy":
         if self.watch_s < 0 or self.interval_s <= 0 or not 0 <= self.max_error_rate <= 1 or self.min_requests < 1:
-            raise ValueError("watch_s >= 0, interval_s > 0, max_error_rate in [0, 1] and min_requests >= 1 are required")
+            raise ValueError("watch_s >= 0, interval_s > 0, max_error_rate in [0, 1] and min_requests >= 1 "
+                             "are required")
         if self.latency_p95_ms is not None and self.latency_p95_ms <= 0:
             raise ValueError("latency_p95_ms must be positive")
         return self
@@ -109,68 +116,112 @@ CREATE INDEX IF NOT EXISTS deployments_by_name ON deployments (name, started);
 """
 
 
+class HistoryError(RuntimeError):
+    """The deployment history could not be read or written (a full disk is a DiskFull instead)."""
+
+    reason = "history_failed"
+
+
 class History:
     """The device's deployment history, in SQLite. Outcomes: ``in_progress``, ``committed``,
     ``refused`` (failed before the switch: nothing changed), ``rolled_back`` (failed after it: the
     previous version serves again), ``interrupted`` (the installer died; recovery rolled back),
-    ``manual_rollback`` (an operator's rollback)."""
+    ``manual_rollback`` (an operator's rollback).
+
+    The database uses SQLite's rollback journal, not WAL: a WAL reader creates a ``-shm`` file, so
+    on a full disk even reading failed ("disk I/O error"); here reading needs no space, and a write
+    that finds no room is raised as a DiskFull naming the filesystem. Any other SQLite failure is a
+    HistoryError naming the database."""
 
     def __init__(self, path: str) -> None:
         self.path = path
 
     @contextlib.contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        db = sqlite3.connect(self.path, timeout=30)
+    def _db(self, doing: str) -> Iterator[sqlite3.Connection]:
         try:
-            db.execute("PRAGMA journal_mode=WAL")
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            db = sqlite3.connect(self.path, timeout=30)
+        except (OSError, sqlite3.Error) as exc:
+            raise self._failed(exc, doing) from None
+        try:
+            if db.execute("PRAGMA journal_mode").fetchone()[0] != "delete":
+                db.execute("PRAGMA journal_mode=DELETE")  # a database an older runtime made in WAL mode
             db.execute("PRAGMA synchronous=FULL")
-            db.executescript(_SCHEMA)
+            if db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'deployments'").fetchone()[0] == 0:
+                db.executescript(_SCHEMA)
             with db:
                 yield db
+        except (OSError, sqlite3.Error) as exc:
+            raise self._failed(exc, doing) from None
         finally:
             db.close()
 
+    def _failed(self, exc: BaseException, doing: str) -> Exception:
+        full = DiskFull.from_error(exc, doing, self.path)
+        if full is not None:
+            return full
+        try:
+            free = fsutil.space(self.path)[0]
+        except OSError:
+            free = _HISTORY_ROOM
+        if free < _HISTORY_ROOM:  # SQLite says "database or disk is full" or "disk I/O error"
+            return DiskFull(self.path, doing, detail="sqlite: %s" % exc)
+        return HistoryError("%s (%s): %s" % (doing, self.path, exc))
+
     def begin(self, txid: str, name: str, version: str, from_version: Optional[str], mode: str,
               started: float) -> None:
-        with self._db() as db:
+        fsutil.write_point("history: begin")
+        with self._db("recording a deployment in the history") as db:
             db.execute("INSERT INTO deployments (txid, name, version, from_version, mode, started, outcome)"
                        " VALUES (?, ?, ?, ?, ?, ?, 'in_progress')", (txid, name, version, from_version, mode, started))
 
     def finish(self, txid: str, outcome: str, phase: Optional[str], reason: Optional[str],
-               timings: Mapping[str, float], bytes_transferred: int = 0, bytes_saved: int = 0) -> bool:
-        """Close a row; False when there is no row ``txid``."""
+               timings: Mapping[str, float], bytes_transferred: int = 0, bytes_saved: int = 0,
+               row: Optional[Tuple[str, str, Optional[str], str, float]] = None) -> bool:
+        """Close a row. With ``row`` (name, version, from_version, mode, started), a row that is
+        missing (its ``begin`` never happened) is written whole. False when there is no row ``txid``."""
         now = time.time()
-        with self._db() as db:
+        fsutil.write_point("history: finish (%s)" % outcome)
+        with self._db("recording the outcome %s in the history" % outcome) as db:
+            values = (outcome, phase, reason, json.dumps(dict(timings), sort_keys=True), bytes_transferred,
+                      bytes_saved)
             done = db.execute("UPDATE deployments SET finished = ?, duration_s = round(? - started, 4), outcome = ?,"
                               " phase = ?, reason = ?, timings = ?, bytes_transferred = ?, bytes_saved = ?"
-                              " WHERE txid = ?", (now, now, outcome, phase, reason,
-                                                  json.dumps(dict(timings), sort_keys=True), bytes_transferred,
-                                                  bytes_saved, txid))
-            return done.rowcount == 1
+                              " WHERE txid = ?", (now, now) + values + (txid,))
+            if done.rowcount == 1 or row is None:
+                return done.rowcount == 1
+            db.execute("INSERT INTO deployments (txid, name, version, from_version, mode, started, finished,"
+                       " duration_s, outcome, phase, reason, timings, bytes_transferred, bytes_saved)"
+                       " VALUES (?, ?, ?, ?, ?, ?, ?, round(? - ?, 4), ?, ?, ?, ?, ?, ?)",
+                       (txid,) + tuple(row) + (now, now, row[4]) + values)
+            return True
 
     def sweep(self, reason: str) -> int:
         """Close rows left ``in_progress`` by an installer that died (call with the OTA lock held)."""
         if not os.path.exists(self.path):
             return 0
         now = time.time()
-        with self._db() as db:
+        with self._db("closing interrupted rows of the history") as db:
+            if db.execute("SELECT count(*) FROM deployments WHERE outcome = 'in_progress'").fetchone()[0] == 0:
+                return 0
+            fsutil.write_point("history: sweep")
             return db.execute("UPDATE deployments SET finished = ?, duration_s = round(? - started, 4),"
                               " outcome = 'interrupted', reason = ? WHERE outcome = 'in_progress'",
                               (now, now, reason)).rowcount
 
     def record(self, name: str, version: str, from_version: Optional[str], mode: str, outcome: str,
-               reason: Optional[str], timings: Mapping[str, float]) -> str:
-        """One finished row at once (manual rollbacks)."""
+               reason: Optional[str], timings: Mapping[str, float], phase: Optional[str] = None,
+               bytes_transferred: int = 0) -> str:
+        """One finished row at once (manual rollbacks, refusals), in one SQLite transaction."""
         txid = uuid.uuid4().hex
-        self.begin(txid, name, version, from_version, mode, time.time() - sum(timings.values()))
-        self.finish(txid, outcome, None, reason, timings)
+        self.finish(txid, outcome, phase, reason, timings, bytes_transferred,
+                    row=(name, version, from_version, mode, time.time() - sum(timings.values())))
         return txid
 
     def rows(self, name: Optional[str] = None, limit: int = 20) -> List[Dict[str, Any]]:
         if not os.path.exists(self.path):
             return []
-        with self._db() as db:
+        with self._db("reading the history") as db:
             db.row_factory = sqlite3.Row
             query = "SELECT * FROM deployments %s ORDER BY started DESC, rowid DESC LIMIT ?" % (
                 "WHERE name = ?" if name else "")
@@ -197,17 +248,31 @@ class _Tx:
     started: float
     phase: str = "stage"
     timings: Dict[str, float] = field(default_factory=dict)
+    bytes_transferred: int = 0
+    bytes_saved: int = 0
+    #: Set once the transaction has ended (its undo done) but its history row could not be written yet.
+    outcome: Optional[str] = None
+    reason: Optional[str] = None
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"txid": self.txid, "name": self.name, "version": self.version, "from_version": self.from_version,
+        data = {"txid": self.txid, "name": self.name, "version": self.version, "from_version": self.from_version,
                 "from_previous": self.from_previous, "had_version": self.had_version, "mode": self.mode,
-                "started": self.started, "phase": self.phase, "timings": self.timings, "pid": os.getpid()}
+                "started": self.started, "phase": self.phase, "timings": self.timings, "pid": os.getpid(),
+                "bytes_transferred": self.bytes_transferred, "bytes_saved": self.bytes_saved}
+        if self.outcome is not None:
+            data.update(outcome=self.outcome, reason=self.reason)
+        return data
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "_Tx":
         return cls(data["txid"], data["name"], data["version"], data.get("from_version"), data.get("from_previous"),
                    bool(data.get("had_version")), data.get("mode", "push"), float(data.get("started", 0)),
-                   data.get("phase", "stage"), dict(data.get("timings") or {}))
+                   data.get("phase", "stage"), dict(data.get("timings") or {}), int(data.get("bytes_transferred", 0)),
+                   int(data.get("bytes_saved", 0)), data.get("outcome"), data.get("reason"))
+
+    def row(self) -> Tuple[str, str, Optional[str], str, float]:
+        """What History.finish needs to write the row whole when its ``begin`` never happened."""
+        return self.name, self.version, self.from_version, self.mode, self.started
 
 
 class Updater:
@@ -224,6 +289,7 @@ class Updater:
         self.state_dir = os.path.join(config.root, "state")
         self.history = History(os.path.join(self.state_dir, "history.sqlite"))
         self.journal_path = os.path.join(self.state_dir, "ota.json")
+        self._reported = 0  # how much of store.swept _recover has reported
 
     # -- entry points ----------------------------------------------------------------------
 
@@ -231,7 +297,12 @@ class Updater:
               policy: Policy = Policy(), mode: str = "push", stage_s: float = 0.0, bytes_transferred: int = 0,
               bytes_saved: int = 0) -> Dict[str, Any]:
         """Install ``artifact`` and make it the serving version, through every phase. Returns the
-        result (``changed``, versions, ``timings``); raises UpdateFailed with the previous state back."""
+        result (``changed``, versions, ``timings``); raises UpdateFailed with the previous state back.
+
+        The journal's ``commit`` is the commit point. A failure before it puts the previous state
+        back; after it the update stands, and a failure of what is left (the history row, removing
+        the journal, pruning) is reported in ``bookkeeping_failed`` and ``warnings`` and repaired by
+        the next run (the journal stays until the history row is written)."""
         policy.check()
         with self._lock():
             recovered = self._recover()
@@ -248,32 +319,117 @@ class Updater:
                     self.store.manifest(name, version).sha256 == art.manifest.sha256:
                 return dict(result, changed=False, outcome="unchanged", timings={"stage": round(stage_s, 4)})
             tx = _Tx(uuid.uuid4().hex, name, version, active, self.store.pointer(name, "previous"),
-                     version in self.store.versions(name), mode, time.time(), timings={"stage": round(stage_s, 4)})
-            self._journal(tx, "verify")  # the journal first: recovery finds any transaction that left a trace
-            self.history.begin(tx.txid, name, version, active, mode, tx.started - stage_s)
+                     version in self.store.versions(name), mode, time.time() - stage_s,
+                     timings={"stage": round(stage_s, 4)}, bytes_transferred=bytes_transferred,
+                     bytes_saved=bytes_saved)
+            try:  # nothing is written before the room for all of it is known to be there
+                self._check_space(tx, art.manifest, artifact, keyslot, files)
+                self._journal(tx, "verify")  # the journal first: recovery finds any transaction that left a trace
+            except (OSError, StoreError) as exc:
+                tx.phase = "verify"
+                raise self._failed(tx, result, exc, undo=False) from None
             try:
+                self.history.begin(tx.txid, name, version, active, mode, tx.started)
                 self._run(tx, art, artifact, keyslot, files, policy)
+                self._journal(tx, "commit")  # the commit point
             except Exception as exc:  # every failure ends in the previous state, with the reason recorded
-                reason = "%s: %s" % (tx.phase, _describe(exc))
-                try:
-                    outcome = self._undo(tx)
-                except Exception as undo_exc:  # say so loudly; the next run starts from a clean journal
-                    outcome = "rollback_failed"
-                    reason = "%s; putting %s back failed: %s" % (reason, tx.from_version, _describe(undo_exc))
-                self.history.finish(tx.txid, outcome, tx.phase, reason, tx.timings, bytes_transferred, bytes_saved)
+                raise self._failed(tx, result, exc) from None
+            return self._committed(tx, result)
+
+    def _failed(self, tx: _Tx, result: Dict[str, Any], exc: BaseException, undo: bool = True) -> UpdateFailed:
+        """Put the device back as it was before ``tx`` (unless nothing was written yet), record why,
+        and say what happened."""
+        reason = "%s: %s" % (tx.phase, _describe(exc))
+        outcome = "refused"
+        if undo:
+            try:
+                outcome = self._undo(tx)
+            except Exception as undo_exc:  # say so loudly; the next run starts from a clean journal
+                outcome = "rollback_failed"
+                reason = "%s; putting %s back failed: %s" % (reason, tx.from_version, _describe(undo_exc))
+        warnings = self._record(tx, outcome, reason, journal_written=undo)
+        # The device is as it was (changed: false), unless even that failed.
+        active = self._active_after(tx.name)
+        result.update(changed=outcome == "rollback_failed", outcome=outcome, phase=tx.phase, reason=reason,
+                      timings=tx.timings, txid=tx.txid, active_version=active)
+        code = getattr(exc, "reason", None)
+        if isinstance(code, str):
+            result["reason_code"] = code
+        if warnings:
+            result.update(bookkeeping_failed="; ".join(warnings), warnings=warnings)
+        return UpdateFailed("update of %s to %s %s" % (tx.name, tx.version, _undo_words(outcome, reason, tx)), result)
+
+    def _committed(self, tx: _Tx, result: Dict[str, Any]) -> Dict[str, Any]:
+        """The update stands (the journal says ``commit``); what is left is bookkeeping, and a failure
+        of it does not undo the update: it is reported, and the next run repairs it."""
+        started = time.monotonic()
+        warnings = []
+        try:
+            self.store.prune(tx.name)
+        except Exception as exc:  # noqa: BLE001 - an old version kept longer is harmless
+            warnings.append("removing versions beyond keep_versions failed (the next update retries): %s"
+                            % _describe(exc))
+        warnings += self._record(tx, "committed", None, journal_written=True)
+        tx.timings["commit"] = round(time.monotonic() - started, 4)
+        done = dict(result, changed=True, outcome="committed", active_version=self._active_after(tx.name),
+                    timings=tx.timings, txid=tx.txid)
+        if warnings:
+            done.update(bookkeeping_failed="; ".join(warnings), warnings=warnings)
+        return done
+
+    def _record(self, tx: _Tx, outcome: str, reason: Optional[str], journal_written: bool) -> List[str]:
+        """Write the history row of an ended transaction, then remove its journal. Returns warnings:
+        when the row cannot be written, the journal keeps the outcome and the next run writes it."""
+        phase = "commit" if outcome == "committed" else tx.phase
+        try:
+            self.history.finish(tx.txid, outcome, phase, reason, tx.timings, tx.bytes_transferred, tx.bytes_saved,
+                                row=tx.row())
+        except Exception as exc:  # noqa: BLE001 - the update's own outcome stands; the row is repaired later
+            problem = "writing the history row failed: %s" % _describe(exc)
+            if not journal_written:
+                return ["%s; this refusal is not recorded" % problem]
+            if outcome != "committed" and not self._journal_outcome(tx, outcome, reason):
+                return ["%s; the journal could not keep the outcome either, so this transaction is not recorded"
+                        % problem]
+            return ["%s; %s keeps the outcome and the next run records it" % (problem, self.journal_path)]
+        if journal_written:
+            try:
                 self._clear_journal()
-                # The device is as it was (changed: false), unless even that failed.
-                result.update(changed=outcome == "rollback_failed", outcome=outcome, phase=tx.phase, reason=reason,
-                              timings=tx.timings, txid=tx.txid, active_version=self.store.active(name))
-                raise UpdateFailed("update of %s to %s %s" % (name, version, _undo_words(outcome, reason, tx)),
-                                   result) from None
-            self._journal(tx, "commit")
-            started = time.monotonic()
-            self.history.finish(tx.txid, "committed", "commit", None, tx.timings, bytes_transferred, bytes_saved)
+            except OSError as exc:
+                return ["removing the journal %s failed (the next run removes it): %s"
+                        % (self.journal_path, _describe(exc))]
+        return []
+
+    def _journal_outcome(self, tx: _Tx, outcome: str, reason: Optional[str]) -> bool:
+        """Keep an ended transaction's outcome in its journal, so that the next run records it as it
+        was (not as an installer that died). On a full disk, the old journal's room is reused."""
+        tx.outcome, tx.reason = outcome, reason
+        try:
+            self._journal(tx, tx.phase)
+            return True
+        except (OSError, StoreError):
+            pass
+        try:  # the undo is done: the journal may go for a moment, to free its block for the new one
             self._clear_journal()
-            tx.timings["commit"] = round(time.monotonic() - started, 4)
-            return dict(result, changed=True, outcome="committed", active_version=version, timings=tx.timings,
-                        txid=tx.txid)
+            self._journal(tx, tx.phase)
+            return True
+        except (OSError, StoreError):
+            return False
+
+    def _active_after(self, name: str) -> Optional[str]:
+        try:
+            return self.store.active(name)
+        except StoreError:
+            return None
+
+    def _check_space(self, tx: _Tx, manifest: Any, artifact: str, keyslot: Dict[str, Any],
+                     files: Optional[Mapping[str, bytes]]) -> None:
+        """Refuse, before the journal, an update the disk has no room for: the store's install and the
+        transaction's bookkeeping (journal, history), on whichever filesystems they live."""
+        needs = {self.store.models_dir: self.store.space_needed(manifest, files, artifact, keyslot),
+                 self.state_dir: BOOKKEEPING_BYTES}
+        DiskFull.check(needs, "updating %s from %s to %s" % (tx.name, tx.from_version, tx.version) if tx.from_version
+                       else "installing %s %s" % (tx.name, tx.version))
 
     def apply_delta(self, delta: str, keyslot: Dict[str, Any], files: Optional[Mapping[str, bytes]] = None,
                     policy: Policy = Policy(), mode: str = "push", stage_s: float = 0.0,
@@ -291,6 +447,7 @@ class Updater:
             try:
                 info = self.store.rebuild_delta(delta, keyslot, rebuilt)
             except Exception as exc:  # noqa: BLE001 - nothing has changed yet: every failure means "send the artifact"
+                exc = DiskFull.from_error(exc, "rebuilding the artifact from the delta", rebuilt) or exc
                 reason = getattr(exc, "reason", None) or "delta_failed"
                 raise DeltaFailed("the delta %s gives no artifact (%s): %s" % (os.path.basename(delta), reason, exc),
                                   reason, {"changed": False, "outcome": "delta_failed", "delta_reason": reason,
@@ -320,14 +477,18 @@ class Updater:
         version = str(claimed.get("version") or "unknown")
         reason = "stage: %s" % exc
         timings = {"stage": round(stage_s, 4)}
-        txid = uuid.uuid4().hex
-        self.history.begin(txid, name, version, self.store.active(name) if claimed else None, mode,
-                           time.time() - stage_s)
-        self.history.finish(txid, "refused", "stage", reason, timings, bytes_transferred)
-        active = self.store.active(name) if claimed else None
+        active = self._active_after(name) if claimed else None
         result = {"changed": False, "name": name, "version": version, "previous_version": active,
                   "active_version": active, "outcome": "refused", "phase": "stage", "reason": reason,
-                  "timings": timings, "txid": txid, "bytes_transferred": bytes_transferred, "recovered": recovered}
+                  "timings": timings, "bytes_transferred": bytes_transferred, "recovered": recovered}
+        try:
+            result["txid"] = self.history.record(name, version, active, mode, "refused", reason, timings, "stage",
+                                                 bytes_transferred)
+        except Exception as history_exc:  # noqa: BLE001 - the refusal stands; say that it is not recorded
+            warning = "writing the history row failed: %s; this refusal is not recorded" % _describe(history_exc)
+            result.update(bookkeeping_failed=warning, warnings=[warning])
+        if isinstance(getattr(exc, "reason", None), str):
+            result["reason_code"] = getattr(exc, "reason")
         return UpdateFailed("update of %s to %s %s" % (name, version, _undo_words("refused", reason, None, active)),
                             result)
 
@@ -356,16 +517,27 @@ class Updater:
             if target not in self.store.versions(name):
                 raise StoreError("rolling back %s to %s: that version is not kept (kept: %s)"
                                  % (name, target, ", ".join(self.store.versions(name)) or "none"))
-            base = {"name": name, "version": target, "previous_version": active, "recovered": recovered}
+            base: Dict[str, Any] = {"name": name, "version": target, "previous_version": active,
+                                    "recovered": recovered}
             if active == target and self._serving_ok(name, target):
                 return dict(base, changed=False, active_version=target, timings={})
             started = time.monotonic()
             self._switch_to(name, target)
             self._verify_serves(name, target)
             timings = {"rollback": round(time.monotonic() - started, 4)}
-            self.history.record(name, target, active, "manual", "manual_rollback",
-                                reason or "operator rollback from %s" % active, timings)
-            return dict(base, changed=True, active_version=target, timings=timings)
+            done = dict(base, changed=True, active_version=self._active_after(name), timings=timings)
+            why = reason or "operator rollback from %s" % active
+            try:
+                self.history.record(name, target, active, "manual", "manual_rollback", why, timings)
+            except Exception as exc:  # noqa: BLE001 - the rollback stands; the row is written by the next run
+                tx = _Tx(uuid.uuid4().hex, name, target, active, None, True, "manual",
+                         time.time() - timings["rollback"], "rollback", timings)
+                problem = "writing the history row failed: %s" % _describe(exc)
+                kept = self._journal_outcome(tx, "manual_rollback", why)
+                warning = "%s; %s" % (problem, "%s keeps it and the next run records it" % self.journal_path
+                                      if kept else "this rollback is not recorded")
+                done.update(bookkeeping_failed=warning, warnings=[warning])
+            return done
 
     def recover(self) -> List[Dict[str, Any]]:
         """Roll back a transaction a killed installer left behind. Returns what was done."""
@@ -406,10 +578,10 @@ class Updater:
         with self._phase(tx, "activate"):
             if service:
                 identity = self._identity()
-                self.client.call("POST", "/v2/admin/models/%s/activate" % tx.name, body)
+                self.client.call("POST", "/v2/admin/models/%s/activate" % tx.name, dict(body, prune=False))
                 self._verify_serves(tx.name, tx.version)
             else:
-                self.store.activate(tx.name, tx.version)
+                self.store.activate(tx.name, tx.version, prune=False)
         self._journal(tx, "watch")
         with self._phase(tx, "watch"):
             if service and policy.watch_s > 0:
@@ -458,7 +630,7 @@ class Updater:
         """Put the device back as it was before ``tx``; the outcome for the history."""
         switched = tx.phase in SWITCHED
         if tx.from_version is not None:
-            self._switch_to(tx.name, tx.from_version)
+            self._switch_to(tx.name, tx.from_version, prune=False)
         self.store.restore_pointers(tx.name, tx.from_version, tx.from_previous)
         self._discard(tx)
         if tx.from_version is not None and switched:
@@ -478,11 +650,11 @@ class Updater:
         """Is the service there? One that was up for this transaction gets time to come back from a restart."""
         return self.client.wait_up(self.restart_grace_s) if self._expect_service else self.client.up()
 
-    def _switch_to(self, name: str, version: str) -> None:
+    def _switch_to(self, name: str, version: str, prune: bool = True) -> None:
         if self._service_up():
-            self.client.call("POST", "/v2/admin/models/%s/activate" % name, {"version": version})
+            self.client.call("POST", "/v2/admin/models/%s/activate" % name, {"version": version, "prune": prune})
         else:
-            self.store.activate(name, version)
+            self.store.activate(name, version, prune=prune)
 
     def _verify_serves(self, name: str, version: str) -> None:
         """The service must serve ``version``, report it ready and answer a probe inference.
@@ -536,37 +708,68 @@ class Updater:
     # -- recovery --------------------------------------------------------------------------
 
     def _recover(self) -> List[Dict[str, Any]]:
+        """Sweep what killed writers left, then end the transaction a killed installer left: undo it,
+        or, when it had passed its commit point or its undo was done, write the history row it lacks
+        (the bookkeeping a full disk kept it from). Returns what was done: one entry per leftover
+        removed (``outcome: swept``, ``path`` under the root) and one per transaction."""
         self.store.recover()
-        self._sweep_rebuilt()
+        swept = ["models/%s" % path for path in self.store.swept[self._reported:]]
+        self._reported = len(self.store.swept)
+        done: List[Dict[str, Any]] = [{"outcome": "swept", "path": p} for p in swept + self._sweep_leftovers()]
         data = self._read_journal()
         if data is None:
             self.history.sweep("interrupted before its journal was written; nothing was changed")
-            return []
+            return done
         tx = _Tx.from_dict(data)
+        entry = {"txid": tx.txid, "name": tx.name, "version": tx.version}
+        if tx.outcome is not None:  # it had ended (undone, or an operator's rollback); only its row was left
+            self._write_row(tx, tx.outcome, tx.phase, tx.reason)
+            return done + [dict(entry, outcome=tx.outcome, repaired="history")]
+        if tx.phase == "commit":  # it had passed every check; only the bookkeeping was left
+            with contextlib.suppress(StoreError, OSError):
+                self.store.prune(tx.name)
+            self._write_row(tx, "committed", "commit", None)
+            return done + [dict(entry, outcome="committed")]
         reason = "interrupted in phase %s (installer pid %s died); recovered by pid %d" % (
             tx.phase, data.get("pid"), os.getpid())
-        if tx.phase == "commit":  # it had passed every check; only the bookkeeping was left
-            self.history.finish(tx.txid, "committed", "commit", None, tx.timings)
-            self._clear_journal()
-            return [{"txid": tx.txid, "name": tx.name, "version": tx.version, "outcome": "committed"}]
         outcome = self._undo(tx)
-        if not self.history.finish(tx.txid, "interrupted", tx.phase, "%s; %s" % (reason, outcome.replace("_", " ")),
-                                   tx.timings):  # killed between the journal and the history row
-            self.history.begin(tx.txid, tx.name, tx.version, tx.from_version, tx.mode, tx.started)
-            self.history.finish(tx.txid, "interrupted", tx.phase, "%s; %s" % (reason, outcome.replace("_", " ")),
-                                tx.timings)
-        self._clear_journal()
+        self._write_row(tx, "interrupted", tx.phase, "%s; %s" % (reason, outcome.replace("_", " ")))
         self.history.sweep("interrupted; recovered with transaction %s" % tx.txid)
-        return [{"txid": tx.txid, "name": tx.name, "version": tx.version, "outcome": "interrupted",
-                 "undo": outcome, "restored": tx.from_version}]
+        return done + [dict(entry, outcome="interrupted", undo=outcome, restored=tx.from_version)]
 
-    def _sweep_rebuilt(self) -> None:
-        """Remove artifacts rebuilt from deltas by installers that died (``cache/rebuilt-<pid>``)."""
+    def _write_row(self, tx: _Tx, outcome: str, phase: Optional[str], reason: Optional[str]) -> None:
+        """The history row of a transaction the journal describes (written whole if it has none), then
+        the journal goes."""
+        self.history.finish(tx.txid, outcome, phase, reason, tx.timings, tx.bytes_transferred, tx.bytes_saved,
+                            row=tx.row())
+        self._clear_journal()
+
+    def repair(self) -> List[Dict[str, Any]]:
+        """The light part of recovery, for commands that only read (``ota history``): when no update
+        runs, write the history row of a transaction that ended but could not record itself. A
+        transaction that needs undoing is left to the next update or ``ota recover``."""
+        if not os.path.isdir(self.state_dir):  # no update ever ran here: nothing to repair, nothing to create
+            return []
+        try:
+            with self._lock():
+                data = self._read_journal()
+                tx = _Tx.from_dict(data) if data is not None else None
+                if tx is not None and (tx.outcome is not None or tx.phase == "commit"):
+                    return self._recover()
+                return [{"outcome": "swept", "path": p} for p in self._sweep_leftovers()]
+        except (StoreError, HistoryError, OSError):  # an update runs (it does this itself), a full disk, no access
+            return []
+
+    def _sweep_leftovers(self) -> List[str]:
+        """Remove, under the OTA lock, what installers that died left outside the store: artifacts
+        rebuilt from deltas (``cache/rebuilt-<pid>``, when that pid is gone) and the journal's temp
+        files (``state/.tmp-*``). Returns the paths removed, relative to the root."""
+        removed = []
         cache = os.path.join(self.config.root, "cache")
         try:
-            entries = os.listdir(cache)
+            entries = sorted(os.listdir(cache))
         except OSError:
-            return
+            entries = []
         for entry in entries:
             pid = entry[len("rebuilt-"):].split(".", 1)[0]
             if not (entry.startswith("rebuilt-") and pid.isdigit()) or int(pid) == os.getpid():
@@ -580,6 +783,18 @@ class Updater:
                 continue
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(cache, entry))
+                removed.append("cache/%s" % entry)
+        try:
+            entries = sorted(os.listdir(self.state_dir))
+        except OSError:
+            entries = []
+        for entry in entries:
+            if entry.startswith(".tmp-"):
+                fsutil.write_point("sweep state/%s" % entry)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(self.state_dir, entry))
+                    removed.append("state/%s" % entry)
+        return removed
 
     # -- journal and lock ------------------------------------------------------------------
 
@@ -594,8 +809,15 @@ class Updater:
 
     def _journal(self, tx: _Tx, phase: str) -> None:
         tx.phase = phase
-        os.makedirs(self.state_dir, exist_ok=True)
-        write_atomic(self.journal_path, json.dumps(tx.to_dict(), sort_keys=True).encode(), 0o640)
+        try:
+            os.makedirs(self.state_dir, exist_ok=True)
+            write_atomic(self.journal_path, json.dumps(tx.to_dict(), sort_keys=True).encode(), 0o640,
+                         label="journal phase %s%s" % (phase, " (%s)" % tx.outcome if tx.outcome else ""))
+        except OSError as exc:
+            full = DiskFull.from_error(exc, "writing the OTA journal (phase %s)" % phase, self.journal_path)
+            if full is None:
+                raise
+            raise full from None
 
     def _read_journal(self) -> Optional[Dict[str, Any]]:
         try:
@@ -607,8 +829,12 @@ class Updater:
             raise StoreError("the OTA journal %s is unreadable; inspect it and remove it" % self.journal_path) from None
 
     def _clear_journal(self) -> None:
+        if not os.path.exists(self.journal_path):
+            return
+        fsutil.write_point("journal: remove")
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.journal_path)
+        fsutil.fsync_dir(self.state_dir)
 
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:
@@ -630,8 +856,9 @@ class Updater:
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, ServiceDown):
         return str(exc)
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        return "no space left on device (%s)" % (exc.filename or "store")
+    full = DiskFull.from_error(exc, "the update")
+    if full is not None:
+        return str(full)
     return str(exc) or type(exc).__name__
 
 

@@ -217,11 +217,11 @@ class Downloader:
             got = os.path.getsize(part) if os.path.exists(part) else 0
             raise RegistryError("network", "downloading %s: %d of %d bytes after %d attempts; the next run resumes"
                                 % (self.url(path), got, size, self.retries))
-        got = sha256_file(part)
-        if os.path.getsize(part) != size or got != sha256:
+        digest = sha256_file(part)
+        if os.path.getsize(part) != size or digest != sha256:
             os.unlink(part)
             raise RegistryError("checksum", "%s: sha256 %s (%d bytes), the signed update document says %s (%d bytes)"
-                                % (self.url(path), got, os.path.getsize(part) if os.path.exists(part) else 0,
+                                % (self.url(path), digest, os.path.getsize(part) if os.path.exists(part) else 0,
                                    sha256, size))
         os.replace(part, dest)
         return received

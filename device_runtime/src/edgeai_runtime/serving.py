@@ -206,9 +206,11 @@ class ModelManager:
                     "gate_s": round(new.gate_seconds, 4), "gate": new.gate.to_dict()}
 
     def activate(self, name: str, version: str, write_store: bool = True,
-                 latency_budget_ms: Optional[float] = None) -> Dict[str, object]:
+                 latency_budget_ms: Optional[float] = None, prune: bool = True) -> Dict[str, object]:
         """Switch ``name`` to ``version`` after loading and gating it beside the serving one
         (at once when ``prepare`` did that, or when it is the loaded previous version).
+        ``prune``: the store then removes versions beyond its ``keep`` (the OTA installer defers
+        that to its commit).
 
         On any failure the serving version keeps serving and the store is unchanged;
         the reason is recorded in the slot and raised.
@@ -236,7 +238,7 @@ class ModelManager:
                 slot.previous, slot.active = slot.active, new
             if write_store:
                 try:
-                    self.store.activate(name, version)
+                    self.store.activate(name, version, prune=prune)
                 except (StoreError, OSError) as exc:
                     with self._lock:  # put the serving version back: memory and disk must agree
                         slot.active, slot.previous = slot.previous, (new if reused_previous else old_previous)

@@ -7,14 +7,25 @@ Layout::
   or, for a signed, encrypted artifact (docs/artifact-format.md):
     <root>/models/<name>/<version>/model.eaf         the artifact, as received: never decrypted to disk
     <root>/models/<name>/<version>/keyslot.json      its data key, wrapped for this device's key
-    <root>/models/<name>/active   -> <version>        (symlink)
-    <root>/models/<name>/previous -> <version>        (symlink, the rollback target)
+    <root>/models/<name>/pointers -> {"active":"<version>","previous":"<version>"}
+                                                      the pointer record: a symlink whose target is the JSON
+  stores written by older runtimes have two symlinks instead (read, and replaced by the record on
+  the next switch):
+    <root>/models/<name>/active   -> <version>
+    <root>/models/<name>/previous -> <version>        (the rollback target)
 
-Crash safety: a version is written into a staging directory, fsynced, then renamed
-into place in one step; pointers are switched by renaming a new symlink over the
-old one. A crash at any moment therefore leaves either the old or the new version
-active, never neither, and never a half-written version under its own name.
-Mutations hold an exclusive lock on ``<root>/models/.lock``.
+Crash safety: a version is written into a staging directory (``.staging-<pid>-*``), fsynced,
+then renamed into place in one step. The active/previous pair is switched in one step too: a new
+record symlink is renamed over the old one, so a crash leaves the old pair or the new pair, never
+a mix of the two (and never ``active`` without its rollback target). A symlink's target lives in
+its inode, so switching back needs no free data block: a rollback works on a full disk.
+Mutations hold an exclusive lock on ``<root>/models/.lock``; what a killed writer left (staging
+directories, pointer temporaries, temp files) is swept by whoever next gets the lock, and by every
+``open_store`` (which then reports it in ``swept``).
+
+Space: an install checks, before it stages anything, that the filesystem has room for what it
+writes; a full disk is refused with a DiskFull (fsutil) naming the filesystem, the bytes needed
+and the bytes free.
 
 Trust: artifacts must be signed by a key in ``<root>/etc/signers/*.pub``; their data keys
 open with the device keyring in ``<root>/keys``. With ``require_signed`` the store refuses
@@ -31,16 +42,19 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Mapping, Optional
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 from .artifact import Artifact, ArtifactError
+from .fsutil import blocks, fsync_dir, is_disk_full, mount_point, shortfall, space, write_point
 from .keys import DeviceKeyring, load_public, key_id, key_type, write_atomic
 from .manifest import Manifest, ManifestError, check_name, version_key
 
 ACTIVE = "active"
 PREVIOUS = "previous"
+RECORD = "pointers"
 _STAGING_PREFIX = ".staging-"
-_POINTERS = (ACTIVE, PREVIOUS)
+_LEFTOVER_PREFIXES = (_STAGING_PREFIX, ".ptr-")
+_POINTERS = (ACTIVE, PREVIOUS, RECORD)
 ARTIFACT_FILE = "model.eaf"
 KEYSLOT_FILE = "keyslot.json"
 _RESERVED = ("manifest.json", ARTIFACT_FILE, KEYSLOT_FILE)
@@ -48,6 +62,42 @@ _RESERVED = ("manifest.json", ARTIFACT_FILE, KEYSLOT_FILE)
 
 class StoreError(RuntimeError):
     """A store operation was refused or failed; ``str()`` says which model and why."""
+
+
+class DiskFull(StoreError):
+    """No space left on the filesystem holding ``path``. ``str()`` names the filesystem (its mount
+    point), what needed the room, the bytes needed (when known) and the bytes free; never a bare
+    ``[Errno 28]``. ``reason`` is the stable code ``disk_full`` (docs/artifact-format.md)."""
+
+    reason = "disk_full"
+
+    def __init__(self, path: str, doing: str, needed: Optional[int] = None, detail: Optional[str] = None) -> None:
+        try:
+            free = space(path)[0]
+            mount = mount_point(path)
+        except OSError:
+            free, mount = -1, "?"
+        self.path, self.doing, self.needed, self.free, self.mount = path, doing, needed, free, mount
+        need = "%d bytes needed, %d free" % (needed, free) if needed is not None else "%d bytes free" % free
+        message = "no space left on device: %s needs room on the filesystem at %s (for %s): %s" % (
+            doing, mount, path, need)
+        super().__init__(message + (" (%s)" % detail if detail else ""))
+
+    @classmethod
+    def check(cls, needs: Mapping[str, int], doing: str) -> None:
+        """Raise DiskFull unless every filesystem has room for ``needs`` ({path: bytes})."""
+        short = shortfall(needs)
+        if short is not None:
+            raise cls(short[0], doing, needed=short[1])
+
+    @classmethod
+    def from_error(cls, exc: BaseException, doing: str, path: Optional[str] = None) -> Optional["DiskFull"]:
+        """``exc`` as a DiskFull when it is a full disk (ENOSPC, EDQUOT), else None."""
+        if isinstance(exc, DiskFull):
+            return exc
+        if is_disk_full(exc):
+            return cls(str(getattr(exc, "filename", None) or path or "."), doing)
+        return None
 
 
 @dataclass
@@ -59,15 +109,11 @@ class Change:
     message: str = ""
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+_fsync_dir = fsync_dir
 
 
 def _write_file(path: str, data: bytes, mode: int = 0o640) -> None:
+    write_point("stage %s" % os.path.basename(path))
     with open(path, "xb") as f:
         f.write(data)
         f.flush()
@@ -81,6 +127,7 @@ def _same_key(stored: Dict[str, Any], new: Dict[str, Any]) -> bool:
 
 
 def _copy_file(src: str, dst: str) -> None:
+    write_point("stage %s" % os.path.basename(dst))
     with open(src, "rb") as fin, open(dst, "xb") as fout:
         shutil.copyfileobj(fin, fout, 1 << 20)
         fout.flush()
@@ -107,6 +154,8 @@ class ModelStore:
         self.require_signed = require_signed
         self.hardware_class = hardware_class
         self.keyring = DeviceKeyring(root)
+        #: What ``sweep``/``recover`` removed through this object (``<name>/<entry>``), for the caller to report.
+        self.swept: List[str] = []
 
     def trusted_signers(self) -> Dict[str, Any]:
         """The Ed25519 public keys in <root>/etc/signers/*.pub, by key id."""
@@ -143,13 +192,38 @@ class ModelStore:
                  and os.path.isfile(os.path.join(self._dir(name), e, "manifest.json"))]
         return sorted(found, key=version_key)
 
-    def pointer(self, name: str, which: str = ACTIVE) -> Optional[str]:
-        """The version a pointer names, or None when it is unset or dangling."""
+    def pointers(self, name: str) -> Tuple[Optional[str], Optional[str]]:
+        """(active, previous): from the pointer record, else from the two symlinks of a store an
+        older runtime wrote. A pointer that is unset, or names no complete version, reads as None."""
+        directory = self._dir(name)
         try:
-            target = os.readlink(os.path.join(self._dir(name), which))
-        except OSError:
+            text = os.readlink(os.path.join(directory, RECORD))
+        except FileNotFoundError:
+            pair = (_readlink(os.path.join(directory, ACTIVE)), _readlink(os.path.join(directory, PREVIOUS)))
+        except OSError as exc:
+            raise StoreError("reading the pointer record of %s (%s): %s"
+                             % (name, os.path.join(directory, RECORD), exc.strerror)) from None
+        else:
+            try:
+                record = json.loads(text)
+                pair = (record.get(ACTIVE), record.get(PREVIOUS))
+            except (ValueError, AttributeError):
+                raise StoreError("the pointer record of %s (%s) is not ours: %r; inspect it and remove it"
+                                 % (name, os.path.join(directory, RECORD), text)) from None
+        return self._complete(name, pair[0]), self._complete(name, pair[1])
+
+    def pointer(self, name: str, which: str = ACTIVE) -> Optional[str]:
+        """The version a pointer (``active`` or ``previous``) names, or None when it is unset or dangling."""
+        if which not in (ACTIVE, PREVIOUS):
+            raise ValueError("pointer %r is not one of %s, %s" % (which, ACTIVE, PREVIOUS))
+        return self.pointers(name)[0 if which == ACTIVE else 1]
+
+    def _complete(self, name: str, version: Any) -> Optional[str]:
+        try:
+            check_name("version", version)
+        except (ManifestError, ValueError):
             return None
-        return target if os.path.isfile(os.path.join(self._dir(name), target, "manifest.json")) else None
+        return version if os.path.isfile(os.path.join(self._dir(name), version, "manifest.json")) else None
 
     def active(self, name: str) -> Optional[str]:
         return self.pointer(name, ACTIVE)
@@ -209,9 +283,34 @@ class ModelStore:
         return os.path.join(self._version_dir(name, version), filename)
 
     def status(self) -> List[Dict[str, object]]:
-        return [{"name": n, "versions": self.versions(n), "active": self.active(n),
-                 "previous": self.pointer(n, PREVIOUS),
-                 "installed": {v: self.details(n, v) for v in self.versions(n)}} for n in self.names()]
+        found: List[Dict[str, object]] = []
+        for n in self.names():
+            active, previous = self.pointers(n)
+            found.append({"name": n, "versions": self.versions(n), "active": active, "previous": previous,
+                          "installed": {v: self.details(n, v) for v in self.versions(n)}})
+        return found
+
+    def serving(self) -> Dict[str, Optional[str]]:
+        """{name: active version}: what the service serves (or will, once it starts)."""
+        return {n: self.active(n) for n in self.names()}
+
+    def space_needed(self, manifest: Manifest, files: Optional[Mapping[str, bytes]], artifact: Optional[str] = None,
+                     keyslot: Optional[Dict[str, Any]] = None) -> int:
+        """Bytes an install of ``manifest`` puts on the store's filesystem (0 when it is installed):
+        every file rounded up to whole blocks, the version's directory, and the pointer record."""
+        if os.path.isdir(self._version_dir(manifest.name, manifest.version)):
+            return 0
+        block = space(self.models_dir)[1]
+        sizes = [os.path.getsize(artifact) if artifact else manifest.size, len(manifest.to_json().encode()),
+                 len(json.dumps(keyslot or {}, sort_keys=True).encode())]
+        sizes += [len(data) for data in (files or {}).values()]
+        return sum(blocks(n, block) for n in sizes) + 2 * block
+
+    def check_space(self, manifest: Manifest, files: Optional[Mapping[str, bytes]], artifact: Optional[str] = None,
+                    keyslot: Optional[Dict[str, Any]] = None) -> None:
+        """Refuse (DiskFull) an install the store's filesystem has no room for, before anything is written."""
+        DiskFull.check({self.models_dir: self.space_needed(manifest, files, artifact, keyslot)},
+                       "installing %s %s" % (manifest.name, manifest.version))
 
     # -- changing --------------------------------------------------------------------------
 
@@ -232,6 +331,7 @@ class ModelStore:
             if self._already_installed(manifest):
                 return Change(False, name, version, message="already installed")
             self._check_downgrade(manifest, force)
+            self.check_space(manifest, files)
             self._stage(manifest, lambda staging: _write_file(os.path.join(staging, manifest.model_file), model),
                         files)
         return Change(True, name, version, message="installed")
@@ -267,6 +367,7 @@ class ModelStore:
             if self._already_installed(manifest):
                 return Change(False, name, version, message="already installed")
             self._check_downgrade(manifest, force)
+            self.check_space(manifest, files, path, keyslot)
 
             def write_model(staging: str) -> None:
                 _copy_file(path, os.path.join(staging, ARTIFACT_FILE))
@@ -294,7 +395,8 @@ class ModelStore:
             raise ArtifactError("delta_base_missing", "%s patches %s %s (sha256 %s), which this device does not hold "
                                 "(it holds: %s)" % (path, base["name"], base["version"], base["sha256"][:12],
                                                     ", ".join(self.versions(base["name"])) or "none"))
-        base_version = self.active(base["name"]) if self.active(base["name"]) in held else held[-1]
+        active = self.active(base["name"])
+        base_version = active if active is not None and active in held else held[-1]
         try:
             model = self.read_model(base["name"], base_version)
         except StoreError as exc:
@@ -319,18 +421,24 @@ class ModelStore:
                          json.dumps(keyslot, sort_keys=True).encode(), 0o640)
         return Change(True, name, version, message="re-keyed for device key %s" % keyslot.get("key_id"))
 
-    def activate(self, name: str, version: str) -> Change:
-        """Point ``active`` at version; the version it replaces becomes ``previous``."""
+    def activate(self, name: str, version: str, prune: bool = True) -> Change:
+        """Point ``active`` at version; the version it replaces becomes ``previous`` (both in one
+        step). ``prune``: then remove versions beyond ``keep`` (an OTA transaction prunes only at
+        its commit, so that its undo finds every version it may put back)."""
         with self._locked():
             self.manifest(name, version)  # refuses a version that is not installed
-            current = self.active(name)
+            current, previous = self.pointers(name)
             if current == version:
-                return Change(False, name, version, self.pointer(name, PREVIOUS), "already active")
-            if current is not None:
-                self._set_pointer(name, PREVIOUS, current)
-            self._set_pointer(name, ACTIVE, version)
-            self._prune(name)
+                return Change(False, name, version, previous, "already active")
+            self._write_pointers(name, version, current if current is not None else previous)
+            if prune:
+                self._prune(name)
         return Change(True, name, version, current, "activated")
+
+    def prune(self, name: str) -> List[str]:
+        """Remove the versions beyond ``keep`` (never the active or previous one); returns them."""
+        with self._locked():
+            return self._prune(name)
 
     def rollback(self, name: str, version: Optional[str] = None) -> Change:
         """Activate ``version``, or the ``previous`` pointer's version."""
@@ -344,40 +452,63 @@ class ModelStore:
     def restore_pointers(self, name: str, active: Optional[str], previous: Optional[str]) -> None:
         """Put ``active`` and ``previous`` back as they were before a failed update (None: no pointer)."""
         with self._locked():
-            for which, version in ((ACTIVE, active), (PREVIOUS, previous)):
-                if version is None:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(os.path.join(self._dir(name), which))
-                    continue
-                self.manifest(name, version)  # refuses a version that is not installed
-                if self.pointer(name, which) != version:
-                    self._set_pointer(name, which, version)
+            for version in (active, previous):
+                if version is not None:
+                    self.manifest(name, version)  # refuses a version that is not installed
+            legacy = any(os.path.islink(os.path.join(self._dir(name), w)) for w in (ACTIVE, PREVIOUS))
+            if self.pointers(name) != (active, previous) or legacy:
+                self._write_pointers(name, active, previous)
 
     def remove(self, name: str, version: str) -> Change:
         with self._locked():
             if version not in self.versions(name):
                 return Change(False, name, version, message="not installed")
-            if version == self.active(name):
+            active, previous = self.pointers(name)
+            if version == active:
                 raise StoreError("removing %s %s: it is the active version" % (name, version))
-            if version == self.pointer(name, PREVIOUS):
-                os.unlink(os.path.join(self._dir(name), PREVIOUS))
+            if version == previous:
+                self._write_pointers(name, active, None)
             self._remove_version(name, version)
         return Change(True, name, version, message="removed")
 
     def recover(self) -> List[str]:
-        """Clean up after a crash: remove staging directories. Returns what was removed."""
-        removed = []
-        with self._locked():
+        """Clean up after a crash: ``sweep``, waiting for the lock. Returns what was removed."""
+        return self.sweep(wait=True)
+
+    def sweep(self, wait: bool = False) -> List[str]:
+        """Remove what killed writers left: staging directories (``.staging-*``: a version being
+        written or removed), pointer temporaries (``.ptr-*``) and temp files (``.tmp-*``) in version
+        directories. Every writer holds the store lock while it has such things, so whoever holds
+        the lock next may remove them all; without ``wait`` a busy lock (a live writer) skips the
+        sweep. Returns what was removed (``<name>/<entry>``) and adds it to ``swept``."""
+        removed: List[str] = []
+        if not os.path.isdir(self.models_dir):
+            return removed
+        with self._locked(wait=wait) as held:
+            if not held:
+                return removed
             for name in self.names():
-                for entry in os.listdir(self._dir(name)):
-                    path = os.path.join(self._dir(name), entry)
-                    if entry.startswith(_STAGING_PREFIX) or entry.startswith(".ptr-"):
+                directory = self._dir(name)
+                for entry in sorted(os.listdir(directory)):
+                    path = os.path.join(directory, entry)
+                    if entry.startswith(_LEFTOVER_PREFIXES):
+                        write_point("sweep %s/%s" % (name, entry))
                         if os.path.isdir(path) and not os.path.islink(path):
                             shutil.rmtree(path, ignore_errors=True)
                         else:
                             with contextlib.suppress(FileNotFoundError):
                                 os.unlink(path)
                         removed.append(os.path.join(name, entry))
+                    elif not entry.startswith(".") and os.path.isdir(path) and not os.path.islink(path):
+                        for inner in sorted(os.listdir(path)):
+                            if inner.startswith(".tmp-"):
+                                write_point("sweep %s/%s/%s" % (name, entry, inner))
+                                with contextlib.suppress(FileNotFoundError):
+                                    os.unlink(os.path.join(path, inner))
+                                removed.append(os.path.join(name, entry, inner))
+            if removed:
+                fsync_dir(self.models_dir)
+        self.swept.extend(removed)
         return removed
 
     # -- internals -------------------------------------------------------------------------
@@ -463,8 +594,11 @@ class ModelStore:
 
     def _stage(self, manifest: Manifest, write_model, files: Mapping[str, bytes]) -> None:
         name, version = manifest.name, manifest.version
+        if version in _POINTERS:
+            raise StoreError("installing %s %s: %s is a name the store reserves" % (name, version, version))
+        write_point("stage %s %s (staging directory)" % (name, version))
         os.makedirs(self._dir(name), exist_ok=True)
-        staging = tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=self._dir(name))
+        staging = tempfile.mkdtemp(prefix="%s%d-" % (_STAGING_PREFIX, os.getpid()), dir=self._dir(name))
         try:
             os.chmod(staging, 0o750)
             write_model(staging)
@@ -473,6 +607,7 @@ class ModelStore:
             # The manifest last: a version directory is complete when it has one.
             _write_file(os.path.join(staging, "manifest.json"), manifest.to_json().encode())
             _fsync_dir(staging)
+            write_point("stage %s %s (rename into place)" % (name, version))
             os.rename(staging, self._version_dir(name, version))
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -485,46 +620,82 @@ class ModelStore:
     def _version_dir(self, name: str, version: str) -> str:
         return os.path.join(self._dir(name), check_name("version", version))
 
-    def _set_pointer(self, name: str, which: str, version: str) -> None:
-        tmp = os.path.join(self._dir(name), ".ptr-%s-%d" % (which, os.getpid()))
+    def _write_pointers(self, name: str, active: Optional[str], previous: Optional[str]) -> None:
+        """Switch the pair in one step (the lock held): a new record symlink, renamed over the old one.
+        Its target is the JSON, kept short so that it lives in the inode (no data block)."""
+        directory = self._dir(name)
+        tmp = os.path.join(directory, ".ptr-%d" % os.getpid())
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        os.symlink(version, tmp)
-        os.replace(tmp, os.path.join(self._dir(name), which))
-        _fsync_dir(self._dir(name))
+        write_point("pointers %s (new record: active %s, previous %s)" % (name, active, previous))
+        os.symlink(json.dumps({ACTIVE: active, PREVIOUS: previous}, separators=(",", ":"), sort_keys=True), tmp)
+        write_point("pointers %s (rename the record into place)" % name)
+        os.replace(tmp, os.path.join(directory, RECORD))
+        _fsync_dir(directory)
+        legacy = [w for w in (ACTIVE, PREVIOUS) if os.path.islink(os.path.join(directory, w))]
+        for which in legacy:  # an older runtime's pointers: the record has replaced them
+            write_point("pointers %s (remove the old %s symlink)" % (name, which))
+            os.unlink(os.path.join(directory, which))
+        if legacy:
+            _fsync_dir(directory)
 
-    def _prune(self, name: str) -> None:
-        pinned = {self.active(name), self.pointer(name, PREVIOUS)}
-        others = [v for v in self.versions(name) if v not in pinned]
-        budget = max(self.keep - (1 if self.pointer(name, PREVIOUS) else 0), 0)
-        for version in others[:max(len(others) - budget, 0)]:
+    def _prune(self, name: str) -> List[str]:
+        active, previous = self.pointers(name)
+        others = [v for v in self.versions(name) if v not in (active, previous)]
+        budget = max(self.keep - (1 if previous else 0), 0)
+        doomed = others[:max(len(others) - budget, 0)]
+        for version in doomed:
             self._remove_version(name, version)
+        return doomed
 
     def _remove_version(self, name: str, version: str) -> None:
         # Rename first so that a crash never leaves a half-deleted directory under its version name.
-        doomed = os.path.join(self._dir(name), "%s%s-removed" % (_STAGING_PREFIX, version))
+        doomed = os.path.join(self._dir(name), "%s%d-removed-%s" % (_STAGING_PREFIX, os.getpid(), version))
+        write_point("remove %s %s (rename out of place)" % (name, version))
         os.rename(self._version_dir(name, version), doomed)
+        write_point("remove %s %s (delete)" % (name, version))
         shutil.rmtree(doomed, ignore_errors=True)
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
+    def _locked(self, wait: bool = True) -> Iterator[bool]:
+        """Hold the store lock; yields False (without it) when ``wait`` is off and another process has it.
+        A full disk inside is raised as DiskFull."""
         try:
             os.makedirs(self.models_dir, exist_ok=True)
+            fd = os.open(os.path.join(self.models_dir, ".lock"), os.O_RDWR | os.O_CREAT, 0o640)
         except OSError as exc:
-            raise StoreError("opening the model store at %s: %s" % (self.models_dir, exc.strerror)) from None
-        fd = os.open(os.path.join(self.models_dir, ".lock"), os.O_RDWR | os.O_CREAT, 0o640)
+            raise DiskFull.from_error(exc, "opening the model store", self.models_dir) or StoreError(
+                "opening the model store at %s: %s" % (self.models_dir, exc.strerror)) from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
+            held = True
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if wait or exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                held = False
+            yield held
         except OSError as exc:
-            if exc.errno == errno.ENOSPC:
-                raise StoreError("model store at %s: no space left on device" % self.models_dir) from None
-            raise
+            full = DiskFull.from_error(exc, "writing to the model store", self.models_dir)
+            if full is None:
+                raise
+            raise full from None
         finally:
             os.close(fd)
 
 
+def _readlink(path: str) -> Optional[str]:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return None
+
+
 def open_store(config: Any) -> ModelStore:
-    """The store as a RuntimeConfig describes it."""
-    return ModelStore(config.root, keep=config.keep_versions, require_signed=config.require_signed,
-                      hardware_class=config.hardware_class)
+    """The store as a RuntimeConfig describes it, swept of what dead writers left (``store.swept``).
+    A sweep that cannot run (a live writer holds the lock, or no write access) is skipped."""
+    store = ModelStore(config.root, keep=config.keep_versions, require_signed=config.require_signed,
+                       hardware_class=config.hardware_class)
+    with contextlib.suppress(OSError, StoreError):
+        store.sweep()
+    return store

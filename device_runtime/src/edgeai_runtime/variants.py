@@ -53,16 +53,25 @@ def identity(manifest: Mapping[str, object]) -> str:
                                str(manifest["sha256"])[:16])
 
 
+def _classes(manifest: Mapping[str, object]) -> List[str]:
+    """The hardware classes a variant is limited to (none: any class). Manifest.from_dict has
+    checked that they are a list of class names."""
+    classes = manifest.get("hardware_classes") or []
+    if not isinstance(classes, (list, tuple)):
+        raise ArtifactError("bad_manifest", "hardware_classes must be a list of class names, not %r" % (classes,))
+    return [str(c) for c in classes]
+
+
 def label(manifest: Mapping[str, object]) -> str:
     """How people read a variant: runtime/precision, and the classes it is limited to."""
-    classes = manifest.get("hardware_classes") or []
+    classes = _classes(manifest)
     return "%s/%s for %s" % (manifest["runtime"], manifest["precision"],
-                             ", ".join(str(c) for c in classes) if classes else "any class")  # type: ignore
+                             ", ".join(classes) if classes else "any class")
 
 
 def _claims(manifest: Mapping[str, object], hardware_class: str) -> bool:
-    classes = manifest.get("hardware_classes") or []
-    return not classes or hardware_class in classes  # type: ignore[operator]
+    classes = _classes(manifest)
+    return not classes or hardware_class in classes
 
 
 def rank(manifest: Mapping[str, object], profile: Profile) -> Optional[Tuple[int, int, int]]:
@@ -84,8 +93,7 @@ def check_distinct(variants: Sequence[Tuple[str, Mapping[str, object]]]) -> None
         for where_b, b in variants[i + 1:]:
             if (a["runtime"], a["precision"]) != (b["runtime"], b["precision"]):
                 continue
-            classes_a = set(a.get("hardware_classes") or [])  # type: ignore[arg-type]
-            classes_b = set(b.get("hardware_classes") or [])  # type: ignore[arg-type]
+            classes_a, classes_b = set(_classes(a)), set(_classes(b))
             if classes_a and classes_b and not classes_a & classes_b:
                 continue
             shared = sorted(classes_a & classes_b) if classes_a and classes_b else sorted(classes_a | classes_b)

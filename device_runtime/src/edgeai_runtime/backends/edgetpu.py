@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+from types import ModuleType
 from typing import Dict, Optional, Sequence
 
 from .base import BackendOptions, BackendUnavailable
@@ -83,7 +84,7 @@ class EdgeTPUBackend(LiteRTBackend):
         super().__init__(model, options)
         self._edgetpu_ops = self._count_edgetpu_ops()
 
-    def _make_delegates(self, mod) -> Sequence[object]:
+    def _make_delegates(self, mod: ModuleType) -> Sequence[object]:
         library = library_name()
         # Checked first: for a library that cannot be opened, LiteRT's Delegate raises
         # OSError from a half-built object whose __del__ then prints a spurious traceback.
@@ -106,7 +107,7 @@ class EdgeTPUBackend(LiteRTBackend):
 
     def _count_edgetpu_ops(self) -> int:
         try:
-            ops = self._interpreter._get_ops_details()  # private, but in both LiteRT wheels
+            ops = self._live()._get_ops_details()  # private, but in both LiteRT wheels
         except Exception:
             return -1
         return sum(1 for op in ops if str(op.get("op_name", "")) == EDGETPU_CUSTOM_OP)

@@ -18,7 +18,8 @@ one lock per backend.
 from __future__ import annotations
 
 import threading
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from types import ModuleType
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -29,6 +30,10 @@ NOT_INSTALLED = "neither ai-edge-litert nor tflite-runtime is installed"
 
 _MAX_REASON = 300
 
+#: A tensor as the interpreter describes it (get_input_details / get_output_details): name, index,
+#: shape, shape_signature, dtype, quantization. LiteRT ships no type information for these.
+TensorDetail = Mapping[str, Any]
+
 
 def _one_line(message: object, limit: int = _MAX_REASON) -> str:
     """``message`` on one line: its non-empty lines joined with '; ', cut at ``limit`` characters."""
@@ -36,7 +41,7 @@ def _one_line(message: object, limit: int = _MAX_REASON) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def import_interpreter_module() -> Tuple[Optional[object], Optional[str]]:
+def import_interpreter_module() -> Tuple[Optional[ModuleType], Optional[str]]:
     """(module with ``Interpreter`` and ``load_delegate``, distribution name), or (None, None)."""
     try:
         from ai_edge_litert import interpreter as mod
@@ -44,7 +49,7 @@ def import_interpreter_module() -> Tuple[Optional[object], Optional[str]]:
     except ImportError:
         pass
     try:
-        from tflite_runtime import interpreter as mod  # type: ignore[no-redef]
+        from tflite_runtime import interpreter as mod
         return mod, "tflite-runtime"
     except ImportError:
         return None, None
@@ -58,7 +63,7 @@ def _dist_version(dist: str) -> str:
         return dist
 
 
-def _batch_flexible(detail: Mapping[str, object]) -> bool:
+def _batch_flexible(detail: TensorDetail) -> bool:
     """A tensor's first dimension is a batch we may resize: rank >= 2 and 1 (or -1 in its signature)."""
     shape = [int(d) for d in detail["shape"]]
     sig = [int(d) for d in detail.get("shape_signature", shape)] or shape
@@ -93,7 +98,7 @@ class LiteRTBackend(Backend):
         options = options if options is not None else BackendOptions()
         self._options = options
         self._lock = threading.Lock()
-        self._interpreter = None
+        self._interpreter: Optional[Any] = None    # an ai_edge_litert / tflite_runtime Interpreter
         self._delegates: List[object] = []
         self._delegate_names: List[str] = []
 
@@ -101,7 +106,7 @@ class LiteRTBackend(Backend):
         if reason:
             raise BackendUnavailable(reason)
         mod, dist = import_interpreter_module()
-        if mod is None:
+        if mod is None or dist is None:
             raise BackendUnavailable(NOT_INSTALLED)
         self._library = _dist_version(dist)
 
@@ -152,7 +157,7 @@ class LiteRTBackend(Backend):
             if scale:
                 self._quant[d["name"]] = {"scale": float(scale), "zero_point": int(zero_point)}
 
-    def _make_delegates(self, mod) -> Sequence[object]:
+    def _make_delegates(self, mod: ModuleType) -> Sequence[object]:
         """Delegates to hand the interpreter; none for plain LiteRT (XNNPACK is LiteRT's own default)."""
         return []
 
@@ -160,7 +165,7 @@ class LiteRTBackend(Backend):
         return "TFLite could not prepare the model: %s" % _one_line(exc)
 
     @staticmethod
-    def _spec(detail: Mapping[str, object], batched: bool) -> TensorSpec:
+    def _spec(detail: TensorDetail, batched: bool) -> TensorSpec:
         try:
             datatype = v2_datatype(detail["dtype"])
         except ValueError:
@@ -224,20 +229,28 @@ class LiteRTBackend(Backend):
 
     # ------------------------------------------------------------------ internals (lock held)
 
+    def _live(self) -> Any:
+        """The interpreter; RuntimeError once the backend is closed."""
+        if self._interpreter is None:
+            raise RuntimeError("the %s backend is closed" % self.runtime)
+        return self._interpreter
+
     def _resize(self, shapes: List[Tuple[int, ...]]) -> None:
+        interp = self._live()
         for index, shape in zip(self._in_index, shapes):
-            self._interpreter.resize_tensor_input(index, list(shape), strict=False)
+            interp.resize_tensor_input(index, list(shape), strict=False)
         self._cur_shapes = list(shapes)   # set first, so that a failure below is restored
-        self._interpreter.allocate_tensors()
+        interp.allocate_tensors()
 
     def _restore(self) -> None:
+        interp = self._live()
         for index, shape in zip(self._in_index, self._orig_shapes):
-            self._interpreter.resize_tensor_input(index, list(shape), strict=False)
-        self._interpreter.allocate_tensors()
+            interp.resize_tensor_input(index, list(shape), strict=False)
+        interp.allocate_tensors()
         self._cur_shapes = list(self._orig_shapes)
 
     def _run(self, arrays: List[np.ndarray]) -> Dict[str, np.ndarray]:
-        interp = self._interpreter
+        interp = self._live()
         for index, arr in zip(self._in_index, arrays):
             interp.set_tensor(index, arr)
         interp.invoke()
@@ -252,7 +265,7 @@ class LiteRTBackend(Backend):
 
     def _empty_outputs(self) -> Dict[str, np.ndarray]:
         """Outputs for a batch of 0, without running the interpreter."""
-        by_index = {int(d["index"]): d for d in self._interpreter.get_output_details()}
+        by_index = {int(d["index"]): d for d in self._live().get_output_details()}
         out = {}
         for spec, index in zip(self._outputs, self._out_index):
             detail = by_index[index]

@@ -7,12 +7,14 @@ CPU; :func:`choose_providers` is the pure function that decides, so it can be
 tested against made-up ``available`` lists. The providers the session actually
 ended up with (``session.get_providers()``) are reported in ``details``.
 
-``onnxruntime`` is imported lazily so that this module imports everywhere.
+``onnxruntime`` is imported lazily so that this module imports everywhere, and always through
+:func:`import_onnxruntime`, which turns ONNX Runtime's own telemetry off first.
 """
 from __future__ import annotations
 
+import os
 import re
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -138,6 +140,23 @@ def choose_providers(available: Sequence[str], precision: str = "fp32", prefer: 
     return out
 
 
+def import_onnxruntime() -> Any:
+    """``import onnxruntime``, with ONNX Runtime's 1DS telemetry off unless the environment says otherwise.
+
+    Official onnxruntime builds for Linux start a telemetry uploader when the module is imported:
+    a thread that wakes on a retry timer, starts resolver threads for
+    mobile.events.data.microsoft.com, and keeps a device id and an event database under
+    ~/.cache/Microsoft/DeveloperTools/.onnxruntime. On a device that is periodic work in an idle
+    service (costly under emulation), writes to its flash, and traffic to a third party.
+    ``ORT_DISABLE_TELEMETRY=1`` before the first import turns it off for the process (see
+    onnxruntime's Privacy.md); an operator who wants it sets ``ORT_DISABLE_TELEMETRY=0``.
+    ImportError when onnxruntime is not installed.
+    """
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    import onnxruntime  # pylint: disable=import-outside-toplevel
+    return onnxruntime
+
+
 def _provider_name(entry: ProviderEntry) -> str:
     return entry if isinstance(entry, str) else entry[0]
 
@@ -158,14 +177,14 @@ class OnnxBackend(Backend):
     @classmethod
     def probe(cls) -> Optional[str]:
         try:
-            import onnxruntime  # noqa: F401
+            import_onnxruntime()
         except ImportError:
             return "onnxruntime is not installed"
         return None
 
     def __init__(self, model: bytes, options: BackendOptions) -> None:
         try:
-            import onnxruntime as ort
+            ort = import_onnxruntime()
         except ImportError:
             raise BackendUnavailable("onnxruntime is not installed") from None
         if not isinstance(model, bytes):

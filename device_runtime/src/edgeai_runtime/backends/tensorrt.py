@@ -25,7 +25,8 @@ import os
 import subprocess
 import sys
 import threading
-from typing import Dict, List, Mapping, Optional, Sequence
+from types import ModuleType
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -223,12 +224,14 @@ _trt_logger_lock = threading.Lock()
 _load_lock = threading.Lock()
 
 
-def _get_logger(trt):
+def _get_logger(trt: ModuleType) -> Any:
     """One process-wide logger (older TensorRT treats the logger as a singleton) that keeps errors."""
     global _trt_logger
     with _trt_logger_lock:
         if _trt_logger is None:
-            class _CapturingLogger(trt.ILogger):
+            logger_base: Any = trt.ILogger  # a class of the tensorrt module, imported only here
+
+            class _CapturingLogger(logger_base):
                 def __init__(self):
                     trt.ILogger.__init__(self)
                     self.errors: List[str] = []

@@ -1,0 +1,92 @@
+"""Filesystem helpers of the device side: directory fsync, free space on the filesystem holding a
+path, and the write points that the crash tests kill the process at. (A full disk is reported as
+``store.DiskFull``, naming the filesystem, the bytes needed and the bytes free.)
+
+Write points: every durable write of the store and of the OTA installer calls
+:func:`write_point` just before it. With ``EDGEAI_RUNTIME_WRITE_TRACE=<file>`` each call appends
+its label to that file; with ``EDGEAI_RUNTIME_CRASH_AT=<n>`` as well, the process sends itself
+SIGKILL at the n-th point (n counts the file's lines), that is after exactly n - 1 writes. Without
+the variables a write point does nothing. The tests enumerate the points with a trace run, then
+kill at each one in turn (tests/device_runtime/test_crash_safety.py).
+"""
+from __future__ import annotations
+
+import errno
+import os
+import signal
+from typing import Dict, Mapping, Optional, Tuple
+
+TRACE_ENV = "EDGEAI_RUNTIME_WRITE_TRACE"
+CRASH_ENV = "EDGEAI_RUNTIME_CRASH_AT"
+
+
+def write_point(label: str) -> None:
+    """Mark the place just before a durable write (see the module's docstring)."""
+    trace = os.environ.get(TRACE_ENV)
+    if not trace:
+        return
+    with open(trace, "a", encoding="utf-8") as f:
+        f.write(label.replace("\n", " ") + "\n")
+    crash_at = os.environ.get(CRASH_ENV)
+    if crash_at:
+        with open(trace, encoding="utf-8") as f:
+            reached = sum(1 for _line in f)
+        if reached == int(crash_at):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def existing(path: str) -> str:
+    """``path``, or its nearest ancestor that exists (what a path not yet created will live on)."""
+    path = os.path.abspath(path)
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    return path
+
+
+def mount_point(path: str) -> str:
+    """The mount point of the filesystem that holds ``path``."""
+    path = existing(path)
+    dev = os.stat(path).st_dev
+    while True:
+        parent = os.path.dirname(path)
+        if parent == path or os.stat(parent).st_dev != dev:
+            return path
+        path = parent
+
+
+def space(path: str) -> Tuple[int, int]:
+    """(bytes free to this user, block size) on the filesystem holding ``path``."""
+    st = os.statvfs(existing(path))
+    return st.f_bavail * st.f_frsize, st.f_bsize or 4096
+
+
+def blocks(nbytes: int, block: int) -> int:
+    """``nbytes`` rounded up to whole blocks (at least one: an empty file still takes an inode's worth)."""
+    return max(1, -(-nbytes // block)) * block
+
+
+def shortfall(needs: Mapping[str, int]) -> Optional[Tuple[str, int, int]]:
+    """The first filesystem without room for what ``needs`` ({path: bytes}) puts on it, as
+    (path, bytes needed, bytes free); None when all have room. Paths on one filesystem add up."""
+    by_fs: Dict[int, Tuple[str, int]] = {}
+    for path, nbytes in needs.items():
+        dev = os.stat(existing(path)).st_dev
+        first, total = by_fs.get(dev, (path, 0))
+        by_fs[dev] = (first, total + nbytes)
+    for path, nbytes in by_fs.values():
+        free = space(path)[0]
+        if free < nbytes:
+            return path, nbytes, free
+    return None
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
