@@ -196,8 +196,10 @@ def plan_absent(module, entry):
     st, current = read_current(module, path)
     if st is None:
         return None, None, None
+    # As ansible.builtin.file state=absent: the diff names the file, never its content (a removed file may be
+    # a secret, such as the service's bearer token).
     diff = dict(before_header='%s (%s)' % (path, describe(st)), after_header='%s (absent)' % path,
-                before=text_of(current), after='')
+                before='a file of %d bytes\n' % len(current), after='')
     return dict(removed=True), diff, lambda: os.unlink(path)
 
 

@@ -73,7 +73,9 @@ def test_check_run_check_run_then_drift_and_removal(run_module, tmp_path):
     assert mended['changed_paths'] == [{'path': files[0]['path'], 'content': True},
                                        {'path': files[1]['path'], 'owner': 'nobody:nogroup', 'mode': '0644'},
                                        {'path': files[2]['path'], 'removed': True}]
-    assert mended['diff'][0]['before'] == '{"port": 9}\n' and mended['diff'][2]['before'] == 'old\n'
+    # A removed file's diff names it but never shows its content (the token is a secret).
+    assert mended['diff'][0]['before'] == '{"port": 9}\n' and mended['diff'][2]['before'] == 'a file of 4 bytes\n'
+    assert 'old' not in json.dumps(mended['diff'])
     assert (root / 'runtime.json').read_text() == '{"port": 8080}\n'
     assert stat_of(root / 'runtime.json') == (0, 65534, '0o640')
     assert stat_of(root / 'unit.service') == (65534, 65534, '0o644')
