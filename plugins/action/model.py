@@ -57,33 +57,34 @@ class ActionModule(ActionBase):
         return result
 
     def _stage(self, args, device_args, task_vars, host, result):
-        """Send the artifact when the device does not hold this version for its current key.
-        Returns the module's arguments and the remote directory to remove afterwards."""
+        """Send what the plan (edgeai_runtime.plan, which the device asks too) says the device needs:
+        the artifact, or only a key slot for its current key, or nothing. Returns the module's
+        arguments and the remote directory to remove afterwards."""
         pub = publisher()
-        model_dir, fleet, status, model, stored = device_view(self, pub, args, task_vars, host)
+        model_dir, fleet, status, model, stored, decided = device_view(self, pub, args, task_vars, host, args['state'])
         name, version = model_dir.fields['name'], model_dir.fields['version']
         device_args.update(name=name, version=version)
-        result['variant'] = model_dir.path
+        result.update(variant=model_dir.path, plan={k: decided[k] for k in ('steps', 'reason', 'send')})
         common = dict(root=args['root'], user=args['user'])
-        device_key_id = status['device_key_id']
         public_key, cipher = device_public_key(args, task_vars, host, status)
-        if stored is not None and stored.get('signed') and stored.get('key_id') == device_key_id:
-            return device_args, None  # the device holds it: nothing to send
-        if self._task.check_mode:
-            return device_args, None  # the module predicts; nothing is packed or sent
+        if decided['send'] == 'nothing' or self._task.check_mode:
+            return device_args, None  # the device holds it (or, in check mode, the module predicts)
 
         try:
-            path, header, packed = pub.ensure_artifact(model_dir, args['artifact_dir'], fleet, cipher,
-                                                       args['chunk_mib'] << 20)
-            artifact_id = header['artifact_id']
-            if stored is not None and stored.get('signed') and stored.get('artifact_id'):
-                path = artifact_for(pub, args['artifact_dir'], stored['artifact_id'])  # re-key what it holds
-                artifact_id = stored['artifact_id']
+            if decided['send'] == 'keyslot':  # wrap the artifact the device holds, not a newer packing of it
+                path, packed, artifact_id = artifact_for(pub, args['artifact_dir'], stored['artifact_id']), False, \
+                    stored['artifact_id']
+            else:
+                path, header, packed = pub.ensure_artifact(model_dir, args['artifact_dir'], fleet, cipher,
+                                                           args['chunk_mib'] << 20)
+                artifact_id = header['artifact_id']
             slot = pub.wrap_for(path, fleet, public_key, artifact_id)
         except (pub.ArtifactError, OSError) as exc:
             raise AnsibleActionFail('%s: packing %s %s: %s' % (host, name, version, exc))
+        except AnsibleActionFail as exc:
+            raise AnsibleActionFail('%s: re-wrapping %s %s: %s' % (host, name, version, exc.message))
         result.update(artifact=path, artifact_id=slot['artifact_id'], packed=packed)
-        if stored is not None:  # same model, slot for an old device key: re-key in place, send nothing
+        if decided['send'] == 'keyslot':  # same model, slot for an old device key: re-key in place, send nothing
             run_store(self, dict(common, state='rekeyed', name=name, version=version, keyslot=slot), task_vars, host)
             return device_args, None
         wanted = args['delta'] and args['state'] == 'active' and 'delta' in (status.get('features') or [])

@@ -37,41 +37,45 @@ class ActionModule(ActionBase):
         if args['state'] == 'rekeyed':
             public_key, cipher = device_public_key(args, task_vars, host)
             return self._rekey_all(pub, args, public_key, task_vars, host, result)
-        model_dir, fleet, status, model, stored = device_view(self, pub, args, task_vars, host)
+        wanted = 'active' if args['activate'] else 'present'
+        model_dir, fleet, status, _entry, stored, decided = device_view(self, pub, args, task_vars, host, wanted)
         public_key, cipher = device_public_key(args, task_vars, host, status)
         name, version = model_dir.fields['name'], model_dir.fields['version']
         common = dict(root=args['root'], user=args['user'])
-        device_key_id = status['device_key_id']
-        same_model = stored is not None and stored.get('signed')
-        needs_activation = args['activate'] and model.get('active') != version
-        result.update(name=name, version=version, cipher=cipher, sent=False, variant=model_dir.path)
-        if same_model and stored.get('key_id') == device_key_id and not needs_activation:
+        result.update(name=name, version=version, cipher=cipher, sent=False, variant=model_dir.path,
+                      plan={k: decided[k] for k in ('steps', 'reason', 'send')})
+        if not decided['changed']:
             result.update(changed=False, msg='%s %s is installed and wrapped for the current device key'
                                              % (name, version), artifact_id=stored.get('artifact_id'))
             return result
         if self._task.check_mode:
-            result.update(changed=True, msg='would %s %s %s' % ('re-key' if same_model else 'install', name, version))
+            result.update(changed=True, msg=decided['msg'])
+            return result
+
+        if decided['send'] == 'nothing':  # held and wrapped for the current device key: only the switch
+            done = self._run_store(dict(common, state='activated', name=name, version=version), task_vars, host)
+            result.update(changed=done['changed'], activation=done.get('activation'), msg=done.get('msg'))
             return result
 
         try:
-            path, header, packed = pub.ensure_artifact(model_dir, args['artifact_dir'], fleet, cipher,
-                                                       args['chunk_mib'] << 20)
-            artifact_id = header['artifact_id']
-            if same_model and stored.get('artifact_id'):
-                # Wrap the artifact the device already holds, not a newer packing of the same model.
-                path = self._artifact_for(pub, args['artifact_dir'], stored['artifact_id'])
-                artifact_id = stored['artifact_id']
+            if decided['send'] == 'artifact':
+                path, header, packed = pub.ensure_artifact(model_dir, args['artifact_dir'], fleet, cipher,
+                                                           args['chunk_mib'] << 20)
+                artifact_id = header['artifact_id']
+            else:  # wrap the artifact the device already holds, not a newer packing of the same model
+                path, packed, artifact_id = self._artifact_for(pub, args['artifact_dir'], stored['artifact_id']), \
+                    False, stored['artifact_id']
             slot = pub.wrap_for(path, fleet, public_key, artifact_id)
         except (pub.ArtifactError, OSError) as exc:
             raise AnsibleActionFail('%s: packing %s %s: %s' % (host, name, version, exc))
         result.update(artifact=path, artifact_id=slot['artifact_id'], packed=packed)
 
-        if same_model:
-            if stored.get('key_id') != device_key_id:
+        if decided['send'] != 'artifact':
+            if 'rekey' in decided['steps']:
                 done = self._run_store(dict(common, state='rekeyed', name=name, version=version, keyslot=slot),
                                        task_vars, host)
                 result.update(changed=done['changed'], msg=done.get('msg'))
-            if needs_activation:
+            if 'activate' in decided['steps']:
                 done = self._run_store(dict(common, state='activated', name=name, version=version), task_vars, host)
                 result.update(changed=result.get('changed') or done['changed'], activation=done.get('activation'),
                               msg=done.get('msg'))

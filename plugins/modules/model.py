@@ -270,15 +270,16 @@ def main():
     result = dict(changed=False, name=name, version=version, previous_version=active, active_version=active,
                   bytes_transferred=p['bytes_transferred'], timings=dict(stage=p['stage_seconds']))
 
-    predicted = dict(present=version not in model.get('versions', []), active=active != version,
-                     absent=version in model.get('versions', []),
-                     rolled_back=active != (version or model.get('previous')))[p['state']]
-    if module._diff:
-        target = dict(present=active, active=version, absent=active, rolled_back=version or model.get('previous'))
-        result['diff'] = dict(before='%s: active %s\n' % (name, active),
-                              after='%s: active %s\n' % (name, target[p['state']] if predicted else active))
-    if module.check_mode:
-        result.update(changed=predicted, outcome='would change' if predicted else 'unchanged')
+    if module.check_mode:  # the runtime's one rule of "anything to do" (edgeai_runtime.plan) says
+        args = ['ota', 'plan', name] + ([version] if version else []) + ['--state', p['state']]
+        args += ['--current-key'] if p['state'] in ('present', 'active') else []
+        planned = run(*args)
+        result.update(changed=planned['would_change'], outcome='would change' if planned['would_change'] else 'unchanged',
+                      version=planned['version'], active_version=planned['active_after'],
+                      plan={k: planned[k] for k in ('steps', 'reason', 'send', 'msg')})
+        if module._diff:
+            result['diff'] = dict(before='%s: active %s\n' % (name, active),
+                                  after='%s: active %s\n' % (name, planned['active_after']))
         module.exit_json(**finish(run, result, name))
 
     if p['state'] == 'absent':
@@ -306,6 +307,9 @@ def main():
         if done.get('failed'):
             result.update(reason=done.get('reason'), phase=done.get('phase'))
             module.fail_json(msg=done.get('msg'), **finish(run, result, name))
+    if module._diff:
+        result['diff'] = dict(before='%s: active %s\n' % (name, active),
+                              after='%s: active %s\n' % (name, result['active_version']))
     module.exit_json(**finish(run, result, name))
 
 

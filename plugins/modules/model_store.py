@@ -195,18 +195,16 @@ def main():
     if p['state'] == 'installed' and module.check_mode:
         header = run('artifact', 'verify', p['artifact'])  # signature, class, runtime version, payload digest
         name, version = header['manifest']['name'], header['manifest']['version']
-    stored = next((m for m in before if m['name'] == name), {}).get('installed', {}).get(version)
-    if module.check_mode:
+    if module.check_mode:  # the runtime's one rule of "anything to do" (edgeai_runtime.plan) says
+        wanted = 'active' if p['state'] == 'activated' or (p['state'] == 'installed' and p['activate']) else 'present'
+        args = ['ota', 'plan', name, version, '--state', wanted]
         if p['state'] == 'installed':
-            same = stored is not None and stored.get('sha256') == header['manifest']['sha256']
-            result['changed'] = not same or stored.get('key_id') != p['keyslot'].get('key_id') or \
-                (p['activate'] and next((m for m in before if m['name'] == name), {}).get('active') != version)
-        elif p['state'] == 'rekeyed':
-            result['changed'] = stored is None or stored.get('key_id') != p['keyslot'].get('key_id')
-        else:
-            result['changed'] = next((m for m in before if m['name'] == name), {}).get('active') != version
-        verbs = dict(installed='install', rekeyed='re-key', activated='activate')
-        result['msg'] = 'would %s %s %s' % (verbs[p['state']], name, version)
+            args += ['--sha256', header['manifest']['sha256']]
+        if p['state'] != 'activated' and p['keyslot'].get('key_id'):
+            args += ['--key-id', p['keyslot']['key_id']]
+        planned = run(*args)
+        result.update(changed=planned['would_change'], msg=planned['msg'],
+                      plan={k: planned[k] for k in ('steps', 'reason', 'send')})
         module.exit_json(**result)
 
     if p['state'] == 'installed':

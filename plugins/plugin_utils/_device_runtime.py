@@ -24,13 +24,22 @@ _SRC = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..', 'devi
 
 def publisher():
     """The edgeai_runtime.publisher module."""
+    return _runtime_module('publisher')
+
+
+def plan():
+    """The edgeai_runtime.plan module: the one rule of "anything to do", which the device asks too."""
+    return _runtime_module('plan')
+
+
+def _runtime_module(name):
     try:
-        return importlib.import_module('edgeai_runtime.publisher')
+        return importlib.import_module('edgeai_runtime.' + name)
     except ImportError as first:
         if os.path.isdir(_SRC) and _SRC not in sys.path:
             sys.path.append(_SRC)
             try:
-                return importlib.import_module('edgeai_runtime.publisher')
+                return importlib.import_module('edgeai_runtime.' + name)
             except ImportError as second:
                 first = second
         raise AnsibleError('edgeai.fleet needs the device runtime package and cryptography on the controller '

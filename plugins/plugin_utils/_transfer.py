@@ -13,6 +13,8 @@ import time
 
 from ansible.errors import AnsibleActionFail
 
+from ansible_collections.edgeai.fleet.plugins.plugin_utils._device_runtime import plan
+
 
 def run_store(action, module_args, task_vars, host):
     """Run edgeai.fleet.model_store on the target; fail the task with the host named."""
@@ -90,22 +92,24 @@ def choose_variant(pub, release, status, host):
         raise AnsibleActionFail('%s: %s: %s' % (host, release.path, exc), result=dict(reason=exc.reason))
 
 
-def device_view(action, pub, args, task_vars, host):
+def device_view(action, pub, args, task_vars, host, state):
     """Everything the artifact-sending action plugins decide on: the variant of args['src'] this
-    device gets, the fleet keys, the store's status, the model's entry there and this version's
-    details (None when the device lacks it). Refuses a different model installed under the same
-    version, and a device without a key pair."""
+    device gets, the fleet keys, the store's status, the model's entry there, this version's
+    details (None when the device lacks it) and the plan for ``state`` (present or active): what
+    edgeai_runtime.plan, the rule the device asks too, says the device would do and what it needs
+    sent. Refuses a different build installed under the same version, and a device without a key pair."""
     release, fleet = read_release(pub, args, host)
     status = store_status(action, args, task_vars, host)
     model_dir = choose_variant(pub, release, status, host)
     name, version = model_dir.fields['name'], model_dir.fields['version']
-    model = next((m for m in status['models'] if m['name'] == name), {})
-    stored = model.get('installed', {}).get(version)
     if status.get('device_key_id') is None:
         raise AnsibleActionFail('%s holds no device key pair: run edgeai.fleet.device_key first' % host)
-    if stored is not None and stored.get('sha256') != model_dir.sha256:
-        raise AnsibleActionFail('%s: a different build is installed as %s %s (%s/%s, sha256 %s); the one chosen for '
-                                'this device is %s (sha256 %s): use a new version'
-                                % (host, name, version, stored.get('runtime'), stored.get('precision'),
-                                   stored.get('sha256'), model_dir.path, model_dir.sha256))
-    return model_dir, fleet, status, model, stored
+    rule = plan()
+    try:
+        decided = rule.plan(status['models'], rule.Want(name, version, state, sha256=model_dir.sha256,
+                                                        key_id=status['device_key_id']))
+    except rule.PlanRefused as exc:
+        raise AnsibleActionFail('%s: %s (the variant chosen for this device: %s)' % (host, exc, model_dir.path),
+                                result=dict(reason=exc.reason))
+    model = rule.entry_of(status['models'], name)
+    return model_dir, fleet, status, model, model.get('installed', {}).get(version), decided

@@ -12,6 +12,9 @@
   edgeai-runtime [--root DIR] keys retire
   edgeai-runtime [--root DIR] artifact verify A
   edgeai-runtime [--root DIR] ota apply --artifact A|--delta D --keyslot S [--file NAME=PATH ...] [--force] ...
+  edgeai-runtime [--root DIR] ota apply --check --artifact A|--installed NAME VERSION
+  edgeai-runtime [--root DIR] ota plan NAME [VERSION] [--state present|active|absent|rolled_back] [--sha256 S]
+                                        [--key-id K|--current-key]
   edgeai-runtime [--root DIR] ota rollback NAME [--version V] [--reason R]
   edgeai-runtime [--root DIR] ota recover|history [--name N]
   edgeai-runtime probe
@@ -209,6 +212,8 @@ def cmd_ota(args: argparse.Namespace, config: RuntimeConfig, store: ModelStore) 
     """Update transactions (edgeai_runtime.ota): apply, rollback, recover, history."""
     from .ota import Policy, UpdateFailed, Updater
     updater = Updater(config, store=store)
+    if args.action == "plan" or (args.action == "apply" and args.check):
+        return _plan(args, store, updater)
     if args.action == "apply":
         policy = Policy(watch_s=args.watch, interval_s=args.interval, max_error_rate=args.max_error_rate,
                         min_requests=args.min_requests, latency_p95_ms=args.latency_p95_ms, force=args.force)
@@ -247,6 +252,30 @@ def cmd_ota(args: argparse.Namespace, config: RuntimeConfig, store: ModelStore) 
     return {"changed": any(e.get("outcome") != "swept" for e in repaired),
             "history": updater.history.rows(args.name, args.limit), "in_progress": updater._read_journal(),
             "repaired": repaired}
+
+
+def _plan(args: argparse.Namespace, store: ModelStore, updater: Any) -> Dict[str, Any]:
+    """``ota plan`` and ``ota apply --check``: what the device would do, from edgeai_runtime.plan (the
+    one rule every caller asks). Changes nothing: ``changed`` is false, ``would_change`` says."""
+    from .plan import Want, plan
+    if args.action == "plan":
+        key = store.keyring.current_id() if args.current_key else args.key_id
+        want = Want(args.name, args.version, args.state, sha256=args.sha256, key_id=key)
+    elif args.installed:
+        want = Want(args.installed[0], args.installed[1], "active")
+    elif args.artifact:  # the header's claims: --check verifies nothing and opens no key slot
+        from .artifact import read_header
+        manifest = read_header(args.artifact).get("manifest") or {}
+        if not (manifest.get("name") and manifest.get("version")):
+            raise CommandFailed("%s names no model and version in its header" % args.artifact)
+        want = Want(manifest["name"], manifest["version"], "active", sha256=manifest.get("sha256"))
+    else:
+        raise CommandFailed("ota apply --check takes --artifact A or --installed NAME VERSION")
+    entry = store.entry(want.name)
+    serving = updater._serving_ok(want.name, entry["active"]) if want.state == "active" and \
+        entry["active"] is not None and entry["active"] == want.version else None
+    decided = plan([entry], want, serving=serving)
+    return dict(decided, changed=False, would_change=decided["changed"], check=True)
 
 
 def cmd_agent(args: argparse.Namespace, config: RuntimeConfig, store: ModelStore) -> Dict[str, Any]:
@@ -337,6 +366,16 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_argument("--mode", choices=["push", "pull"], default="push")
     apply.add_argument("--stage-seconds", type=float, default=0.0, help="how long the transfer took (reported)")
     apply.add_argument("--bytes-transferred", type=int, default=0, help="bytes the transfer moved (reported)")
+    apply.add_argument("--check", action="store_true",
+                       help="change nothing: print the plan (would_change, reason, steps, what would be sent)")
+    ota_plan = ota_actions.add_parser("plan", help="what the device would do for a wanted state (changes nothing)")
+    ota_plan.add_argument("name")
+    ota_plan.add_argument("version", nargs="?", help="(state rolled_back: default the previous version)")
+    ota_plan.add_argument("--state", choices=["present", "active", "absent", "rolled_back"], default="active")
+    ota_plan.add_argument("--sha256", help="the wanted build's plaintext model sha256 (default: any build)")
+    judged = ota_plan.add_mutually_exclusive_group()
+    judged.add_argument("--key-id", help="the device key the key slot must be for (default: not judged)")
+    judged.add_argument("--current-key", action="store_true", help="the key slot must be for this device's current key")
     ota_rollback = ota_actions.add_parser("rollback", help="serve the previous (or a kept) version again")
     ota_rollback.add_argument("name")
     ota_rollback.add_argument("--version")

@@ -43,6 +43,7 @@ from . import fsutil
 from .client import ServiceClient, ServiceDown, ServiceError
 from .config import RuntimeConfig
 from .keys import write_atomic
+from .plan import PlanRefused, Want, plan
 from .artifact import read_header as artifact_header
 from .store import DiskFull, ModelStore, StoreError, open_store
 
@@ -315,8 +316,12 @@ class Updater:
             result: Dict[str, Any] = {"name": name, "version": version, "previous_version": active,
                                       "active_version": active, "bytes_transferred": bytes_transferred,
                                       "bytes_saved": bytes_saved, "recovered": recovered}
-            if active == version and self._serving_ok(name, version) and \
-                    self.store.manifest(name, version).sha256 == art.manifest.sha256:
+            try:  # the one rule of "anything to do" (edgeai_runtime.plan); the key slot comes with the artifact
+                decided = plan([self.store.entry(name)], Want(name, version, "active", sha256=art.manifest.sha256),
+                               serving=self._serving_ok(name, version) if active == version else None)
+            except PlanRefused as exc:  # another build under this version: refused before anything is written
+                raise self._refused_on_arrival(artifact, exc, mode, stage_s, bytes_transferred, recovered) from None
+            if not decided["changed"]:
                 return dict(result, changed=False, outcome="unchanged", timings={"stage": round(stage_s, 4)})
             tx = _Tx(uuid.uuid4().hex, name, version, active, self.store.pointer(name, "previous"),
                      version in self.store.versions(name), mode, time.time() - stage_s,

@@ -10,7 +10,8 @@ The update document::
 
     {"format": "edgeai.fleet/updates", "format_version": 1, "device": "<key id>", "sequence": 7,
      "issued": "2026-11-23T12:00:00Z",
-     "models": [{"name": "digits", "version": "2.0.0", "force": false,
+     "models": [{"name": "digits", "version": "2.0.0", "model_sha256": "<the plaintext model's sha256>",
+                 "force": false,
                  "artifact": {"path": "artifacts/digits-2.0.0-aes.eaf", "sha256": "...", "size": 123},
                  "files": {"golden.npz": {"path": "...", "sha256": "...", "size": 45}},
                  "deltas": [{"path": "artifacts/digits-2.0.0-aes.from-1.0.0.eafd", "sha256": "...", "size": 9,
@@ -45,6 +46,7 @@ from cryptography.exceptions import InvalidSignature
 from .artifact import read_header, sha256_file
 from .keys import ArtifactError, key_id, load_public, write_atomic
 from .ota import DeltaFailed, Policy, UpdateFailed, Updater
+from .plan import PlanRefused, Want, plan
 
 DOC_FORMAT = "edgeai.fleet/updates"
 DOC_VERSION = 1
@@ -99,6 +101,7 @@ def publish(registry: str, signing_key: Any, releases: List[Dict[str, Any]], dev
             deltas.append({"path": rel, "sha256": sha256_file(delta["path"]), "size": os.path.getsize(delta["path"]),
                            "base_version": delta["base_version"], "base_sha256": delta["base_sha256"]})
         entries.append({"name": header["manifest"]["name"], "version": header["manifest"]["version"],
+                        "model_sha256": header["manifest"]["sha256"],
                         "force": bool(release.get("force")), "source": release["artifact"],
                         "artifact": {"path": artifact_rel, "sha256": sha256_file(release["artifact"]),
                                      "size": os.path.getsize(release["artifact"])}, "files": files,
@@ -316,7 +319,12 @@ class Agent:
 
     def _bring(self, entry: Dict[str, Any]) -> Dict[str, Any]:
         name, version = entry["name"], entry["version"]
-        if self.store.active(name) == version:
+        try:  # the one rule of "anything to do" (edgeai_runtime.plan); older documents carry no model sha256
+            decided = plan([self.store.entry(name)], Want(name, version, "active", sha256=entry.get("model_sha256")))
+        except PlanRefused as exc:
+            return {"name": name, "version": version, "changed": False, "failed": True, "outcome": "refused",
+                    "reason": exc.reason, "msg": "%s %s: %s" % (name, version, exc), "bytes_transferred": 0}
+        if not decided["changed"]:
             return {"name": name, "version": version, "changed": False, "outcome": "unchanged"}
         os.makedirs(self.downloads, exist_ok=True)
         started = time.monotonic()

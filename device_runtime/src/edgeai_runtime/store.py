@@ -282,13 +282,16 @@ class ModelStore:
         check_name("file name", filename)
         return os.path.join(self._version_dir(name, version), filename)
 
-    def status(self) -> List[Dict[str, object]]:
-        found: List[Dict[str, object]] = []
-        for n in self.names():
-            active, previous = self.pointers(n)
-            found.append({"name": n, "versions": self.versions(n), "active": active, "previous": previous,
-                          "installed": {v: self.details(n, v) for v in self.versions(n)}})
-        return found
+    def status(self) -> List[Dict[str, Any]]:
+        """Every model's entry (``entry``): what ``model list`` prints and ``edgeai_runtime.plan`` reads."""
+        return [self.entry(n) for n in self.names()]
+
+    def entry(self, name: str) -> Dict[str, Any]:
+        """One model's versions, pointers and each version's ``details`` (all empty for a model not held)."""
+        versions = self.versions(name)
+        active, previous = self.pointers(name) if versions else (None, None)
+        return {"name": name, "versions": versions, "active": active, "previous": previous,
+                "installed": {v: self.details(name, v) for v in versions}}
 
     def serving(self) -> Dict[str, Optional[str]]:
         """{name: active version}: what the service serves (or will, once it starts)."""
