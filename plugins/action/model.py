@@ -134,6 +134,5 @@ class ActionModule(ActionBase):
                     stage_seconds=round(device_args['stage_seconds'] + seconds, 4),
                     bytes_transferred=device_args['bytes_transferred'] + sent)
         done = self._execute_module(module_name='edgeai.fleet.model', module_args=args, task_vars=task_vars)
-        done['delta'] = dict(failed.get('delta') or {}, used=False)
-        done['delta'].setdefault('fallback_reason', failed.get('msg'))
+        done['delta'] = failed['delta']  # the device runtime's record of why the delta gave no artifact
         return done

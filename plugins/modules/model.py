@@ -320,10 +320,9 @@ def apply(module, run, p, name, version):
         try:
             source = ['--delta', os.path.join(staging, 'model.eafd'), '--keyslot', '-']
             source += ['--file=%s=%s' % (fname, os.path.join(staging, fname)) for fname in sorted(p['files'])]
-            done = ota(module, p, source, stdin=keyslot_json(p['keyslot']))
-            if done.get('outcome') == 'delta_failed':  # nothing changed: the action plugin sends the artifact
-                done['delta'] = dict(used=False, fallback_reason='%s: %s' % (done.get('reason'), done.get('msg')))
-            return done
+            # On outcome delta_failed nothing changed; the runtime's result says why in delta (used false,
+            # fallback_reason), and the action plugin sends the artifact.
+            return ota(module, p, source, stdin=keyslot_json(p['keyslot']))
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     if p['artifact']:

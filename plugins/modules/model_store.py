@@ -20,6 +20,10 @@ description:
   - C(state=rekeyed) replaces an installed artifact's key slot with one for another device key (key rotation).
   - C(state=activated) loads, warms up and gates an installed version and makes it serve (blue-green, through the
     running service when it is up).
+  - Every activation (C(state=activated), and C(state=installed) with O(activate=true)) runs through the device's
+    OTA installer (C(edgeai-runtime ota apply)), as M(edgeai.fleet.model) does, so that it has the journal, the gate,
+    a history row and the automatic rollback; without a watch period (use M(edgeai.fleet.model) for a watched
+    update).
   - Most playbooks use M(edgeai.fleet.model_artifact), which packs on the controller, sends only what the device
     lacks, and calls this module.
 author:
@@ -77,7 +81,8 @@ options:
     description: Model version. Required with C(state=rekeyed) and C(state=activated).
     type: str
   activate:
-    description: After installing, load, warm up and gate the version and make it serve (blue-green).
+    description: Install and activate in one OTA transaction (C(edgeai-runtime ota apply)) - load, warm up and gate
+      the version and make it serve (blue-green).
     type: bool
     default: false
   force:
@@ -210,20 +215,16 @@ def main():
     if p['state'] == 'installed':
         staging = readable_copies(module, p['root'], p['user'], dict(p['files'], **{'model.eaf': p['artifact']}))
         try:
-            args = ['model', 'install', '--artifact', os.path.join(staging, 'model.eaf'), '--keyslot', '-']
-            args += ['--file=%s=%s' % (fname, os.path.join(staging, fname)) for fname in sorted(p['files'])]
-            if p['activate']:
-                args.append('--activate')
-            if p['force']:
-                args.append('--force')
-            done = run(*args, stdin=slot)
+            source = ['--artifact', os.path.join(staging, 'model.eaf'), '--keyslot', '-']
+            source += ['--file=%s=%s' % (fname, os.path.join(staging, fname)) for fname in sorted(p['files'])]
+            source += ['--force'] if p['force'] else []
+            done = ota(run, source, slot) if p['activate'] else run('model', 'install', *source, stdin=slot)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     elif p['state'] == 'rekeyed':
         done = run('model', 'rekey', name, version, '--keyslot', '-', stdin=slot)
     else:
-        done = run('model', 'activate', name, version)
-        done = dict(done, activation=dict(done))
+        done = ota(run, ['--installed', name, version])
     after = run('model', 'list').get('models', [])
     name, version = done.get('name', name), done.get('version', version)
     result.update(changed=bool(done.get('changed')), models=after, msg=done.get('msg'), name=name, version=version)
@@ -232,6 +233,14 @@ def main():
     if module._diff:
         result['diff'] = dict(before=summary(before), after=summary(after))
     module.exit_json(**result)
+
+
+def ota(run, source, slot=None):
+    """Activation through the OTA installer (journal, gate, history, rollback on failure), without a watch."""
+    done = run('ota', 'apply', *(source + ['--watch', '0']), stdin=slot)
+    activation = {k: done.get(k) for k in ('changed', 'outcome', 'previous_version', 'active_version', 'timings')}
+    return dict(done, activation=dict(activation, via='ota'),
+                msg='%s %s: %s' % (done.get('name'), done.get('version'), done.get('outcome')))
 
 
 if __name__ == '__main__':

@@ -210,7 +210,7 @@ def cmd_artifact(args: argparse.Namespace, config: RuntimeConfig, store: ModelSt
 
 def cmd_ota(args: argparse.Namespace, config: RuntimeConfig, store: ModelStore) -> Dict[str, Any]:
     """Update transactions (edgeai_runtime.ota): apply, rollback, recover, history."""
-    from .ota import Policy, UpdateFailed, Updater
+    from .ota import Policy, Updater
     updater = Updater(config, store=store)
     if args.action == "plan" or (args.action == "apply" and args.check):
         return _plan(args, store, updater)
@@ -229,20 +229,9 @@ def cmd_ota(args: argparse.Namespace, config: RuntimeConfig, store: ModelStore) 
             raise CommandFailed("ota apply takes --artifact and/or --delta with --keyslot, or --installed NAME VERSION")
         keyslot, files = _read_json_arg(args.keyslot, "key slot"), _gate_files(args.file)
         common = dict(mode=args.mode, stage_s=args.stage_seconds, bytes_transferred=args.bytes_transferred)
-        if args.delta:
-            from .ota import DeltaFailed
-            try:
-                return updater.apply_delta(args.delta, keyslot, files, policy, **common)
-            except DeltaFailed as exc:
-                if not args.artifact:
-                    raise
-                fallback = {"used": False, "fallback_reason": "%s: %s" % (exc.reason, exc)}
-            try:
-                return dict(updater.apply(args.artifact, keyslot, files, policy, **common), delta=fallback)
-            except UpdateFailed as exc:
-                exc.result["delta"] = fallback
-                raise
-        return updater.apply(args.artifact, keyslot, files, policy, **common)
+        if args.delta and not args.artifact:  # a delta alone: DeltaFailed says why, and the caller sends the artifact
+            return updater.apply_delta(args.delta, keyslot, files, policy, **common)
+        return updater.apply_delta_or_full(args.delta, lambda: str(args.artifact), keyslot, files, policy, **common)
     if args.action == "rollback":
         return updater.rollback(args.name, args.version, args.reason)
     if args.action == "recover":

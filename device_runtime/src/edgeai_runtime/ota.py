@@ -37,7 +37,7 @@ import sqlite3
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 from . import fsutil
 from .client import ServiceClient, ServiceDown, ServiceError
@@ -454,9 +454,11 @@ class Updater:
             except Exception as exc:  # noqa: BLE001 - nothing has changed yet: every failure means "send the artifact"
                 exc = DiskFull.from_error(exc, "rebuilding the artifact from the delta", rebuilt) or exc
                 reason = getattr(exc, "reason", None) or "delta_failed"
-                raise DeltaFailed("the delta %s gives no artifact (%s): %s" % (os.path.basename(delta), reason, exc),
-                                  reason, {"changed": False, "outcome": "delta_failed", "delta_reason": reason,
-                                           "bytes_transferred": bytes_transferred}) from None
+                message = "the delta %s gives no artifact (%s): %s" % (os.path.basename(delta), reason, exc)
+                raise DeltaFailed(message, reason, {
+                    "changed": False, "outcome": "delta_failed", "delta_reason": reason,
+                    "bytes_transferred": bytes_transferred,
+                    "delta": {"used": False, "fallback_reason": "%s: %s" % (reason, message)}}) from None
             rebuild_s = round(time.monotonic() - started, 4)
             used = dict(info, used=True, rebuild_s=rebuild_s)
             try:
@@ -469,6 +471,34 @@ class Updater:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(rebuilt)
         return dict(result, delta=used)
+
+    def apply_delta_or_full(self, delta: Optional[str], full: Callable[[], str], keyslot: Dict[str, Any],
+                            files: Optional[Mapping[str, bytes]] = None, policy: Policy = Policy(),
+                            mode: str = "push", stage_s: float = 0.0, bytes_transferred: int = 0,
+                            progress: Optional[Callable[[], Tuple[float, int]]] = None) -> Dict[str, Any]:
+        """The delta when there is one; when it gives no artifact (nothing changed), the full artifact
+        that ``full()`` returns (a path given along, or downloaded now), with ``delta`` saying why. The
+        one fallback from a delta to its artifact: the CLI and the pull agent use it, and a controller
+        that sent a delta alone reads the same ``delta`` record from the DeltaFailed result.
+        ``progress()``, when given, says (stage seconds, bytes transferred) so far, asked just before
+        each attempt, so that a download inside ``full()`` counts; else the two values given count."""
+        def staged() -> Tuple[float, int]:
+            return progress() if progress is not None else (stage_s, bytes_transferred)
+
+        fallback: Optional[Dict[str, Any]] = None
+        if delta is not None:
+            try:
+                return self.apply_delta(delta, keyslot, files, policy, mode, *staged())
+            except DeltaFailed as exc:
+                fallback = dict(exc.result["delta"])
+        try:
+            path = full()
+            result = self.apply(path, keyslot, files, policy, mode, *staged())
+        except UpdateFailed as exc:
+            if fallback is not None:
+                exc.result["delta"] = fallback
+            raise
+        return dict(result, delta=fallback) if fallback is not None else result
 
     def _refused_on_arrival(self, artifact: str, exc: Exception, mode: str, stage_s: float, bytes_transferred: int,
                             recovered: List[Dict[str, Any]]) -> UpdateFailed:

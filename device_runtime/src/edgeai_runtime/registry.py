@@ -45,7 +45,7 @@ from cryptography.exceptions import InvalidSignature
 
 from .artifact import read_header, sha256_file
 from .keys import ArtifactError, key_id, load_public, write_atomic
-from .ota import DeltaFailed, Policy, UpdateFailed, Updater
+from .ota import Policy, UpdateFailed, Updater
 from .plan import PlanRefused, Want, plan
 
 DOC_FORMAT = "edgeai.fleet/updates"
@@ -337,26 +337,28 @@ class Agent:
             received[0] += self.downloader.fetch(spec["path"], dest, spec["size"], spec["sha256"])
             return dest
 
-        def how() -> Dict[str, Any]:  # the stage phase is the downloads
-            return dict(keyslot=entry["keyslot"], files=files, policy=policy, mode="pull",
-                        stage_s=time.monotonic() - started, bytes_transferred=received[0])
+        def progress() -> Tuple[float, int]:  # the stage phase is the downloads
+            return time.monotonic() - started, received[0]
 
         try:
             files = {}
             for fname, spec in sorted(entry.get("files", {}).items()):
                 with open(fetch(spec, local[fname]), "rb") as f:
                     files[fname] = f.read()
-            delta = self._usable_delta(name, entry)
+            delta, delta_path = self._usable_delta(name, entry), None
             if delta is not None:
                 local["delta"] = os.path.join(self.downloads, delta["sha256"] + ".eafd")
                 try:
-                    fetch(delta, local["delta"])
-                    return self._clean(self.updater.apply_delta(local["delta"], **how()), local)
-                except (DeltaFailed, RegistryError) as exc:  # nothing changed: the full artifact instead
+                    delta_path = fetch(delta, local["delta"])
+                except RegistryError as exc:  # nothing changed: the full artifact instead, as when it does not apply
                     fallback = {"used": False, "fallback_reason": "%s: %s" % (exc.reason, exc)}
             local["artifact"] = os.path.join(self.downloads, entry["artifact"]["sha256"] + ".eaf")
-            fetch(entry["artifact"], local["artifact"])
-            result = self._clean(self.updater.apply(local["artifact"], **how()), local)
+
+            def full() -> str:  # downloaded only when there is no delta, or it gives no artifact
+                return fetch(entry["artifact"], local["artifact"])
+
+            result = self._clean(self.updater.apply_delta_or_full(delta_path, full, entry["keyslot"], files,
+                                                                  policy, "pull", progress=progress), local)
         except RegistryError as exc:
             return {"name": name, "version": version, "changed": False, "failed": True, "outcome": "not_downloaded",
                     "reason": exc.reason, "msg": "%s %s: %s" % (name, version, exc), "bytes_transferred": received[0]}
