@@ -100,7 +100,8 @@ def test_push_ota_update_rerun_check_rollback_and_refusal(deployed, run_playbook
     v4 = version_of(DEMO_MODEL, tmp_path / 'v4', '4.0.0')
     fleet = publisher.FleetKeys(keys['keys_dir'])
     target = publisher.ensure_artifact(publisher.ModelDir.read(str(v4)), keys['artifact_dir'], fleet)[0]
-    base_path = str(Path(keys['artifact_dir']) / ('digits-%s-aes.eaf' % v1))
+    # Artifact files are named after the variant's identity (name-version-runtime-precision-sha16-cipher).
+    [base_path] = [str(p) for p in Path(keys['artifact_dir']).glob('digits-%s-onnxruntime-fp32-*-aes.eaf' % v1)]
     delta_path, _facts = publisher.ensure_delta(base_path, target, fleet)
     trusted = {key_id(fleet.signing): fleet.signing.public_key()}
     base = artifact.Artifact.open(base_path, trusted)
