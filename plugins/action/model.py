@@ -16,6 +16,7 @@ from ansible.plugins.action import ActionBase
 
 from ansible_collections.edgeai.fleet.plugins.module_utils._controller_args import (
     MODEL_CONTROLLER_OPTIONS, MODEL_SPEC)
+from ansible_collections.edgeai.fleet.plugins.module_utils._keyslot import keyslot_internal_args
 from ansible_collections.edgeai.fleet.plugins.plugin_utils._device_runtime import publisher
 from ansible_collections.edgeai.fleet.plugins.plugin_utils._transfer import (
     artifact_for, device_public_key, device_view, run_store, send)
@@ -98,9 +99,10 @@ class ActionModule(ActionBase):
         except Exception:
             self._remove_tmp_path(remote_dir, force=True)
             raise
-        device_args.update({'delta_file' if payload != path else 'artifact': remote[os.path.basename(payload)]})
-        device_args.update(keyslot=slot, files={f: remote[f] for f in model_dir.files}, stage_seconds=round(seconds, 4),
-                           bytes_transferred=sent)
+        # The module's internal options (MODEL_INTERNAL_SPEC): only this plugin sets them.
+        device_args.update({'_delta_file' if payload != path else '_artifact': remote[os.path.basename(payload)]})
+        device_args.update(keyslot_internal_args(slot), _files={f: remote[f] for f in model_dir.files},
+                           _stage_seconds=round(seconds, 4), _bytes_transferred=sent)
         self._full_artifact = path
         return device_args, remote_dir
 
@@ -130,9 +132,9 @@ class ActionModule(ActionBase):
         except Exception as exc:
             raise AnsibleActionFail('%s: sending %s after the delta failed (%s): %s'
                                     % (host, self._full_artifact, failed.get('msg'), exc))
-        args = dict(device_args, delta_file=None, artifact=remote[os.path.basename(self._full_artifact)],
-                    stage_seconds=round(device_args['stage_seconds'] + seconds, 4),
-                    bytes_transferred=device_args['bytes_transferred'] + sent)
+        args = dict(device_args, _delta_file=None, _artifact=remote[os.path.basename(self._full_artifact)],
+                    _stage_seconds=round(device_args['_stage_seconds'] + seconds, 4),
+                    _bytes_transferred=device_args['_bytes_transferred'] + sent)
         done = self._execute_module(module_name='edgeai.fleet.model', module_args=args, task_vars=task_vars)
         done['delta'] = failed['delta']  # the device runtime's record of why the delta gave no artifact
         return done

@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from ansible_collections.edgeai.fleet.plugins.module_utils._keyslot import KEYSLOT_SPEC
+from ansible_collections.edgeai.fleet.plugins.module_utils._keyslot import KEYSLOT_INTERNAL_SPEC
 
 #: Options of every action plugin that packs artifacts (documented by the _attributes.packing fragment),
 #: and where the device runtime lives (_attributes.device_runtime).
@@ -42,7 +42,7 @@ MODEL_ARTIFACT_REQUIRED_IF = [('state', 'present', ('src',))]
 #: edgeai.fleet.model: the controller's options (the action plugin packs, wraps and sends) ...
 MODEL_CONTROLLER_OPTIONS = ('src', 'keys_dir', 'passphrase', 'artifact_dir', 'cipher', 'chunk_mib', 'public_key',
                             'delta')
-#: ... and all of them, the device's (what the module on the target gets) included.
+#: ... and all that a user may set, the device's (what the module on the target gets) included.
 MODEL_SPEC = dict(
     state=dict(type='str', default='active', choices=['present', 'active', 'absent', 'rolled_back']),
     src=dict(type='path'),
@@ -57,14 +57,23 @@ MODEL_SPEC = dict(
     keys_dir=dict(type='path'),
     artifact_dir=dict(type='path'),
     delta=dict(type='bool', default=True),
-    artifact=dict(type='path'),
-    delta_file=dict(type='path'),
-    keyslot=KEYSLOT_SPEC,
-    files=dict(type='dict', default={}),
-    stage_seconds=dict(type='float', default=0.0),
-    bytes_transferred=dict(type='int', default=0),
     **_PACKING, **_DEVICE
 )
+#: What only the action plugin sets, after the transfer: internal options, with a leading underscore and
+#: undocumented (as ansible-core's copy module has _original_basename, which its template action sets). The
+#: action plugin validates the task's arguments against MODEL_SPEC alone, so a task cannot set these; the module
+#: on the target accepts MODEL_DEVICE_SPEC. The key slot comes as KEYSLOT_INTERNAL_SPEC's two options (only the
+#: wrapped data key no_log). No defaults: validate-modules compares them with the documentation; the module
+#: reads a missing one as nothing sent.
+MODEL_INTERNAL_SPEC = dict(
+    _artifact=dict(type='path'),
+    _delta_file=dict(type='path'),
+    _files=dict(type='dict'),
+    _stage_seconds=dict(type='float'),
+    _bytes_transferred=dict(type='int'),
+    **KEYSLOT_INTERNAL_SPEC
+)
+MODEL_DEVICE_SPEC = dict(MODEL_SPEC, **MODEL_INTERNAL_SPEC)
 
 
 def controller_only(module_class, spec, name, **kwargs):

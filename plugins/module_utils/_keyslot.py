@@ -24,6 +24,27 @@ KEYSLOT_OPTIONS = dict(
 #: The option itself (``keyslot``), for an argument_spec.
 KEYSLOT_SPEC = dict(type='dict', no_log=False, options=KEYSLOT_OPTIONS)
 
+#: The same slot as two internal options, for a module whose action plugin alone sets it (edgeai.fleet.model):
+#: the slot without its secret, and the wrapped data key alone, no_log. Internal options are undocumented, and
+#: validate-modules would want the suboptions of an undocumented dict documented; a flat pair needs no
+#: suboptions and still hides only the wrapped data key.
+KEYSLOT_INTERNAL_SPEC = dict(
+    _keyslot=dict(type='dict', no_log=False),
+    _keyslot_wrapped=dict(type='str', no_log=True),
+)
+
+
+def keyslot_internal_args(slot):
+    """``slot`` as the arguments of KEYSLOT_INTERNAL_SPEC (what the action plugin passes)."""
+    return dict(_keyslot={k: v for k, v in slot.items() if k != 'wrapped'}, _keyslot_wrapped=slot.get('wrapped'))
+
+
+def keyslot_from_internal(params):
+    """The slot back from KEYSLOT_INTERNAL_SPEC's parameters; None when none was given."""
+    if not params.get('_keyslot'):
+        return None
+    return dict(params['_keyslot'], wrapped=params.get('_keyslot_wrapped'))
+
 
 def keyslot_json(slot):
     """The slot as the runtime reads it on stdin (``--keyslot -``): the fields it has, without those the

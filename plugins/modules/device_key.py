@@ -99,7 +99,7 @@ retired:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.edgeai.fleet.plugins.module_utils._runtime_cli import run_runtime
+from ansible_collections.edgeai.fleet.plugins.module_utils._runtime_client import RuntimeClient
 
 
 def main():
@@ -114,11 +114,9 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
+    client = RuntimeClient(module, p['root'], p['user'])
 
-    def run(*args):
-        return run_runtime(module, p['root'], p['user'], list(args))
-
-    before = run('keys', 'show')
+    before = client.keys_show()
     before_id = (before.get('current') or {}).get('key_id')
     result = dict(changed=False, key_ids=before.get('key_ids', []))
     if module.check_mode:
@@ -126,15 +124,14 @@ def main():
         if p['rotate'] or before_id is None:
             result['changed'] = True
         if p['retire_unused']:
-            preview = run('keys', 'retire', '--dry-run')
+            preview = client.keys_retire(dry_run=True)
             result['retired'] = preview.get('retired', [])
             result['changed'] = result['changed'] or bool(result['retired'])
     else:
-        action = 'rotate' if p['rotate'] else 'ensure'
-        after = run('keys', action, '--type', p['type'])
+        after = client.keys_rotate(p['type']) if p['rotate'] else client.keys_ensure(p['type'])
         result['changed'] = bool(after.get('changed'))
         if p['retire_unused']:
-            retired = run('keys', 'retire')
+            retired = client.keys_retire()
             result['retired'] = retired.get('retired', [])
             result['changed'] = result['changed'] or bool(result['retired'])
             after = retired

@@ -111,43 +111,6 @@ options:
         transit, base no longer held), the full artifact is sent instead; the result says why.
     type: bool
     default: true
-  artifact:
-    description: Set by the action plugin - the artifact's path on the device after the transfer.
-    type: path
-  keyslot:
-    description: Set by the action plugin - the artifact's data key wrapped for this device.
-    type: dict
-    suboptions:
-      type:
-        description: The slot's kind, C(x25519) (a sealed box) or C(rsa-oaep-sha256).
-        type: str
-      key_id:
-        description: The id of the device key the data key is wrapped for. Shown in messages.
-        type: str
-      artifact_id:
-        description: The id of the artifact the slot belongs to. Shown in messages.
-        type: str
-      ephemeral:
-        description: For C(x25519), the sender's one-use public key (base64).
-        type: str
-      wrapped:
-        description: The wrapped data key (base64). The only field hidden from logs and results.
-        type: str
-  delta_file:
-    description: Set by the action plugin - the delta's path on the device after the transfer.
-    type: path
-  files:
-    description: Set by the action plugin - gate files on the device, by name.
-    type: dict
-    default: {}
-  stage_seconds:
-    description: Set by the action plugin - how long the transfer took.
-    type: float
-    default: 0
-  bytes_transferred:
-    description: Set by the action plugin - how many bytes it sent.
-    type: int
-    default: 0
 notes:
   - The device runtime must be installed (role C(edgeai.fleet.inference_service)) and the device must hold its key
     pair (role C(edgeai.fleet.device_keys)).
@@ -235,32 +198,32 @@ ansible_facts:
       elements: dict
 """
 
-import os
-import shutil
-
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.edgeai.fleet.plugins.module_utils._controller_args import MODEL_SPEC
-from ansible_collections.edgeai.fleet.plugins.module_utils._keyslot import keyslot_json
-from ansible_collections.edgeai.fleet.plugins.module_utils._runtime_cli import (
-    readable_copies, run_runtime, runtime_result)
+from ansible_collections.edgeai.fleet.plugins.module_utils._controller_args import MODEL_DEVICE_SPEC
+from ansible_collections.edgeai.fleet.plugins.module_utils._keyslot import keyslot_from_internal
+from ansible_collections.edgeai.fleet.plugins.module_utils._runtime_client import RuntimeClient
 
 
 def main():
-    module = AnsibleModule(argument_spec=MODEL_SPEC, supports_check_mode=True,
+    # MODEL_DEVICE_SPEC: the documented options and the internal ones (_artifact, _delta_file, _keyslot and
+    # _keyslot_wrapped, _files, _stage_seconds, _bytes_transferred) that only the action plugin sets.
+    module = AnsibleModule(argument_spec=MODEL_DEVICE_SPEC, supports_check_mode=True,
                            required_if=[('state', 'absent', ('name', 'version')),
                                         ('state', 'rolled_back', ('name',))])
     p = module.params
+    # What the action plugin sent: nothing when the device held the version already.
+    p = dict(p, _files=p['_files'] or {}, _stage_seconds=p['_stage_seconds'] or 0.0,
+             _bytes_transferred=p['_bytes_transferred'] or 0)
+    client = RuntimeClient(module, p['root'], p['user'])
 
-    def run(*args, **kwargs):
-        return run_runtime(module, p['root'], p['user'], list(args), **kwargs)
-
-    models = run('model', 'list').get('models', [])
+    models = client.model_list().get('models', [])
     name = p['name']
     version = p['version']
+    sent = p['_artifact'] or p['_delta_file']
     if p['state'] in ('present', 'active'):
-        if (p['artifact'] or p['delta_file']) and not (name and version):
-            header = run('artifact', 'verify', p['artifact'])
+        if sent and not (name and version):
+            header = client.artifact_verify(p['_artifact'])
             name, version = header['manifest']['name'], header['manifest']['version']
         elif not (name and version):
             module.fail_json(msg='state=%s needs src (through the action plugin), or name and version of a stored '
@@ -268,95 +231,69 @@ def main():
     model = next((m for m in models if m['name'] == name), {})
     active = model.get('active')
     result = dict(changed=False, name=name, version=version, previous_version=active, active_version=active,
-                  bytes_transferred=p['bytes_transferred'], timings=dict(stage=p['stage_seconds']))
+                  bytes_transferred=p['_bytes_transferred'], timings=dict(stage=p['_stage_seconds']))
 
     if module.check_mode:  # the runtime's one rule of "anything to do" (edgeai_runtime.plan) says
-        args = ['ota', 'plan', name] + ([version] if version else []) + ['--state', p['state']]
-        args += ['--current-key'] if p['state'] in ('present', 'active') else []
-        planned = run(*args)
+        planned = client.ota_plan(name, version, state=p['state'], current_key=p['state'] in ('present', 'active'))
         result.update(changed=planned['would_change'], outcome='would change' if planned['would_change'] else 'unchanged',
                       version=planned['version'], active_version=planned['active_after'],
                       plan={k: planned[k] for k in ('steps', 'reason', 'send', 'msg')})
         if module._diff:
             result['diff'] = dict(before='%s: active %s\n' % (name, active),
                                   after='%s: active %s\n' % (name, planned['active_after']))
-        module.exit_json(**finish(run, result, name))
+        module.exit_json(**finish(client, result, name))
 
     if p['state'] == 'absent':
-        done = run('model', 'remove', name, version)
+        done = client.model_remove(name, version)
         result.update(changed=done['changed'], outcome='removed' if done['changed'] else 'unchanged')
     elif p['state'] == 'rolled_back':
-        args = ['ota', 'rollback', name] + (['--version', version] if version else [])
-        args += ['--reason', p['reason']] if p['reason'] else []
-        done = run(*args)
+        done = client.ota_rollback(name, version=version, reason=p['reason'])
         result.update(changed=done['changed'], version=done['version'], active_version=done['active_version'],
                       outcome='manual_rollback' if done['changed'] else 'unchanged', timings=done['timings'])
-    elif p['state'] == 'present' and not (p['artifact'] or p['delta_file']):
+    elif p['state'] == 'present' and not sent:
         result.update(outcome='unchanged')  # the action plugin found it stored already
     else:
-        done = apply(module, run, p, name, version)
+        done = apply(client, p, keyslot_from_internal(p), name, version)
         result.update(changed=bool(done.get('changed')), outcome=done.get('outcome'),
                       active_version=done.get('active_version', active))
         if p['state'] == 'active':
             result['timings'].update(done.get('timings') or {})
-            result['timings']['stage'] = round(p['stage_seconds'] + (done.get('delta') or {}).get('rebuild_s', 0), 4)
+            result['timings']['stage'] = round(p['_stage_seconds'] + (done.get('delta') or {}).get('rebuild_s', 0), 4)
         if done.get('delta'):
             result['delta'] = done['delta']
         if done.get('outcome') == 'delta_failed':
             module.fail_json(msg=done.get('msg'), delta_failed=True, **result)
         if done.get('failed'):
             result.update(reason=done.get('reason'), phase=done.get('phase'))
-            module.fail_json(msg=done.get('msg'), **finish(run, result, name))
+            module.fail_json(msg=done.get('msg'), **finish(client, result, name))
     if module._diff:
         result['diff'] = dict(before='%s: active %s\n' % (name, active),
                               after='%s: active %s\n' % (name, result['active_version']))
-    module.exit_json(**finish(run, result, name))
+    module.exit_json(**finish(client, result, name))
 
 
-def apply(module, run, p, name, version):
-    """state=present: install only; state=active: the OTA transaction. Returns the runtime's JSON, failed or not."""
-    if p['delta_file']:
-        staging = readable_copies(module, p['root'], p['user'], dict(p['files'], **{'model.eafd': p['delta_file']}))
-        try:
-            source = ['--delta', os.path.join(staging, 'model.eafd'), '--keyslot', '-']
-            source += ['--file=%s=%s' % (fname, os.path.join(staging, fname)) for fname in sorted(p['files'])]
-            # On outcome delta_failed nothing changed; the runtime's result says why in delta (used false,
-            # fallback_reason), and the action plugin sends the artifact.
-            return ota(module, p, source, stdin=keyslot_json(p['keyslot']))
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    if p['artifact']:
-        staging = readable_copies(module, p['root'], p['user'], dict(p['files'], **{'model.eaf': p['artifact']}))
-        try:
-            source = ['--artifact', os.path.join(staging, 'model.eaf'), '--keyslot', '-']
-            source += ['--file=%s=%s' % (fname, os.path.join(staging, fname)) for fname in sorted(p['files'])]
-            if p['state'] == 'present':
-                args = ['model', 'install'] + source + (['--force'] if p['force'] else [])
-                done = run(*args, stdin=keyslot_json(p['keyslot']))
-                return dict(done, outcome='installed' if done.get('changed') else 'unchanged')
-            return ota(module, p, source, stdin=keyslot_json(p['keyslot']))
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    return ota(module, p, ['--installed', name, version])
+def apply(client, p, slot, name, version):
+    """state=present: install only; state=active: the OTA transaction. Returns the runtime's JSON, failed or not
+    (an update that failed and rolled back is this module's result, not an error of the runtime call)."""
+    policy = dict(force=p['force'], watch=p['watch'], max_error_rate=p['max_error_rate'],
+                  min_requests=p['min_requests'], latency_p95_ms=p['latency_p95_ms'],
+                  stage_seconds=p['_stage_seconds'], bytes_transferred=p['_bytes_transferred'], fail_module=False)
+    if p['_delta_file']:
+        # On outcome delta_failed nothing changed; the runtime's result says why in delta (used false,
+        # fallback_reason), and the action plugin sends the artifact.
+        return client.ota_apply(delta=p['_delta_file'], keyslot=slot, files=p['_files'], **policy)
+    if p['_artifact']:
+        if p['state'] == 'present':
+            done = client.model_install(p['_artifact'], slot, p['_files'], force=p['force'])
+            return dict(done, outcome='installed' if done.get('changed') else 'unchanged')
+        return client.ota_apply(artifact=p['_artifact'], keyslot=slot, files=p['_files'], **policy)
+    return client.ota_apply(installed=(name, version), **policy)
 
 
-def ota(module, p, source, stdin=None):
-    args = ['ota', 'apply'] + source + ['--watch', str(p['watch']), '--max-error-rate', str(p['max_error_rate']),
-                                        '--min-requests', str(p['min_requests']),
-                                        '--stage-seconds', str(p['stage_seconds']),
-                                        '--bytes-transferred', str(p['bytes_transferred'])]
-    if p['latency_p95_ms'] is not None:
-        args += ['--latency-p95-ms', str(p['latency_p95_ms'])]
-    if p['force']:
-        args.append('--force')
-    return runtime_result(module, p['root'], p['user'], args, stdin=stdin)
-
-
-def finish(run, result, name):
+def finish(client, result, name):
     """Add the model's history on the device as a fact."""
     if name:
-        history = run('ota', 'history', '--name', name).get('history', [])
-        result['ansible_facts'] = dict(edgeai_model_history=history)
+        result['ansible_facts'] = dict(edgeai_model_history=client.ota_history(name).get('history', []))
     return result
 
 

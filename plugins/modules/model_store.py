@@ -148,13 +148,10 @@ msg:
   type: str
 """
 
-import os
-import shutil
-
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.edgeai.fleet.plugins.module_utils._keyslot import KEYSLOT_SPEC, keyslot_json
-from ansible_collections.edgeai.fleet.plugins.module_utils._runtime_cli import readable_copies, run_runtime
+from ansible_collections.edgeai.fleet.plugins.module_utils._keyslot import KEYSLOT_SPEC
+from ansible_collections.edgeai.fleet.plugins.module_utils._runtime_client import RuntimeClient
 
 
 def summary(models):
@@ -182,11 +179,9 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
+    client = RuntimeClient(module, p['root'], p['user'])
 
-    def run(*args, **kwargs):
-        return run_runtime(module, p['root'], p['user'], list(args), **kwargs)
-
-    listed = run('model', 'list')
+    listed = client.model_list()
     before = listed.get('models', [])
     result = dict(changed=False, models=before, device_key_id=listed.get('device_key_id'),
                   device_public_key=listed.get('device_public_key'), trusted_signers=listed.get('trusted_signers', []),
@@ -195,37 +190,29 @@ def main():
     if p['state'] == 'status':
         module.exit_json(**result)
 
-    slot = keyslot_json(p['keyslot'])
     name, version = p['name'], p['version']
     if p['state'] == 'installed' and module.check_mode:
-        header = run('artifact', 'verify', p['artifact'])  # signature, class, runtime version, payload digest
+        header = client.artifact_verify(p['artifact'])  # signature, class, runtime version, payload digest
         name, version = header['manifest']['name'], header['manifest']['version']
     if module.check_mode:  # the runtime's one rule of "anything to do" (edgeai_runtime.plan) says
         wanted = 'active' if p['state'] == 'activated' or (p['state'] == 'installed' and p['activate']) else 'present'
-        args = ['ota', 'plan', name, version, '--state', wanted]
-        if p['state'] == 'installed':
-            args += ['--sha256', header['manifest']['sha256']]
-        if p['state'] != 'activated' and p['keyslot'].get('key_id'):
-            args += ['--key-id', p['keyslot']['key_id']]
-        planned = run(*args)
+        planned = client.ota_plan(name, version, state=wanted,
+                                  sha256=header['manifest']['sha256'] if p['state'] == 'installed' else None,
+                                  key_id=(p['keyslot'] or {}).get('key_id') if p['state'] != 'activated' else None)
         result.update(changed=planned['would_change'], msg=planned['msg'],
                       plan={k: planned[k] for k in ('steps', 'reason', 'send')})
         module.exit_json(**result)
 
-    if p['state'] == 'installed':
-        staging = readable_copies(module, p['root'], p['user'], dict(p['files'], **{'model.eaf': p['artifact']}))
-        try:
-            source = ['--artifact', os.path.join(staging, 'model.eaf'), '--keyslot', '-']
-            source += ['--file=%s=%s' % (fname, os.path.join(staging, fname)) for fname in sorted(p['files'])]
-            source += ['--force'] if p['force'] else []
-            done = ota(run, source, slot) if p['activate'] else run('model', 'install', *source, stdin=slot)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+    if p['state'] == 'installed' and p['activate']:
+        done = ota(client.ota_apply(artifact=p['artifact'], keyslot=p['keyslot'], files=p['files'], force=p['force'],
+                                    watch=0))
+    elif p['state'] == 'installed':
+        done = client.model_install(p['artifact'], p['keyslot'], p['files'], force=p['force'])
     elif p['state'] == 'rekeyed':
-        done = run('model', 'rekey', name, version, '--keyslot', '-', stdin=slot)
+        done = client.model_rekey(name, version, p['keyslot'])
     else:
-        done = ota(run, ['--installed', name, version])
-    after = run('model', 'list').get('models', [])
+        done = ota(client.ota_apply(installed=(name, version), watch=0))
+    after = client.model_list().get('models', [])
     name, version = done.get('name', name), done.get('version', version)
     result.update(changed=bool(done.get('changed')), models=after, msg=done.get('msg'), name=name, version=version)
     if 'activation' in done:
@@ -235,9 +222,8 @@ def main():
     module.exit_json(**result)
 
 
-def ota(run, source, slot=None):
-    """Activation through the OTA installer (journal, gate, history, rollback on failure), without a watch."""
-    done = run('ota', 'apply', *(source + ['--watch', '0']), stdin=slot)
+def ota(done):
+    """An activation through the OTA installer (journal, gate, history, rollback on failure), without a watch."""
     activation = {k: done.get(k) for k in ('changed', 'outcome', 'previous_version', 'active_version', 'timings')}
     return dict(done, activation=dict(activation, via='ota'),
                 msg='%s %s: %s' % (done.get('name'), done.get('version'), done.get('outcome')))

@@ -5,6 +5,8 @@ device runtime, in a device root under tmp_path: ``<root>/venv/bin/edgeai-runtim
 console script, and the modules run it as the current user (``user=root`` keeps them from switching).
 The runtime refuses the slots below with messages that name the artifact and the key ids; before the
 key slot's options were declared, the whole slot was no_log and those ids came out as ``********``.
+edgeai.fleet.model gets the slot as its action plugin passes it: the internal ``_keyslot`` (the ids) and
+``_keyslot_wrapped`` (the wrapped data key, no_log).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import sys
 
 import pytest
 
+from ansible_collections.edgeai.fleet.plugins.module_utils._keyslot import keyslot_internal_args
 from ansible_collections.edgeai.fleet.plugins.modules import model, model_store
 
 edgeai_runtime = pytest.importorskip('edgeai_runtime')
@@ -68,14 +71,22 @@ def run_module(set_module_args, capsys):
 
 
 def install_args(module, root, packed, slot):
-    args = dict(root=root, user='root', artifact=packed['path'], keyslot=slot, files=packed['files'])
-    return dict(args, state='installed' if module is model_store else 'present')
+    if module is model_store:
+        return dict(root=root, user='root', state='installed', artifact=packed['path'], keyslot=slot,
+                    files=packed['files'])
+    # edgeai.fleet.model's key slot is internal (its action plugin sets it): the ids, and the wrapped key alone
+    return dict(root=root, user='root', state='present', _artifact=packed['path'], _files=packed['files'],
+                **keyslot_internal_args(slot))
 
 
-def assert_secret_masked(out, result, slot):
+def assert_secret_masked(out, result, slot, module=model_store):
     assert slot['wrapped'] not in out
-    echoed = result['invocation']['module_args']['keyslot']
-    assert echoed['wrapped'] in (MASK, 'VALUE_SPECIFIED_IN_NO_LOG_PARAMETER')
+    args = result['invocation']['module_args']
+    if module is model_store:
+        echoed, wrapped = args['keyslot'], args['keyslot']['wrapped']
+    else:
+        echoed, wrapped = args['_keyslot'], args['_keyslot_wrapped']
+    assert wrapped in (MASK, 'VALUE_SPECIFIED_IN_NO_LOG_PARAMETER')
     assert echoed['artifact_id'] == slot['artifact_id']
     assert echoed['key_id'] == slot['key_id']
 
@@ -88,7 +99,7 @@ def test_slot_of_another_artifact_names_both_ids(module, run_module, device, pac
     assert rc == 1 and result['failed']
     assert OTHER_ARTIFACT in result['msg'] and packed['packed'].artifact_id in result['msg'], result['msg']
     assert MASK not in result['msg']
-    assert_secret_masked(out, result, slot)
+    assert_secret_masked(out, result, slot, module)
 
 
 @pytest.mark.parametrize('module', [model_store, model], ids=['model_store', 'model'])
@@ -101,7 +112,7 @@ def test_slot_for_a_key_the_device_lacks_names_the_key(module, run_module, devic
     assert 'holds no private key %s' % slot['key_id'] in result['msg'], result['msg']
     assert ring.current_id() in result['msg']
     assert MASK not in result['msg']
-    assert_secret_masked(out, result, slot)
+    assert_secret_masked(out, result, slot, module)
 
 
 def test_a_good_slot_still_installs(run_module, tmp_path, packed):
