@@ -13,14 +13,18 @@ from typing import Callable, Dict, List, Mapping, Optional
 
 import numpy as np
 
+from .errors import EdgeAIError
+
 Infer = Callable[[Mapping[str, np.ndarray]], Dict[str, np.ndarray]]
 
 #: A lone request whose backend call takes less than this runs on the event loop itself.
 INLINE_S = 0.0005
 
 
-class Overloaded(Exception):
+class Overloaded(EdgeAIError):
     """The queue is full; retry after ``retry_after`` seconds."""
+
+    default_reason = "overloaded"
 
     def __init__(self, retry_after: int = 1) -> None:
         super().__init__("request queue is full")

@@ -37,6 +37,7 @@ import logging
 import sys
 from typing import Any, Dict, List, Optional, Set
 
+from .errors import EdgeAIError
 from . import __version__
 from .config import DEFAULT_ROOT, RuntimeConfig, load_config
 from .manifest import Manifest
@@ -47,8 +48,10 @@ from .store import DiskFull, ModelStore, StoreError, open_store
 FEATURES = ("delta",)
 
 
-class CommandFailed(Exception):
-    pass
+class CommandFailed(EdgeAIError):
+    """A command whose arguments do not fit, or that cannot do what it was asked."""
+
+    default_reason = "usage"
 
 
 def _call_service(config: RuntimeConfig, method: str, path: str, body: Optional[Dict[str, Any]] = None,

@@ -8,11 +8,14 @@ import urllib.error
 import urllib.request
 from typing import Any, Dict, Optional, Tuple
 
+from .errors import EdgeAIError
 from .config import RuntimeConfig
 
 
-class ServiceError(RuntimeError):
+class ServiceError(EdgeAIError, RuntimeError):
     """The service answered with an error; ``str()`` is its message, ``status`` the HTTP status."""
+
+    default_reason = "service"
 
     def __init__(self, status: int, message: str, data: Optional[Dict[str, Any]] = None) -> None:
         super().__init__(message)
@@ -20,8 +23,10 @@ class ServiceError(RuntimeError):
         self.data = data or {}
 
 
-class ServiceDown(ConnectionError):
+class ServiceDown(EdgeAIError, ConnectionError):
     """Nothing answers on the service's port."""
+
+    default_reason = "service_down"
 
 
 class ServiceClient:

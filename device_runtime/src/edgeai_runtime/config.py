@@ -7,17 +7,21 @@ import os
 from dataclasses import dataclass, fields, replace
 from typing import Any, Dict, Optional
 
+from .errors import EdgeAIError
+
 DEFAULT_ROOT = "/opt/edgeai"
 
 
-class ConfigError(ValueError):
+class ConfigError(EdgeAIError, ValueError):
     """The configuration is unusable; ``str()`` names the setting."""
+
+    default_reason = "bad_config"
 
 
 class RootMissing(ConfigError):
     """The device root does not exist (a mistyped ``--root``): nothing is created there."""
 
-    reason = "root_missing"
+    default_reason = "root_missing"
 
 
 @dataclass(frozen=True)

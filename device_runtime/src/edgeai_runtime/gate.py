@@ -14,13 +14,16 @@ from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
+from .errors import EdgeAIError
 from .manifest import Manifest
 
 Infer = Callable[[Mapping[str, np.ndarray]], Dict[str, np.ndarray]]
 
 
-class GateFailed(RuntimeError):
+class GateFailed(EdgeAIError, RuntimeError):
     """The new version did not pass; ``str()`` is one line saying which check and by how much."""
+
+    default_reason = "gate"
 
 
 @dataclass

@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa, x25
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from .errors import EdgeAIError
 from .fsutil import fsync_dir, write_point
 
 DATA_KEY_BYTES = 32
@@ -50,15 +51,14 @@ _PUBLIC_KEY_CLASSES = (ed25519.Ed25519PublicKey, x25519.X25519PublicKey, rsa.RSA
 _PRIVATE_KEY_CLASSES = (ed25519.Ed25519PrivateKey, x25519.X25519PrivateKey, rsa.RSAPrivateKey)
 
 
-class ArtifactError(ValueError):
+class ArtifactError(EdgeAIError, ValueError):
     """An artifact, key or key slot is refused.
 
     ``reason`` is a stable code (docs/artifact-format.md lists them); ``str()`` says what and why.
     """
 
     def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
+        super().__init__(message, reason)
 
 
 def b64(data: bytes) -> str:

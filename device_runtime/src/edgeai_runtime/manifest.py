@@ -10,6 +10,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
+from .errors import EdgeAIError
 from .tensors import V2_TO_NUMPY
 
 FORMAT_VERSION = 1
@@ -20,8 +21,10 @@ MODEL_FILE_BY_RUNTIME = {"onnxruntime": "model.onnx", "tflite": "model.tflite", 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
-class ManifestError(ValueError):
+class ManifestError(EdgeAIError, ValueError):
     """A manifest is malformed; ``str()`` names the field."""
+
+    default_reason = "bad_manifest"
 
 
 def check_name(kind: str, value: str) -> str:

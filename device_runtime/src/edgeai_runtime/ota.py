@@ -39,6 +39,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
+from .errors import EdgeAIError
 from . import fsutil
 from .client import ServiceClient, ServiceDown, ServiceError
 from .config import RuntimeConfig
@@ -57,22 +58,22 @@ BOOKKEEPING_BYTES = 64 * 1024
 _HISTORY_ROOM = 32 * 1024
 
 
-class UpdateFailed(RuntimeError):
-    """The update did not go through; the previous state is back. ``str()`` says phase and cause."""
+class UpdateFailed(EdgeAIError, RuntimeError):
+    """The update did not go through; the previous state is back. ``str()`` says phase and cause;
+    ``result`` what happened (its ``reason_code`` is the cause's code, where it has one)."""
+
+    default_reason = "update_failed"
 
     def __init__(self, message: str, result: Dict[str, Any]) -> None:
-        super().__init__(message)
-        self.result = result
+        super().__init__(message, result=result)
 
 
-class DeltaFailed(RuntimeError):
+class DeltaFailed(EdgeAIError, RuntimeError):
     """A delta could not be turned into its artifact; nothing on the device changed. Whoever has the
     full artifact (or can fetch it) installs that instead."""
 
     def __init__(self, message: str, reason: str, result: Dict[str, Any]) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.result = result
+        super().__init__(message, reason, result)
 
 
 @dataclass(frozen=True)
@@ -117,10 +118,10 @@ CREATE INDEX IF NOT EXISTS deployments_by_name ON deployments (name, started);
 """
 
 
-class HistoryError(RuntimeError):
+class HistoryError(EdgeAIError, RuntimeError):
     """The deployment history could not be read or written (a full disk is a DiskFull instead)."""
 
-    reason = "history_failed"
+    default_reason = "history_failed"
 
 
 class History:

@@ -43,6 +43,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from cryptography.exceptions import InvalidSignature
 
+from .errors import EdgeAIError
 from .artifact import read_header, sha256_file
 from .keys import ArtifactError, key_id, load_public, write_atomic
 from .ota import Policy, UpdateFailed, Updater
@@ -53,13 +54,12 @@ DOC_VERSION = 1
 BLOCK = 1 << 20
 
 
-class RegistryError(RuntimeError):
+class RegistryError(EdgeAIError, RuntimeError):
     """A registry or download failure; ``reason`` is one of tls, http, network, signature, replay,
     checksum, format."""
 
     def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
+        super().__init__(message, reason)
 
 
 def _canonical(doc: Mapping[str, Any]) -> bytes:

@@ -16,6 +16,7 @@ from typing import Callable, Dict, List, Mapping, Optional
 
 import numpy as np
 
+from .errors import EdgeAIError
 from .backends import Backend, BackendOptions, create_backend
 from .config import RuntimeConfig
 from .gate import GateResult, run_gate
@@ -28,8 +29,10 @@ log = logging.getLogger(__name__)
 BackendFactory = Callable[[str, bytes, BackendOptions], Backend]
 
 
-class ModelNotFound(LookupError):
+class ModelNotFound(EdgeAIError, LookupError):
     """No such model, or no such version of it, is loaded."""
+
+    default_reason = "not_found"
 
 
 class LoadedModel:

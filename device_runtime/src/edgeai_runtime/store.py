@@ -44,6 +44,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
+from .errors import EdgeAIError
 from .artifact import Artifact, ArtifactError
 from .fsutil import blocks, fsync_dir, is_disk_full, mount_point, shortfall, space, write_point
 from .keys import DeviceKeyring, load_public, key_id, key_type, write_atomic
@@ -60,8 +61,10 @@ KEYSLOT_FILE = "keyslot.json"
 _RESERVED = ("manifest.json", ARTIFACT_FILE, KEYSLOT_FILE)
 
 
-class StoreError(RuntimeError):
+class StoreError(EdgeAIError, RuntimeError):
     """A store operation was refused or failed; ``str()`` says which model and why."""
+
+    default_reason = "store"
 
 
 class DiskFull(StoreError):
@@ -69,7 +72,7 @@ class DiskFull(StoreError):
     point), what needed the room, the bytes needed (when known) and the bytes free; never a bare
     ``[Errno 28]``. ``reason`` is the stable code ``disk_full`` (docs/artifact-format.md)."""
 
-    reason = "disk_full"
+    default_reason = "disk_full"
 
     def __init__(self, path: str, doing: str, needed: Optional[int] = None, detail: Optional[str] = None) -> None:
         try:

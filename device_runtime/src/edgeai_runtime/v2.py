@@ -11,11 +11,16 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .errors import EdgeAIError
 from .manifest import Manifest, TensorSignature
 from .tensors import V2_TO_NUMPY, v2_datatype
 
 
-class V2Error(Exception):
+class V2Error(EdgeAIError):
+    """A KServe v2 request that does not check; ``status`` is the HTTP status to answer with."""
+
+    default_reason = "bad_request"
+
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status

@@ -12,8 +12,10 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
+from ..errors import EdgeAIError
 
-class BackendUnavailable(RuntimeError):
+
+class BackendUnavailable(EdgeAIError, RuntimeError):
     """The backend cannot load here; ``str()`` is one line saying why.
 
     Examples: 'onnxruntime is not installed', 'libedgetpu.so.1 not found',
@@ -21,9 +23,13 @@ class BackendUnavailable(RuntimeError):
     supported by the edgetpu backend (int8 only)'.
     """
 
+    default_reason = "backend_unavailable"
 
-class ModelLoadError(RuntimeError):
+
+class ModelLoadError(EdgeAIError, RuntimeError):
     """The model itself is corrupt or incompatible; ``str()`` is one line saying why."""
+
+    default_reason = "load"
 
 
 @dataclass(frozen=True)
