@@ -60,3 +60,18 @@ def test_the_cli_prints_the_code(tmp_path):
     out = json.loads(usage.stdout)
     assert usage.returncode == 1 and out["reason"] == "usage" and out["error"] == "CommandFailed", out
     assert DiskFull.default_reason == "disk_full"
+
+
+def test_a_failed_update_keeps_its_own_reason_in_the_cli_output(tmp_path):
+    """A failed update says why in its result (phase and cause); the CLI must not replace that with
+    the class's code, which stays beside it as reason_code."""
+    from argparse import Namespace
+    from edgeai_runtime.cli import _failure
+    result = {"changed": False, "outcome": "rolled_back", "reason": "watch: the service restarted",
+              "reason_code": "gate"}
+    out = _failure(UpdateFailed("update of digits to 2.0.0 rolled back", result),
+                   Namespace(command="ota", action="apply", root=str(tmp_path)), None)
+    assert (out["reason"], out["reason_code"], out["failed"]) == ("watch: the service restarted", "gate", True)
+    out = _failure(StoreError("removing digits 1.0.0: it is the active version"),
+                   Namespace(command="model", action="remove", root=str(tmp_path)), None)
+    assert out["reason"] == "store" and out["error"] == "StoreError"

@@ -404,8 +404,10 @@ def _failure(exc: Exception, args: argparse.Namespace, store: Optional[ModelStor
             active = "unknown (the store is unreadable)"
         msg += "; active now: %s" % active
     failure.update(failed=True, msg=msg, error=type(exc).__name__)
+    # The error's code, unless what it carries says why itself (a failed update: the phase and cause,
+    # with the cause's code in reason_code).
     reason = getattr(full or exc, "reason", None)
-    if isinstance(reason, str) and reason:
+    if isinstance(reason, str) and reason and not (full is None and failure.get("reason")):
         failure["reason"] = reason
     if store is not None:
         failure["swept"] = store.swept
