@@ -249,7 +249,7 @@ def cmd_ota(args: argparse.Namespace, config: RuntimeConfig, store: ModelStore) 
 def _plan(args: argparse.Namespace, store: ModelStore, updater: Any) -> Dict[str, Any]:
     """``ota plan`` and ``ota apply --check``: what the device would do, from edgeai_runtime.plan (the
     one rule every caller asks). Changes nothing: ``changed`` is false, ``would_change`` says."""
-    from .plan import Want, plan
+    from .plan import Want
     if args.action == "plan":
         key = store.keyring.current_id() if args.current_key else args.key_id
         want = Want(args.name, args.version, args.state, sha256=args.sha256, key_id=key)
@@ -263,10 +263,7 @@ def _plan(args: argparse.Namespace, store: ModelStore, updater: Any) -> Dict[str
         want = Want(manifest["name"], manifest["version"], "active", sha256=manifest.get("sha256"))
     else:
         raise CommandFailed("ota apply --check takes --artifact A or --installed NAME VERSION")
-    entry = store.entry(want.name)
-    serving = updater._serving_ok(want.name, entry["active"]) if want.state == "active" and \
-        entry["active"] is not None and entry["active"] == want.version else None
-    decided = plan([entry], want, serving=serving)
+    decided = updater.plan(want)
     return dict(decided, changed=False, would_change=decided["changed"], check=True)
 
 

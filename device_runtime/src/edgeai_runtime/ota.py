@@ -318,8 +318,7 @@ class Updater:
                                       "active_version": active, "bytes_transferred": bytes_transferred,
                                       "bytes_saved": bytes_saved, "recovered": recovered}
             try:  # the one rule of "anything to do" (edgeai_runtime.plan); the key slot comes with the artifact
-                decided = plan([self.store.entry(name)], Want(name, version, "active", sha256=art.manifest.sha256),
-                               serving=self._serving_ok(name, version) if active == version else None)
+                decided = self.plan(Want(name, version, "active", sha256=art.manifest.sha256))
             except PlanRefused as exc:  # another build under this version: refused before anything is written
                 raise self._refused_on_arrival(artifact, exc, mode, stage_s, bytes_transferred, recovered) from None
             if not decided["changed"]:
@@ -472,6 +471,15 @@ class Updater:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(rebuilt)
         return dict(result, delta=used)
+
+    def plan(self, want: Want) -> Dict[str, Any]:
+        """edgeai_runtime.plan for ``want`` on this store, with whether the service serves the active
+        version asked only where it decides (state active, the wanted version active)."""
+        entry = self.store.entry(want.name)
+        active = entry["active"]
+        serving = self._serving_ok(want.name, active) if want.state == "active" and active is not None \
+            and active == want.version else None
+        return plan([entry], want, serving=serving)
 
     def apply_delta_or_full(self, delta: Optional[str], full: Callable[[], str], keyslot: Dict[str, Any],
                             files: Optional[Mapping[str, bytes]] = None, policy: Policy = Policy(),
