@@ -1,4 +1,4 @@
-"""Benchmark of the model artifact (edgeai_runtime.artifact) against raw AEADs, sha256 and Fernet.
+"""Benchmark of the model artifact (edgeai_runtime.format.artifact) against raw AEADs, sha256 and Fernet.
 
     .venv/bin/python bench/bench_artifact.py [--quick] [--out summary.json] [--no-fernet-above MIB]
 
@@ -43,7 +43,8 @@ import cryptography
 from cryptography.fernet import Fernet
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
-from edgeai_runtime import artifact, keys
+from edgeai_runtime.controller import packing
+from edgeai_runtime.format import artifact, keys
 
 MIB = 1 << 20
 CHUNK = 4 * MIB
@@ -145,7 +146,7 @@ def child_run(op: str, spec: Dict[str, Any], ctx: Dict[str, Any]) -> Dict[str, A
     src, dst = spec["src"], spec.get("dst")
     keep: Dict[str, Any] = {"extra": {}}
     if op == "pack":
-        packed = artifact.pack(src, dst, MANIFEST, ctx["signer"], cipher=spec["cipher"], chunk_size=CHUNK)
+        packed = packing.pack(src, dst, MANIFEST, ctx["signer"], cipher=spec["cipher"], chunk_size=CHUNK)
         keep["packed"] = packed
     elif op == "verify":
         artifact.Artifact.open(src, ctx["trusted"]).verify_payload()

@@ -54,7 +54,7 @@ import httpx  # noqa: E402  pylint: disable=wrong-import-position
 import psutil  # noqa: E402  pylint: disable=wrong-import-position
 
 from bench_service import Service, body_for, free_port  # noqa: E402  pylint: disable=wrong-import-position
-from edgeai_runtime.store import ModelStore  # noqa: E402  pylint: disable=wrong-import-position
+from edgeai_runtime.device.store import ModelStore  # noqa: E402  pylint: disable=wrong-import-position
 from support import modelgen  # noqa: E402  pylint: disable=wrong-import-position
 from support.digits_store import install_digits  # noqa: E402  pylint: disable=wrong-import-position
 

@@ -1,4 +1,4 @@
-"""Benchmark of one-device OTA (edgeai_runtime.ota) with a ~50 MB model, end to end, by phase.
+"""Benchmark of one-device OTA (edgeai_runtime.device.ota) with a ~50 MB model, end to end, by phase.
 
     .venv/bin/python bench/bench_ota.py [--quick] [--size-mb 50] [--out summary.json]
 
@@ -47,13 +47,15 @@ import onnxruntime as ort  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ed25519  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from edgeai_runtime import artifact, delta, keys  # noqa: E402
-from edgeai_runtime.config import load_config  # noqa: E402
-from edgeai_runtime.gate import encode_npz  # noqa: E402
-from edgeai_runtime.keys import DeviceKeyring  # noqa: E402
-from edgeai_runtime.ota import Policy, Updater  # noqa: E402
-from edgeai_runtime.registry import Agent, Downloader, publish  # noqa: E402
-from edgeai_runtime.store import ModelStore  # noqa: E402
+from edgeai_runtime.controller import deltas, packing  # noqa: E402
+from edgeai_runtime.controller.publish import publish  # noqa: E402
+from edgeai_runtime.format import artifact, delta, keys  # noqa: E402
+from edgeai_runtime.device.config import load_config  # noqa: E402
+from edgeai_runtime.service.gate import encode_npz  # noqa: E402
+from edgeai_runtime.format.keys import DeviceKeyring  # noqa: E402
+from edgeai_runtime.device.ota import Policy, Updater  # noqa: E402
+from edgeai_runtime.device.agent import Agent, Downloader  # noqa: E402
+from edgeai_runtime.device.store import ModelStore  # noqa: E402
 from support.https_files import Registry  # noqa: E402
 from support.pki import make_ca, make_server_cert, write_pem  # noqa: E402
 from support.service import start_service, write_config  # noqa: E402
@@ -100,7 +102,7 @@ def pack(workdir: Path, version: str, model: bytes, signer) -> Dict[str, Any]:
               "validation": {"golden": "golden.npz", "latency_p95_ms": 1000.0},
               "files": {n: hashlib.sha256(d).hexdigest() for n, d in files.items()}}
     out = workdir / ("bench-%s.eaf" % version)
-    packed = artifact.pack(str(src), str(out), fields, signer)
+    packed = packing.pack(str(src), str(out), fields, signer)
     src.unlink()
     paths = {}
     for name, data in files.items():
@@ -147,7 +149,7 @@ def main() -> int:
         v1_model, v2_model = mlp(hidden, 1, 1), mlp(hidden, 1, 2)
         v1, v2 = pack(workdir, "1.0.0", v1_model, signer), pack(workdir, "2.0.0", v2_model, signer)
         notes.update(model_bytes=len(v2_model), artifact_bytes=os.path.getsize(v2["path"]), hidden=hidden)
-        seconds, made = timed(delta.make, v1_model, {"name": "bench", "version": "1.0.0",
+        seconds, made = timed(deltas.make, v1_model, {"name": "bench", "version": "1.0.0",
                                                      "sha256": hashlib.sha256(v1_model).hexdigest()},
                               v2["path"], v2["packed"].data_key, signer, str(workdir / "bench-2.0.0.from-1.0.0.eafd"))
         assert made is not None, "no delta: the versions share too little"

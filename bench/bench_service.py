@@ -39,9 +39,9 @@ import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
-from edgeai_runtime.config import RuntimeConfig  # noqa: E402
-from edgeai_runtime.serving import ModelManager  # noqa: E402
-from edgeai_runtime.store import ModelStore  # noqa: E402
+from edgeai_runtime.device.config import RuntimeConfig  # noqa: E402
+from edgeai_runtime.service.serving import ModelManager  # noqa: E402
+from edgeai_runtime.device.store import ModelStore  # noqa: E402
 from support import modelgen  # noqa: E402
 from support.digits_store import install_digits  # noqa: E402
 

@@ -29,7 +29,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 from bench_service import Service, body_for  # noqa: E402  pylint: disable=wrong-import-position
-from edgeai_runtime.store import ModelStore  # noqa: E402  pylint: disable=wrong-import-position
+from edgeai_runtime.device.store import ModelStore  # noqa: E402  pylint: disable=wrong-import-position
 from support import modelgen  # noqa: E402  pylint: disable=wrong-import-position
 from support.digits_store import install_digits  # noqa: E402  pylint: disable=wrong-import-position
 

@@ -58,7 +58,7 @@ class ActionModule(ActionBase):
         return result
 
     def _stage(self, args, device_args, task_vars, host, result):
-        """Send what the plan (edgeai_runtime.plan, which the device asks too) says the device needs:
+        """Send what the plan (edgeai_runtime.device.plan, which the device asks too) says the device needs:
         the artifact, or only a key slot for its current key, or nothing. Returns the module's
         arguments and the remote directory to remove afterwards."""
         pub = publisher()

@@ -233,7 +233,7 @@ def main():
     result = dict(changed=False, name=name, version=version, previous_version=active, active_version=active,
                   bytes_transferred=p['_bytes_transferred'], timings=dict(stage=p['_stage_seconds']))
 
-    if module.check_mode:  # the runtime's one rule of "anything to do" (edgeai_runtime.plan) says
+    if module.check_mode:  # the runtime's one rule of "anything to do" (edgeai_runtime.device.plan) says
         planned = client.ota_plan(name, version, state=p['state'], current_key=p['state'] in ('present', 'active'))
         result.update(changed=planned['would_change'], outcome='would change' if planned['would_change'] else 'unchanged',
                       version=planned['version'], active_version=planned['active_after'],

@@ -194,7 +194,7 @@ def main():
     if p['state'] == 'installed' and module.check_mode:
         header = client.artifact_verify(p['artifact'])  # signature, class, runtime version, payload digest
         name, version = header['manifest']['name'], header['manifest']['version']
-    if module.check_mode:  # the runtime's one rule of "anything to do" (edgeai_runtime.plan) says
+    if module.check_mode:  # the runtime's one rule of "anything to do" (edgeai_runtime.device.plan) says
         wanted = 'active' if p['state'] == 'activated' or (p['state'] == 'installed' and p['activate']) else 'present'
         planned = client.ota_plan(name, version, state=wanted,
                                   sha256=header['manifest']['sha256'] if p['state'] == 'installed' else None,

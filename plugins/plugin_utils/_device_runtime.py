@@ -23,13 +23,13 @@ _SRC = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..', 'devi
 
 
 def publisher():
-    """The edgeai_runtime.publisher module."""
-    return _runtime_module('publisher')
+    """The edgeai_runtime.controller.publisher module."""
+    return _runtime_module('controller.publisher')
 
 
 def plan():
-    """The edgeai_runtime.plan module: the one rule of "anything to do", which the device asks too."""
-    return _runtime_module('plan')
+    """The edgeai_runtime.device.plan module: the one rule of "anything to do", which the device asks too."""
+    return _runtime_module('device.plan')
 
 
 def _runtime_module(name):

@@ -96,7 +96,7 @@ def device_view(action, pub, args, task_vars, host, state):
     """Everything the artifact-sending action plugins decide on: the variant of args['src'] this
     device gets, the fleet keys, the store's status, the model's entry there, this version's
     details (None when the device lacks it) and the plan for ``state`` (present or active): what
-    edgeai_runtime.plan, the rule the device asks too, says the device would do and what it needs
+    edgeai_runtime.device.plan, the rule the device asks too, says the device would do and what it needs
     sent. Refuses a different build installed under the same version, and a device without a key pair."""
     release, fleet = read_release(pub, args, host)
     status = store_status(action, args, task_vars, host)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgeai_runtime import keys
+from edgeai_runtime.format import keys
 from support import modelgen
 from support.ota_device import Device
 

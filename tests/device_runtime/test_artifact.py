@@ -1,4 +1,4 @@
-"""The artifact format (edgeai_runtime.artifact, keys): round trips with both ciphers and both key
+"""The artifact format (edgeai_runtime.format.artifact, keys): round trips with both ciphers and both key
 types, and every tampering refused with its own reason. Real cryptography, real files, real
 onnxruntime/LiteRT loading the decrypted bytes."""
 from __future__ import annotations
@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from cryptography.exceptions import InvalidTag
 
-from edgeai_runtime import artifact, keys
-from edgeai_runtime.artifact import Artifact, ArtifactError
-from edgeai_runtime.keys import DeviceKeyring
+from edgeai_runtime.controller import packing
+from edgeai_runtime.format import artifact, keys
+from edgeai_runtime.format.artifact import Artifact, ArtifactError
+from edgeai_runtime.format.keys import DeviceKeyring
 from support.artifacts import flip
 
 MiB = 1 << 20
@@ -38,7 +39,7 @@ def model_file(tmp_path):
 
 def packed(tmp_path, model_file, signer, cipher="aes-256-gcm", **fields):
     out = tmp_path / "m.eaf"
-    result = artifact.pack(str(model_file), str(out), dict(FIELDS, **fields), signer, cipher=cipher, chunk_size=MiB)
+    result = packing.pack(str(model_file), str(out), dict(FIELDS, **fields), signer, cipher=cipher, chunk_size=MiB)
     return out, result
 
 
@@ -85,7 +86,7 @@ def test_pack_is_one_pass_and_records_the_manifest(tmp_path, model_file, signer)
 
 
 def test_real_models_load_from_decrypted_bytes(tmp_path, signer, trusted, digits, digits_onnx, digits_tflite):
-    from edgeai_runtime.backends import BackendOptions, create_backend
+    from edgeai_runtime.service.backends import BackendOptions, create_backend
     device = keys.generate("x25519")
     for runtime, blob in (("onnxruntime", digits_onnx), ("tflite", digits_tflite)):
         src = tmp_path / runtime
@@ -93,7 +94,7 @@ def test_real_models_load_from_decrypted_bytes(tmp_path, signer, trusted, digits
         out = tmp_path / (runtime + ".eaf")
         fields = dict(FIELDS, runtime=runtime, inputs=[{"name": "input", "datatype": "FP32", "shape": [-1, 64]}],
                       outputs=[{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]}])
-        result = artifact.pack(str(src), str(out), fields, signer, cipher="chacha20-poly1305")
+        result = packing.pack(str(src), str(out), fields, signer, cipher="chacha20-poly1305")
         slot = keys.wrap(result.data_key, device.public_key(), result.artifact_id)
         art = Artifact.open(str(out), trusted)
         backend = create_backend(runtime, art.decrypt(keys.unwrap(slot, device, art.artifact_id)), BackendOptions())
@@ -269,13 +270,13 @@ def test_compatibility_checks(tmp_path, model_file, signer, trusted):
 
 def test_pack_refuses_bad_input(tmp_path, model_file, signer):
     with pytest.raises(ArtifactError, match="chunk size"):
-        artifact.pack(str(model_file), str(tmp_path / "a.eaf"), FIELDS, signer, chunk_size=4096)
+        packing.pack(str(model_file), str(tmp_path / "a.eaf"), FIELDS, signer, chunk_size=4096)
     with pytest.raises(ArtifactError, match="cipher"):
-        artifact.pack(str(model_file), str(tmp_path / "a.eaf"), FIELDS, signer, cipher="des")
+        packing.pack(str(model_file), str(tmp_path / "a.eaf"), FIELDS, signer, cipher="des")
     with pytest.raises(ArtifactError, match="must be Ed25519"):
-        artifact.pack(str(model_file), str(tmp_path / "a.eaf"), FIELDS, keys.generate("x25519"))
+        packing.pack(str(model_file), str(tmp_path / "a.eaf"), FIELDS, keys.generate("x25519"))
     with pytest.raises(ArtifactError, match="runtime"):
-        artifact.pack(str(model_file), str(tmp_path / "a.eaf"), dict(FIELDS, runtime="caffe"), signer)
+        packing.pack(str(model_file), str(tmp_path / "a.eaf"), dict(FIELDS, runtime="caffe"), signer)
     assert not list(tmp_path.glob("a.eaf*"))  # nothing half-written left behind
 
 

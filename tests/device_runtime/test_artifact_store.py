@@ -9,10 +9,11 @@ import sys
 
 import pytest
 
-from edgeai_runtime import artifact, keys
-from edgeai_runtime.config import RuntimeConfig
-from edgeai_runtime.serving import ModelManager
-from edgeai_runtime.store import ModelStore, StoreError
+from edgeai_runtime.controller import packing
+from edgeai_runtime.format import artifact, keys
+from edgeai_runtime.device.config import RuntimeConfig
+from edgeai_runtime.service.serving import ModelManager
+from edgeai_runtime.device.store import ModelStore, StoreError
 from support import artifacts
 from support.digits_store import digits_manifest
 
@@ -134,7 +135,7 @@ def test_other_hardware_class_is_refused(device, outdir, digits, digits_onnx, si
         f.write(digits_onnx)
     for key in ("sha256", "size", "created", "min_runtime_version", "files"):
         fields.pop(key)
-    orin = artifact.pack(src, os.path.join(outdir, "orin.eaf"), fields, signer)
+    orin = packing.pack(src, os.path.join(outdir, "orin.eaf"), fields, signer)
     with pytest.raises(StoreError, match="built for jetson_orin, not for this raspberry_pi device"):
         store.install_artifact(orin.path, artifacts.slot_for(orin, ring))
 

@@ -18,10 +18,10 @@ import shutil
 import numpy as np
 import pytest
 
-from edgeai_runtime.backends import BackendOptions, BackendUnavailable, ModelLoadError
-from edgeai_runtime.backends import backend_class, create_backend
-from edgeai_runtime.backends import edgetpu as edgetpu_mod
-from edgeai_runtime.backends.edgetpu import EdgeTPUBackend
+from edgeai_runtime.service.backends import BackendOptions, BackendUnavailable, ModelLoadError
+from edgeai_runtime.service.backends import backend_class, create_backend
+from edgeai_runtime.service.backends import edgetpu as edgetpu_mod
+from edgeai_runtime.service.backends.edgetpu import EdgeTPUBackend
 from support import modelgen
 
 NOT_FOUND = "libedgetpu.so.1 not found (install libedgetpu1-std)"

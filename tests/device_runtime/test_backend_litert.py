@@ -11,10 +11,10 @@ import threading
 import numpy as np
 import pytest
 
-from edgeai_runtime.backends import BackendOptions, BackendUnavailable, ModelLoadError, TensorSpec
-from edgeai_runtime.backends import backend_class, create_backend
-from edgeai_runtime.backends import litert as litert_mod
-from edgeai_runtime.backends.litert import LiteRTBackend
+from edgeai_runtime.service.backends import BackendOptions, BackendUnavailable, ModelLoadError, TensorSpec
+from edgeai_runtime.service.backends import backend_class, create_backend
+from edgeai_runtime.service.backends import litert as litert_mod
+from edgeai_runtime.service.backends.litert import LiteRTBackend
 from support import modelgen
 
 

@@ -17,8 +17,8 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from edgeai_runtime.backends.base import BackendOptions, ModelLoadError, TensorSpec  # noqa: E402
-from edgeai_runtime.backends.onnx import (  # noqa: E402
+from edgeai_runtime.service.backends.base import BackendOptions, ModelLoadError, TensorSpec  # noqa: E402
+from edgeai_runtime.service.backends.onnx import (  # noqa: E402
     CPU_EP,
     CUDA_EP,
     TRT_EP,
@@ -414,8 +414,8 @@ def test_onnx_runtime_telemetry_is_off(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}
     env.update(HOME=str(home), XDG_CACHE_HOME=str(home / ".cache"))
     script = ("import sys, numpy as np\n"
-              "from edgeai_runtime.backends.base import BackendOptions\n"
-              "from edgeai_runtime.backends.onnx import OnnxBackend\n"
+              "from edgeai_runtime.service.backends.base import BackendOptions\n"
+              "from edgeai_runtime.service.backends.onnx import OnnxBackend\n"
               "backend = OnnxBackend(open(sys.argv[1], 'rb').read(), BackendOptions())\n"
               "backend.infer({'x': np.ones((1, 64), np.float32)})\n")
     subprocess.run([sys.executable, "-c", script, str(model)], env=env, check=True, timeout=120)

@@ -23,9 +23,9 @@ import textwrap
 
 import pytest
 
-from edgeai_runtime.backends import tensorrt as trt_backend
-from edgeai_runtime.backends.base import BackendOptions, BackendUnavailable
-from edgeai_runtime.backends.tensorrt import (
+from edgeai_runtime.service.backends import tensorrt as trt_backend
+from edgeai_runtime.service.backends.base import BackendOptions, BackendUnavailable
+from edgeai_runtime.service.backends.tensorrt import (
     CRASHED,
     NOT_INSTALLED,
     TensorRTBackend,
@@ -51,7 +51,7 @@ def fresh_probe_cache():
 
 
 def test_module_import_does_not_import_tensorrt():
-    code = ("import sys, edgeai_runtime.backends.tensorrt as m; "
+    code = ("import sys, edgeai_runtime.service.backends.tensorrt as m; "
             "assert 'tensorrt' not in sys.modules, 'imported'; print('ok')")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from edgeai_runtime.batching import Batcher, Overloaded
+from edgeai_runtime.service.batching import Batcher, Overloaded
 
 
 def run(coro):

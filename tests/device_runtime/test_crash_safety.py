@@ -29,10 +29,10 @@ from pathlib import Path
 import pytest
 
 from edgeai_runtime import cli
-from edgeai_runtime.config import load_config
+from edgeai_runtime.device.config import load_config
 from edgeai_runtime.fsutil import CRASH_ENV, TRACE_ENV
-from edgeai_runtime.ota import History, Policy, Updater
-from edgeai_runtime.store import ModelStore
+from edgeai_runtime.device.ota import History, Policy, Updater
+from edgeai_runtime.device.store import ModelStore
 from support import artifacts
 from support.service import write_config
 from support.tmpfs import Tmpfs, fill, free_bytes, leave_free, unfill

@@ -1,4 +1,4 @@
-"""Delta updates (edgeai_runtime.delta): a new version shipped as a zstd patch against the version
+"""Delta updates (edgeai_runtime.format.delta): a new version shipped as a zstd patch against the version
 the device holds, rebuilt on the device into the very artifact the controller packed, and installed
 through the same OTA transaction. Every bad delta is refused before anything changes, with a
 reason of its own, so the caller can fall back to the full artifact."""
@@ -11,8 +11,9 @@ import os
 
 import pytest
 
-from edgeai_runtime import artifact, delta, keys
-from edgeai_runtime.ota import DeltaFailed
+from edgeai_runtime.controller import deltas
+from edgeai_runtime.format import artifact, delta, keys
+from edgeai_runtime.device.ota import DeltaFailed
 from support import modelgen
 from support.artifacts import flip, slot_for
 from support.ota_device import QUICK
@@ -33,7 +34,7 @@ def update(device):
     base = modelgen.digits_onnx(device.digits)
     path, packed, files = device.pack("2.0.0", model=last_layer_tuned(device.digits))
     base_manifest = device.store().manifest("digits", "1.0.0").to_dict()
-    made = delta.make(base, base_manifest, path, packed.data_key, device.signer,
+    made = deltas.make(base, base_manifest, path, packed.data_key, device.signer,
                       str(device.art_dir / "digits-2.0.0.from-1.0.0.eafd"))
     assert made is not None
     return path, packed, files, made
@@ -109,7 +110,7 @@ def test_delta_against_a_base_the_device_lacks_falls_back(device, signer):
     other = last_layer_tuned(device.digits, shift=5e-3)  # a version this device never had
     path, packed, files = device.pack("2.0.0", model=last_layer_tuned(device.digits))
     manifest = dict(device.store().manifest("digits", "1.0.0").to_dict(), sha256=_sha256(other), size=len(other))
-    made = delta.make(other, manifest, path, packed.data_key, signer, str(device.art_dir / "d.eafd"),
+    made = deltas.make(other, manifest, path, packed.data_key, signer, str(device.art_dir / "d.eafd"),
                       target_model=last_layer_tuned(device.digits))
     assert made is not None
     bad_delta(device, (path, packed, files, made), "delta_base_missing", "does not hold", lambda p, m: None)
@@ -121,7 +122,7 @@ def test_patch_that_gives_another_model_is_refused(device, update):
     path, packed, files, _made = update
     base = modelgen.digits_onnx(device.digits)
     wrong = last_layer_tuned(device.digits, shift=2e-3)
-    made = delta.make(base, device.store().manifest("digits", "1.0.0").to_dict(), path, packed.data_key,
+    made = deltas.make(base, device.store().manifest("digits", "1.0.0").to_dict(), path, packed.data_key,
                       device.signer, str(device.art_dir / "wrong.eafd"), target_model=wrong)
     bad_delta(device, (path, packed, files, made), "delta_result", "does not match digits 2.0.0's sha256",
               lambda p, m: None)
@@ -180,7 +181,7 @@ def test_patch_declaring_another_size_is_refused_before_decompressing(device, up
     path, packed, files, _made = update
     base = modelgen.digits_onnx(device.digits)
     longer = last_layer_tuned(device.digits) + b"\0" * 4096
-    made = delta.make(base, device.store().manifest("digits", "1.0.0").to_dict(), path, packed.data_key,
+    made = deltas.make(base, device.store().manifest("digits", "1.0.0").to_dict(), path, packed.data_key,
                       device.signer, str(device.art_dir / "long.eafd"), target_model=longer)
     bad_delta(device, (path, packed, files, made), "delta_patch", "frame declares", lambda p, m: None)
 
@@ -207,7 +208,7 @@ def test_unrelated_versions_get_no_delta(device):
     base = modelgen.digits_onnx(device.digits)
     path, packed, _files = device.pack("2.0.0", model=modelgen.digits_onnx(modelgen.train_digits_mlp(seed=4)))
     out = device.art_dir / "none.eafd"
-    assert delta.make(base, device.store().manifest("digits", "1.0.0").to_dict(), path, packed.data_key,
+    assert deltas.make(base, device.store().manifest("digits", "1.0.0").to_dict(), path, packed.data_key,
                       device.signer, str(out)) is None
     assert not out.exists()
 
@@ -219,7 +220,7 @@ def _sha256(data):
 # -- pull mode: the registry offers the delta beside the artifact ------------------------------
 
 def _publish_with_delta(device, update, registry_dir):
-    from edgeai_runtime.registry import publish
+    from edgeai_runtime.controller.publish import publish
     path, packed, files, made = update
     file_paths = {}
     for name, data in files.items():
@@ -233,8 +234,8 @@ def _publish_with_delta(device, update, registry_dir):
 
 
 def _pull(device, tmp_path):
-    from edgeai_runtime.config import load_config
-    from edgeai_runtime.registry import Agent, Downloader
+    from edgeai_runtime.device.config import load_config
+    from edgeai_runtime.device.agent import Agent, Downloader
     from support.https_files import Registry
     from support.pki import make_ca, make_server_cert, write_pem
     ca_key, ca_cert = make_ca("edgeai delta test CA")
@@ -267,7 +268,7 @@ def test_agent_falls_back_when_the_delta_does_not_give_the_artifact(device, upda
     """The delta downloads intact (its published sha256 matches) but patches into other bytes: the
     device refuses it with nothing changed, and the agent fetches the artifact."""
     path, packed, files, _made = update
-    wrong = delta.make(modelgen.digits_onnx(device.digits), device.store().manifest("digits", "1.0.0").to_dict(),
+    wrong = deltas.make(modelgen.digits_onnx(device.digits), device.store().manifest("digits", "1.0.0").to_dict(),
                        path, packed.data_key, device.signer, str(device.art_dir / "wrong.eafd"),
                        target_model=last_layer_tuned(device.digits, shift=2e-3))
     _publish_with_delta(device, (path, packed, files, wrong), tmp_path / "registry")

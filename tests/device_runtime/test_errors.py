@@ -8,9 +8,9 @@ import json
 import pkgutil
 
 import edgeai_runtime
-from edgeai_runtime.errors import EdgeAIError
-from edgeai_runtime.ota import UpdateFailed
-from edgeai_runtime.store import DiskFull, StoreError
+from edgeai_runtime.format.errors import EdgeAIError
+from edgeai_runtime.device.ota import UpdateFailed
+from edgeai_runtime.device.store import DiskFull, StoreError
 from support.service import runtime
 
 #: The built-in base each error had before the hierarchy, which callers may still catch it by.

@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
-from edgeai_runtime.store import ModelStore
+from edgeai_runtime.device.store import ModelStore
 from support import modelgen
 from support.digits_store import install_digits
 from support.service import free_port, runtime, start_service, voluntary_switches, write_config

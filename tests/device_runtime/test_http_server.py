@@ -1,4 +1,4 @@
-"""EventDrivenServer (edgeai_runtime.http_server): uvicorn without its 10 Hz main loop, on 127.0.0.1."""
+"""EventDrivenServer (edgeai_runtime.service.http_server): uvicorn without its 10 Hz main loop, on 127.0.0.1."""
 from __future__ import annotations
 
 import threading
@@ -12,7 +12,7 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from edgeai_runtime.http_server import EventDrivenServer
+from edgeai_runtime.service.http_server import EventDrivenServer
 from support.service import free_port
 
 

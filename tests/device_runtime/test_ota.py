@@ -1,4 +1,4 @@
-"""OTA transactions (edgeai_runtime.ota) against a real service process on 127.0.0.1, a real store
+"""OTA transactions (edgeai_runtime.device.ota) against a real service process on 127.0.0.1, a real store
 and real SQLite: the happy path with its phases, and the fault matrix's device-side rows. After each
 fault the previous version still serves, the store is consistent, and the error says what failed."""
 from __future__ import annotations
@@ -16,9 +16,9 @@ import httpx
 import numpy as np
 import pytest
 
-from edgeai_runtime import artifact
-from edgeai_runtime.ota import Policy, UpdateFailed
-from edgeai_runtime.store import StoreError
+from edgeai_runtime.format import artifact
+from edgeai_runtime.device.ota import Policy, UpdateFailed
+from edgeai_runtime.device.store import StoreError
 from support import artifacts, modelgen
 from support.artifacts import flip
 from support.digits_store import untrained_digits
@@ -191,7 +191,7 @@ def test_backend_errors_after_the_switch_roll_back(device, monkeypatch):
     sitecustomize.mkdir()
     # Served traffic only: the gate calls the backend directly, and the installer's probes send zeros.
     (sitecustomize / "sitecustomize.py").write_text(
-        "import edgeai_runtime.serving as s\n"
+        "import edgeai_runtime.service.serving as s\n"
         "orig = s.LoadedModel.infer\n"
         "def infer(self, inputs):\n"
         "    if self.version == '2.0.0' and any(v.any() for v in inputs.values()):\n"

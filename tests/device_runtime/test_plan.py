@@ -1,4 +1,4 @@
-"""The one rule of "anything to do" (edgeai_runtime.plan): the rule itself over store entries, and
+"""The one rule of "anything to do" (edgeai_runtime.device.plan): the rule itself over store entries, and
 what asks it on the device: ``ota plan`` / ``ota apply --check`` against a real store with the
 service running on 127.0.0.1, and the OTA installer refusing another build under a held version."""
 from __future__ import annotations
@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from edgeai_runtime.ota import UpdateFailed
-from edgeai_runtime.plan import PlanRefused, Want, plan
+from edgeai_runtime.device.ota import UpdateFailed
+from edgeai_runtime.device.plan import PlanRefused, Want, plan
 from support import artifacts, modelgen
 from support.ota_device import QUICK
 from support.service import runtime

@@ -1,4 +1,4 @@
-"""Pull mode (edgeai_runtime.registry): a registry written by the publisher, served over HTTPS on
+"""Pull mode (edgeai_runtime.device.agent): a registry written by the publisher, served over HTTPS on
 127.0.0.1 by a small file server that honours Range and can cut connections, and the device agent
 installing from it through the same OTA installer as push mode. The fault rows: the network cut
 mid-download (resumed), an invalid TLS certificate (refused), a corrupted download, a forged or
@@ -10,10 +10,11 @@ import os
 
 import pytest
 
-from edgeai_runtime import keys
-from edgeai_runtime.config import load_config
-from edgeai_runtime.ota import Policy
-from edgeai_runtime.registry import Agent, Downloader, RegistryError, publish
+from edgeai_runtime.format import keys
+from edgeai_runtime.device.config import load_config
+from edgeai_runtime.device.ota import Policy
+from edgeai_runtime.controller.publish import publish
+from edgeai_runtime.device.agent import Agent, Downloader, RegistryError
 from support import artifacts, modelgen
 from support.https_files import Registry
 from support.pki import make_ca, make_server_cert, write_pem

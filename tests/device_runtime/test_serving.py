@@ -6,11 +6,11 @@ import time
 
 import pytest
 
-from edgeai_runtime.backends import ModelLoadError
-from edgeai_runtime.config import RuntimeConfig
-from edgeai_runtime.gate import GateFailed
-from edgeai_runtime.serving import ModelManager
-from edgeai_runtime.store import ModelStore, StoreError
+from edgeai_runtime.service.backends import ModelLoadError
+from edgeai_runtime.device.config import RuntimeConfig
+from edgeai_runtime.service.gate import GateFailed
+from edgeai_runtime.service.serving import ModelManager
+from edgeai_runtime.device.store import ModelStore, StoreError
 from support import modelgen
 from support.digits_store import digits_manifest, install_digits, untrained_digits
 
@@ -149,7 +149,7 @@ def test_incompatible_hardware_class_is_refused(store, digits, onnx_v1):
     manifest, files = digits_manifest("1.0.0", onnx_v1, digits)
     data = manifest.to_dict()
     data["hardware_classes"] = ["coral"]
-    from edgeai_runtime.manifest import Manifest
+    from edgeai_runtime.format.manifest import Manifest
     store.install(Manifest.from_dict(data), onnx_v1, files)
     manager = manager_for(store, hardware_class="generic")
     with pytest.raises(StoreError, match="built for coral, not for this generic device"):

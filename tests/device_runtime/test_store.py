@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from edgeai_runtime.manifest import Manifest
-from edgeai_runtime.store import ModelStore, StoreError
+from edgeai_runtime.format.manifest import Manifest
+from edgeai_runtime.device.store import ModelStore, StoreError
 
 
 def fake_manifest(version: str, payload: bytes, name: str = "m") -> Manifest:
@@ -91,7 +91,7 @@ def test_names_and_versions_cannot_escape_the_store(tmp_path):
 CHURN = r"""
 import sys
 import time
-from edgeai_runtime.store import ModelStore
+from edgeai_runtime.device.store import ModelStore
 sys.path.insert(0, sys.argv[2])
 from test_store import install
 store = ModelStore(sys.argv[1], keep=2)

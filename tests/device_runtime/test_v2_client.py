@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgeai_runtime.store import ModelStore
+from edgeai_runtime.device.store import ModelStore
 from support import modelgen
 from support.digits_store import install_digits
 from test_http import start_service, write_config

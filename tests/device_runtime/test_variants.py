@@ -13,8 +13,9 @@ import shutil
 
 import pytest
 
-from edgeai_runtime import artifact, keys, publisher, variants
-from edgeai_runtime.keys import ArtifactError, DeviceKeyring
+from edgeai_runtime.format import artifact, keys
+from edgeai_runtime.controller import publisher, variants
+from edgeai_runtime.format.keys import ArtifactError, DeviceKeyring
 from support import modelgen
 from support.digits_store import digits_manifest
 

@@ -85,7 +85,8 @@ def test_artifact_deploy_no_plaintext_no_key_material_and_rotation(make_device, 
     # 2. No key material in the -vvv output: fleet private keys, the passphrase, the device's
     #    private key, the artifact's data key (hex and base64).
     sys.path.insert(0, str(REPO / 'device_runtime' / 'src'))
-    from edgeai_runtime import keys, publisher
+    from edgeai_runtime.format import keys
+    from edgeai_runtime.controller import publisher
     fleet = publisher.FleetKeys(str(keys_dir), PASSPHRASE)
     artifact = item['artifact']
     with open(artifact + '.keys.json', encoding='utf-8') as f:

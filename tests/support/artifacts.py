@@ -5,8 +5,9 @@ import hashlib
 import os
 from typing import Dict, Tuple
 
-from edgeai_runtime import artifact, keys
-from edgeai_runtime.keys import DeviceKeyring
+from edgeai_runtime.controller import packing
+from edgeai_runtime.format import artifact, keys
+from edgeai_runtime.format.keys import DeviceKeyring
 
 from . import digits_store
 
@@ -31,7 +32,7 @@ def device(root: str, signer, key_type: str = "x25519") -> DeviceKeyring:
 
 
 def pack_digits(out_dir: str, version: str, model: bytes, digits, signer, runtime: str = "onnxruntime",
-                cipher: str = "aes-256-gcm", **manifest_kwargs) -> Tuple[str, artifact.Packed, Dict[str, bytes]]:
+                cipher: str = "aes-256-gcm", **manifest_kwargs) -> Tuple[str, packing.Packed, Dict[str, bytes]]:
     """Pack a digits model with its gate files named in the signed manifest."""
     manifest, files = digits_store.digits_manifest(version, model, digits, runtime=runtime, **manifest_kwargs)
     fields = manifest.to_dict()
@@ -42,12 +43,12 @@ def pack_digits(out_dir: str, version: str, model: bytes, digits, signer, runtim
     with open(src, "wb") as f:
         f.write(model)
     out = os.path.join(out_dir, "%s-%s.eaf" % (manifest.name, version))
-    packed = artifact.pack(src, out, fields, signer, cipher=cipher, chunk_size=artifact.MIN_CHUNK)
+    packed = packing.pack(src, out, fields, signer, cipher=cipher, chunk_size=artifact.MIN_CHUNK)
     os.unlink(src)
     return out, packed, files
 
 
-def slot_for(packed: artifact.Packed, ring: DeviceKeyring) -> dict:
+def slot_for(packed: packing.Packed, ring: DeviceKeyring) -> dict:
     return keys.wrap(packed.data_key, keys.load_public(ring.current().public_pem), packed.artifact_id)
 
 

@@ -5,9 +5,9 @@ from typing import Optional
 
 import numpy as np
 
-from edgeai_runtime.gate import encode_npz
-from edgeai_runtime.manifest import Manifest
-from edgeai_runtime.store import ModelStore
+from edgeai_runtime.service.gate import encode_npz
+from edgeai_runtime.format.manifest import Manifest
+from edgeai_runtime.device.store import ModelStore
 
 from . import modelgen
 

@@ -7,9 +7,9 @@ import signal
 import httpx
 import numpy as np
 
-from edgeai_runtime.config import load_config
-from edgeai_runtime.ota import History, Policy, Updater
-from edgeai_runtime.store import ModelStore
+from edgeai_runtime.device.config import load_config
+from edgeai_runtime.device.ota import History, Policy, Updater
+from edgeai_runtime.device.store import ModelStore
 
 from . import artifacts, modelgen
 from .service import start_service, write_config

@@ -37,11 +37,11 @@ import logging
 import sys
 from typing import Any, Dict, List, Optional, Set
 
-from .errors import EdgeAIError
-from . import __version__
-from .config import DEFAULT_ROOT, RuntimeConfig, load_config
-from .manifest import Manifest
-from .store import DiskFull, ModelStore, StoreError, open_store
+from edgeai_runtime.format.errors import EdgeAIError
+from edgeai_runtime import __version__
+from edgeai_runtime.device.config import DEFAULT_ROOT, RuntimeConfig, load_config
+from edgeai_runtime.format.manifest import Manifest
+from edgeai_runtime.device.store import DiskFull, ModelStore, StoreError, open_store
 
 
 #: What this runtime can do that older ones could not; controllers ask before using it.
@@ -57,7 +57,7 @@ class CommandFailed(EdgeAIError):
 def _call_service(config: RuntimeConfig, method: str, path: str, body: Optional[Dict[str, Any]] = None,
                   timeout: float = 300.0) -> Optional[Dict[str, Any]]:
     """Call the running service's admin endpoint; None when no service answers."""
-    from .client import ServiceClient, ServiceDown, ServiceError
+    from edgeai_runtime.device.client import ServiceClient, ServiceDown, ServiceError
     try:
         return ServiceClient(config, timeout).call(method, path, body)
     except ServiceError as exc:
@@ -73,7 +73,7 @@ def _switch(config: RuntimeConfig, store: ModelStore, name: str, action: str,
     if via_service is not None:
         via_service["via"] = "service"
         return via_service
-    from .serving import ModelManager
+    from edgeai_runtime.service.serving import ModelManager
     manager = ModelManager(store, config)
     before = store.pointers(name)
     try:
@@ -115,7 +115,7 @@ def _gate_files(specs: Optional[List[str]]) -> Dict[str, bytes]:
 
 
 def cmd_model(args: argparse.Namespace, config: RuntimeConfig, store: ModelStore) -> Dict[str, Any]:
-    from .artifact import default_cipher
+    from edgeai_runtime.format.artifact import default_cipher
     if args.action in ("list", "status"):
         current = store.keyring.current()
         result: Dict[str, Any] = {"changed": False, "models": store.status(),
@@ -194,7 +194,7 @@ def cmd_keys(args: argparse.Namespace, config: RuntimeConfig, store: ModelStore)
                       still_needed=sorted(needed - {ring.current_id()}))
         if args.dry_run:
             result["would_change"] = bool(removed)
-    from .artifact import default_cipher
+    from edgeai_runtime.format.artifact import default_cipher
     current = ring.current()
     result["current"] = current.to_dict() if current else None
     result["key_ids"] = ring.ids()
@@ -203,7 +203,7 @@ def cmd_keys(args: argparse.Namespace, config: RuntimeConfig, store: ModelStore)
 
 
 def cmd_artifact(args: argparse.Namespace, config: RuntimeConfig, store: ModelStore) -> Dict[str, Any]:
-    from .artifact import Artifact
+    from edgeai_runtime.format.artifact import Artifact
     art = Artifact.open(args.artifact, store.trusted_signers())
     art.check_compatible(config.hardware_class)
     art.verify_payload()
@@ -212,8 +212,8 @@ def cmd_artifact(args: argparse.Namespace, config: RuntimeConfig, store: ModelSt
 
 
 def cmd_ota(args: argparse.Namespace, config: RuntimeConfig, store: ModelStore) -> Dict[str, Any]:
-    """Update transactions (edgeai_runtime.ota): apply, rollback, recover, history."""
-    from .ota import Policy, Updater
+    """Update transactions (edgeai_runtime.device.ota): apply, rollback, recover, history."""
+    from edgeai_runtime.device.ota import Policy, Updater
     updater = Updater(config, store=store)
     if args.action == "plan" or (args.action == "apply" and args.check):
         return _plan(args, store, updater)
@@ -247,16 +247,16 @@ def cmd_ota(args: argparse.Namespace, config: RuntimeConfig, store: ModelStore) 
 
 
 def _plan(args: argparse.Namespace, store: ModelStore, updater: Any) -> Dict[str, Any]:
-    """``ota plan`` and ``ota apply --check``: what the device would do, from edgeai_runtime.plan (the
+    """``ota plan`` and ``ota apply --check``: what the device would do, from edgeai_runtime.device.plan (the
     one rule every caller asks). Changes nothing: ``changed`` is false, ``would_change`` says."""
-    from .plan import Want
+    from edgeai_runtime.device.plan import Want
     if args.action == "plan":
         key = store.keyring.current_id() if args.current_key else args.key_id
         want = Want(args.name, args.version, args.state, sha256=args.sha256, key_id=key)
     elif args.installed:
         want = Want(args.installed[0], args.installed[1], "active")
     elif args.artifact:  # the header's claims: --check verifies nothing and opens no key slot
-        from .artifact import read_header
+        from edgeai_runtime.format.artifact import read_header
         manifest = read_header(args.artifact).get("manifest") or {}
         if not (manifest.get("name") and manifest.get("version")):
             raise CommandFailed("%s names no model and version in its header" % args.artifact)
@@ -270,8 +270,8 @@ def _plan(args: argparse.Namespace, store: ModelStore, updater: Any) -> Dict[str
 def cmd_agent(args: argparse.Namespace, config: RuntimeConfig, store: ModelStore) -> Dict[str, Any]:
     """Pull mode: poll the registry once (--once) or every --interval seconds."""
     import time
-    from .ota import Policy
-    from .registry import Agent, Downloader
+    from edgeai_runtime.device.ota import Policy
+    from edgeai_runtime.device.agent import Agent, Downloader
     url = args.registry or config.registry_url
     if not url:
         raise CommandFailed("no registry: pass --registry or set registry_url in %s/etc/runtime.json" % config.root)
@@ -288,13 +288,13 @@ def cmd_agent(args: argparse.Namespace, config: RuntimeConfig, store: ModelStore
 
 
 def cmd_probe(args: argparse.Namespace, config: RuntimeConfig, store: ModelStore) -> Dict[str, Any]:
-    from .backends import probe_all
+    from edgeai_runtime.service.backends import probe_all
     return {"changed": False, "runtimes": {k: {"available": v is None, "reason": v} for k, v in probe_all().items()}}
 
 
 def cmd_serve(args: argparse.Namespace, config: RuntimeConfig) -> int:
-    from .app import create_app
-    from .http_server import serve
+    from edgeai_runtime.service.app import create_app
+    from edgeai_runtime.service.http_server import serve
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return serve(create_app(config), host=config.host, port=config.port, log_level="info", access_log=False,
                  timeout_graceful_shutdown=int(config.drain_timeout_s))

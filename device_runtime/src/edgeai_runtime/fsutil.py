@@ -1,5 +1,6 @@
-"""Filesystem helpers of the device side: directory fsync, free space on the filesystem holding a
-path, and the write points that the crash tests kill the process at. (A full disk is reported as
+"""Filesystem helpers that every layer uses: atomic writes (``write_atomic`` for bytes,
+``atomic_output`` for a stream), directory fsync, free space on the filesystem holding a path,
+and the write points that the crash tests kill the process at. (A full disk is reported as
 ``store.DiskFull``, naming the filesystem, the bytes needed and the bytes free.)
 
 Write points: every durable write of the store and of the OTA installer calls
@@ -11,10 +12,12 @@ kill at each one in turn (tests/device_runtime/test_crash_safety.py).
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
-from typing import Dict, Mapping, Optional, Tuple
+import tempfile
+from typing import BinaryIO, Dict, Iterator, Mapping, Optional, Tuple
 
 TRACE_ENV = "EDGEAI_RUNTIME_WRITE_TRACE"
 CRASH_ENV = "EDGEAI_RUNTIME_CRASH_AT"
@@ -90,3 +93,45 @@ def shortfall(needs: Mapping[str, int]) -> Optional[Tuple[str, int, int]]:
 
 def is_disk_full(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def write_atomic(path: str, data: bytes, mode: int, uid: int = -1, gid: int = -1, label: Optional[str] = None) -> None:
+    """Write ``path`` as a whole or not at all: a temp file, fsynced, renamed over it, the directory
+    fsynced. ``label``: what the write points call it (default: the file name)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    label = label or os.path.basename(path)
+    write_point("write %s (temp file)" % label)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    try:
+        os.fchmod(fd, mode)
+        if uid != -1 or gid != -1:
+            os.fchown(fd, uid, gid)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        write_point("write %s (rename)" % label)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(directory)
+
+
+@contextlib.contextmanager
+def atomic_output(out_path: str, mode: int = 0o644) -> Iterator[BinaryIO]:
+    """A file written beside ``out_path`` and renamed into place (after fsync) only when the block
+    ends without an exception; otherwise removed."""
+    tmp = "%s.partial-%d" % (out_path, os.getpid())
+    try:
+        with open(tmp, "wb") as out:
+            yield out
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, out_path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise

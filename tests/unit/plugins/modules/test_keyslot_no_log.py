@@ -21,8 +21,8 @@ from ansible_collections.edgeai.fleet.plugins.module_utils._keyslot import keysl
 from ansible_collections.edgeai.fleet.plugins.modules import model, model_store
 
 edgeai_runtime = pytest.importorskip('edgeai_runtime')
-from edgeai_runtime import keys  # noqa: E402  (after the skip: the device runtime is optional here)
-from edgeai_runtime.store import ModelStore  # noqa: E402
+from edgeai_runtime.format import keys  # noqa: E402  (after the skip: the device runtime is optional here)
+from edgeai_runtime.device.store import ModelStore  # noqa: E402
 from support import artifacts, modelgen  # noqa: E402
 
 MASK = '********'

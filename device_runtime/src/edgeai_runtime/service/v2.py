@@ -11,9 +11,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import EdgeAIError
-from .manifest import Manifest, TensorSignature
-from .tensors import V2_TO_NUMPY, v2_datatype
+from edgeai_runtime.format.errors import EdgeAIError
+from edgeai_runtime.format.manifest import Manifest, TensorSignature
+from edgeai_runtime.format.tensors import V2_TO_NUMPY, v2_datatype
 
 
 class V2Error(EdgeAIError):

@@ -23,8 +23,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..tensors import v2_datatype
-from .base import Backend, BackendOptions, BackendUnavailable, ModelLoadError, TensorSpec
+from edgeai_runtime.format.tensors import v2_datatype
+from edgeai_runtime.service.backends.base import Backend, BackendOptions, BackendUnavailable, ModelLoadError, TensorSpec
 
 NOT_INSTALLED = "neither ai-edge-litert nor tflite-runtime is installed"
 

@@ -1,28 +1,11 @@
-"""The pull-mode model registry: static files that any web server or object store can host, written
-by the controller (``publish``) and read by the device agent (``Agent``). See also docs/ota.md.
-
-    <registry>/updates/<device key id>.json        the update document for one device
-    <registry>/updates/<device key id>.json.sig    its Ed25519 signature (64 raw bytes), fleet signing key
-    <registry>/artifacts/<name>-<version>-<cipher>.eaf             signed artifacts, shared by every device
-    <registry>/artifacts/<name>-<version>-<cipher>.files/<file>    their gate files
-
-The update document::
-
-    {"format": "edgeai.fleet/updates", "format_version": 1, "device": "<key id>", "sequence": 7,
-     "issued": "2026-11-23T12:00:00Z",
-     "models": [{"name": "digits", "version": "2.0.0", "model_sha256": "<the plaintext model's sha256>",
-                 "force": false,
-                 "artifact": {"path": "artifacts/digits-2.0.0-aes.eaf", "sha256": "...", "size": 123},
-                 "files": {"golden.npz": {"path": "...", "sha256": "...", "size": 45}},
-                 "deltas": [{"path": "artifacts/digits-2.0.0-aes.from-1.0.0.eafd", "sha256": "...", "size": 9,
-                             "base_version": "1.0.0", "base_sha256": "<the base model's sha256>"}],
-                 "keyslot": {...the data key wrapped for this device...}}]}
+"""The device's pull agent: it fetches its signed update document from the registry (layout:
+edgeai_runtime.format.updates) and installs what it says through the OTA installer.
 
 The agent fetches ``updates/<its key id>.json`` over HTTPS (certificate verified), checks the
 signature against the device's trusted signers and that ``sequence`` never goes back (no replay of
 an old document), downloads what it lacks with resume (HTTP Range) into ``<root>/cache/downloads``,
 checks each file's sha256, and installs through the same OTA installer as push mode. When the
-device holds the base of one of the entry's deltas (edgeai_runtime.delta), it fetches that delta
+device holds the base of one of the entry's deltas (edgeai_runtime.format.delta), it fetches that delta
 instead of the artifact; a delta that does not give the artifact changes nothing, and the agent
 then fetches the artifact.
 """
@@ -33,24 +16,22 @@ import dataclasses
 import http.client
 import json
 import os
-import shutil
 import ssl
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from cryptography.exceptions import InvalidSignature
 
-from .errors import EdgeAIError
-from .artifact import read_header, sha256_file
-from .keys import ArtifactError, key_id, load_public, write_atomic
-from .ota import Policy, UpdateFailed, Updater
-from .plan import PlanRefused, Want, plan
+from edgeai_runtime.format.errors import EdgeAIError
+from edgeai_runtime.format.artifact import sha256_file
+from edgeai_runtime.format.updates import DOC_FORMAT, DOC_VERSION
+from edgeai_runtime.fsutil import write_atomic
+from edgeai_runtime.device.ota import Policy, UpdateFailed, Updater
+from edgeai_runtime.device.plan import PlanRefused, Want, plan
 
-DOC_FORMAT = "edgeai.fleet/updates"
-DOC_VERSION = 1
 BLOCK = 1 << 20
 
 
@@ -60,94 +41,6 @@ class RegistryError(EdgeAIError, RuntimeError):
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message, reason)
-
-
-def _canonical(doc: Mapping[str, Any]) -> bytes:
-    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
-
-
-# -- controller side ------------------------------------------------------------------------
-
-def publish(registry: str, signing_key: Any, releases: List[Dict[str, Any]], devices: Mapping[str, str],
-            wrap: Callable[[str, str], Dict[str, Any]], sequence: Optional[int] = None) -> Dict[str, Any]:
-    """Write the registry: each release's artifact and gate files (copied once), and for every
-    device (key id -> public key PEM) a signed update document with its own key slots.
-
-    ``releases``: [{"artifact": path, "files": {name: path}, "force": bool, "deltas": [{"path": delta file,
-    "base_version": v, "base_sha256": sha}]}]; ``wrap(artifact, pem)``
-    returns the artifact's key slot for one device. ``sequence`` defaults to the time in seconds,
-    so a later publication always supersedes an earlier one. A device whose document would say the
-    same (same models, versions, artifacts and files, key slots for the same key) keeps its
-    document: publishing again changes nothing."""
-    sequence = int(time.time()) if sequence is None else sequence
-    os.makedirs(os.path.join(registry, "artifacts"), exist_ok=True)
-    os.makedirs(os.path.join(registry, "updates"), exist_ok=True)
-    entries = []
-    copied = False
-    for release in releases:
-        header = read_header(release["artifact"])
-        base = os.path.basename(release["artifact"])
-        artifact_rel = "artifacts/" + base
-        copied |= _copy_if_changed(release["artifact"], os.path.join(registry, artifact_rel))
-        files = {}
-        for name, path in sorted((release.get("files") or {}).items()):
-            rel = "artifacts/%s.files/%s" % (base[:-len(".eaf")] if base.endswith(".eaf") else base, name)
-            copied |= _copy_if_changed(path, os.path.join(registry, rel))
-            files[name] = {"path": rel, "sha256": sha256_file(path), "size": os.path.getsize(path)}
-        deltas = []
-        for delta in release.get("deltas") or []:
-            rel = "artifacts/" + os.path.basename(delta["path"])
-            copied |= _copy_if_changed(delta["path"], os.path.join(registry, rel))
-            deltas.append({"path": rel, "sha256": sha256_file(delta["path"]), "size": os.path.getsize(delta["path"]),
-                           "base_version": delta["base_version"], "base_sha256": delta["base_sha256"]})
-        entries.append({"name": header["manifest"]["name"], "version": header["manifest"]["version"],
-                        "model_sha256": header["manifest"]["sha256"],
-                        "force": bool(release.get("force")), "source": release["artifact"],
-                        "artifact": {"path": artifact_rel, "sha256": sha256_file(release["artifact"]),
-                                     "size": os.path.getsize(release["artifact"])}, "files": files,
-                        **({"deltas": deltas} if deltas else {})})
-    written = []
-    for device, pem in sorted(devices.items()):
-        if key_id(load_public(pem)) != device:
-            raise ArtifactError("bad_key", "the public key given for device %s has key id %s"
-                                % (device, key_id(load_public(pem))))
-        path = os.path.join(registry, "updates", device + ".json")
-        wanted = [{k: v for k, v in e.items() if k != "source"} for e in entries]
-        if _same_document(path, wanted, device):
-            continue
-        models = [dict(w, keyslot=wrap(e["source"], pem)) for w, e in zip(wanted, entries)]
-        doc = {"format": DOC_FORMAT, "format_version": DOC_VERSION, "device": device, "sequence": sequence,
-               "issued": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "models": models}
-        body = _canonical(doc)
-        write_atomic(path + ".sig", signing_key.sign(body), 0o644)  # signature first: a reader never pairs
-        write_atomic(path, body, 0o644)                              # a new document with an old signature
-        written.append(path)
-    return {"changed": copied or bool(written), "registry": registry, "sequence": sequence, "documents": written,
-            "models": ["%s %s" % (e["name"], e["version"]) for e in entries]}
-
-
-def _same_document(path: str, wanted: List[Dict[str, Any]], device: str) -> bool:
-    """Does the document at ``path`` already say ``wanted`` to ``device`` (key slots aside, which
-    differ at every wrap but open to the same data key)?"""
-    try:
-        with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
-    except (OSError, ValueError):
-        return False
-    have = [{k: v for k, v in m.items() if k != "keyslot"} for m in doc.get("models", [])]
-    slots_for_device = all((m.get("keyslot") or {}).get("key_id") == device for m in doc.get("models", []))
-    return doc.get("device") == device and have == wanted and slots_for_device
-
-
-def _copy_if_changed(src: str, dst: str) -> bool:
-    os.makedirs(os.path.dirname(dst), exist_ok=True)
-    if os.path.exists(dst) and os.path.getsize(dst) == os.path.getsize(src) and sha256_file(dst) == sha256_file(src):
-        return False
-    tmp = dst + ".partial"
-    shutil.copyfile(src, tmp)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, dst)
-    return True
 
 
 # -- device side ----------------------------------------------------------------------------
@@ -174,7 +67,7 @@ class Downloader:
         for attempt in range(self.retries):
             try:
                 with self._open(path, None) as response:
-                    data = response.read(limit + 1)
+                    data: bytes = response.read(limit + 1)
                 if len(data) > limit:
                     raise RegistryError("format", "%s is over %d bytes" % (self.url(path), limit))
                 return data
@@ -230,7 +123,7 @@ class Downloader:
         return received
 
     @contextlib.contextmanager
-    def _open(self, path: str, byte_range: Optional[str]):
+    def _open(self, path: str, byte_range: Optional[str]) -> Iterator[Any]:
         request = urllib.request.Request(self.url(path), headers={"Range": byte_range} if byte_range else {})
         self.requests.append((path, byte_range))
         try:
@@ -304,7 +197,7 @@ class Agent:
             raise RegistryError("signature", "%s is not signed by a signer this device trusts (%s)"
                                 % (self.downloader.url(path), ", ".join(sorted(trusted)) or "none"))
         try:
-            doc = json.loads(body)
+            doc: Dict[str, Any] = json.loads(body)
         except ValueError:
             raise RegistryError("format", "%s is not JSON" % self.downloader.url(path)) from None
         if doc.get("format") != DOC_FORMAT or doc.get("format_version") != DOC_VERSION or doc.get("device") != device \
@@ -319,7 +212,7 @@ class Agent:
 
     def _bring(self, entry: Dict[str, Any]) -> Dict[str, Any]:
         name, version = entry["name"], entry["version"]
-        try:  # the one rule of "anything to do" (edgeai_runtime.plan); older documents carry no model sha256
+        try:  # the one rule of "anything to do" (edgeai_runtime.device.plan); older documents carry no model sha256
             decided = plan([self.store.entry(name)], Want(name, version, "active", sha256=entry.get("model_sha256")))
         except PlanRefused as exc:
             return {"name": name, "version": version, "changed": False, "failed": True, "outcome": "refused",
@@ -390,7 +283,8 @@ class Agent:
     def _load_state(self) -> Dict[str, Any]:
         try:
             with open(self.state_path, encoding="utf-8") as f:
-                return json.load(f)
+                state: Dict[str, Any] = json.load(f)
+                return state
         except (OSError, ValueError):
             return {}
 

@@ -25,7 +25,6 @@ import contextlib
 import hashlib
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Union
 
@@ -35,8 +34,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa, x25
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from .errors import EdgeAIError
-from .fsutil import fsync_dir, write_point
+from edgeai_runtime.format.errors import EdgeAIError
+from edgeai_runtime.fsutil import write_atomic
 
 DATA_KEY_BYTES = 32
 DEVICE_KEY_TYPES = ("x25519", "rsa")
@@ -157,30 +156,6 @@ def write_private(path: str, key: PrivateKey, passphrase: Optional[bytes] = None
                   uid: int = -1, gid: int = -1) -> None:
     """Write a private key 0600 from the first byte (never world-readable, not even briefly)."""
     write_atomic(path, private_pem(key, passphrase), 0o600, uid, gid)
-
-
-def write_atomic(path: str, data: bytes, mode: int, uid: int = -1, gid: int = -1, label: Optional[str] = None) -> None:
-    """Write ``path`` as a whole or not at all: a temp file, fsynced, renamed over it, the directory
-    fsynced. ``label``: what the write points call it (default: the file name)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    label = label or os.path.basename(path)
-    write_point("write %s (temp file)" % label)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        os.fchmod(fd, mode)
-        if uid != -1 or gid != -1:
-            os.fchown(fd, uid, gid)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        write_point("write %s (rename)" % label)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(directory)
 
 
 # -- key slots ---------------------------------------------------------------------------------

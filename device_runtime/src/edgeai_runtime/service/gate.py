@@ -14,8 +14,8 @@ from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
-from .errors import EdgeAIError
-from .manifest import Manifest
+from edgeai_runtime.format.errors import EdgeAIError
+from edgeai_runtime.format.manifest import Manifest
 
 Infer = Callable[[Mapping[str, np.ndarray]], Dict[str, np.ndarray]]
 

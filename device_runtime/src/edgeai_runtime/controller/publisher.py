@@ -29,9 +29,13 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from . import artifact, keys, variants
-from .keys import ArtifactError
-from .manifest import Manifest, ManifestError, version_key
+from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
+
+from edgeai_runtime.format import artifact, keys
+from edgeai_runtime.fsutil import write_atomic
+from edgeai_runtime.controller import packing, variants
+from edgeai_runtime.format.keys import ArtifactError
+from edgeai_runtime.format.manifest import Manifest, ManifestError, version_key
 
 PASSPHRASE_ENV = "EDGEAI_FLEET_KEY_PASSPHRASE"
 CIPHER_TAGS = {"aes-256-gcm": "aes", "chacha20-poly1305": "chacha"}
@@ -42,7 +46,7 @@ class FleetKeys:
     def __init__(self, keys_dir: str, passphrase: Optional[str] = None) -> None:
         self.dir = os.path.abspath(os.path.expanduser(keys_dir))
         self.passphrase = passphrase.encode() if passphrase else None
-        self._cache: Dict[str, Any] = {}
+        self._cache: Dict[str, keys.PrivateKey] = {}
 
     def path(self, name: str) -> str:
         return os.path.join(self.dir, name)
@@ -60,11 +64,11 @@ class FleetKeys:
                 continue
             key = keys.generate(kind)
             keys.write_private(self.path(name + ".key"), key, self.passphrase)
-            keys.write_atomic(self.path(name + ".pub"), keys.public_pem(key).encode(), 0o644)
+            write_atomic(self.path(name + ".pub"), keys.public_pem(key).encode(), 0o644)
             created = True
         return created
 
-    def private(self, name: str):
+    def private(self, name: str) -> keys.PrivateKey:
         if name not in self._cache:
             if not os.path.exists(self.path(name + ".key")):
                 raise ArtifactError("no_fleet_keys", "the fleet keys are missing from %s (create them with "
@@ -73,12 +77,22 @@ class FleetKeys:
         return self._cache[name]
 
     @property
-    def signing(self):
-        return self.private("signing")
+    def signing(self) -> ed25519.Ed25519PrivateKey:
+        key = self.private("signing")
+        if not isinstance(key, ed25519.Ed25519PrivateKey):
+            raise self._wrong_kind("signing", key, "ed25519")
+        return key
 
     @property
-    def escrow(self):
-        return self.private("escrow")
+    def escrow(self) -> x25519.X25519PrivateKey:
+        key = self.private("escrow")
+        if not isinstance(key, x25519.X25519PrivateKey):
+            raise self._wrong_kind("escrow", key, "x25519")
+        return key
+
+    def _wrong_kind(self, name: str, key: keys.PrivateKey, kind: str) -> ArtifactError:
+        return ArtifactError("bad_key", "the fleet key %s is %s, not %s"
+                             % (self.path(name + ".key"), keys.key_type(key), kind))
 
     def public_pem(self, name: str) -> str:
         with open(self.path(name + ".pub"), encoding="ascii") as f:
@@ -135,7 +149,7 @@ class ModelDir:
 
     @property
     def identity(self) -> str:
-        """The variant's identity (edgeai_runtime.variants.identity)."""
+        """The variant's identity (edgeai_runtime.controller.variants.identity)."""
         return variants.identity(dict(self.fields, sha256=self.sha256))
 
 
@@ -211,11 +225,11 @@ def ensure_artifact(model_dir: ModelDir, out_dir: str, fleet: FleetKeys, cipher:
         header = _reusable(path, model_dir, fleet, cipher, chunk_size)
         if header is not None:
             return path, header, False
-        packed = artifact.pack(model_dir.model_path, path, model_dir.fields, fleet.signing, cipher=cipher,
-                               chunk_size=chunk_size)
+        packed = packing.pack(model_dir.model_path, path, model_dir.fields, fleet.signing, cipher=cipher,
+                              chunk_size=chunk_size)
         escrow = keys.wrap(packed.data_key, fleet.escrow.public_key(), packed.artifact_id)
-        keys.write_atomic(path + ".keys.json", json.dumps({"artifact_id": packed.artifact_id, "escrow": escrow},
-                                                          sort_keys=True, indent=1).encode(), 0o600)
+        write_atomic(path + ".keys.json", json.dumps({"artifact_id": packed.artifact_id, "escrow": escrow},
+                                                     sort_keys=True, indent=1).encode(), 0o600)
         return path, packed.header, True
 
 
@@ -251,11 +265,12 @@ def _escrow_data_key(path: str, artifact_id: str, fleet: FleetKeys) -> bytes:
 
 
 def ensure_delta(base_path: str, target_path: str, fleet: FleetKeys) -> Tuple[Optional[str], Dict[str, Any]]:
-    """A delta (edgeai_runtime.delta) from the model in the artifact ``base_path`` to the artifact
+    """A delta (edgeai_runtime.format.delta) from the model in the artifact ``base_path`` to the artifact
     ``target_path``, both packed here (their escrow slots open their data keys), kept beside the
     target and made once. Returns (path, facts), or (None, facts with ``reason``) when a delta would
     not save enough to be worth shipping."""
-    from . import delta
+    from edgeai_runtime.controller import deltas
+    from edgeai_runtime.format import delta
     signer = fleet.signing.public_key()
     trusted = {keys.key_id(signer): signer}
     base = artifact.Artifact.open(base_path, trusted)
@@ -263,8 +278,8 @@ def ensure_delta(base_path: str, target_path: str, fleet: FleetKeys) -> Tuple[Op
     out = "%s.from-%s%s" % (target_path[:-len(artifact.SUFFIX)], base.manifest.version, delta.SUFFIX)
     pair = {"base_sha256": base.manifest.sha256, "target_artifact_id": target.artifact_id}
     none = {"made": False, "reason": "a delta from %s would not save %d%% of the bytes"
-            % (base.manifest.version, 100 * (1 - delta.WORTH_SHIPPING))}
-    if delta.window_log(base.manifest.size, target.manifest.size) > delta.MAX_WINDOW_LOG:
+            % (base.manifest.version, 100 * (1 - deltas.WORTH_SHIPPING))}
+    if deltas.window_log(base.manifest.size, target.manifest.size) > delta.MAX_WINDOW_LOG:
         return None, none
     with _locked(os.path.dirname(os.path.abspath(target_path))):
         try:
@@ -277,10 +292,10 @@ def ensure_delta(base_path: str, target_path: str, fleet: FleetKeys) -> Tuple[Op
         if _read_json(out + ".none") == pair:  # not worth it, found before
             return None, none
         base_model = base.decrypt(_escrow_data_key(base_path, base.artifact_id, fleet))
-        made = delta.make(base_model, base.manifest.to_dict(), target_path,
-                          _escrow_data_key(target_path, target.artifact_id, fleet), fleet.signing, out)
+        made = deltas.make(base_model, base.manifest.to_dict(), target_path,
+                           _escrow_data_key(target_path, target.artifact_id, fleet), fleet.signing, out)
         if made is None:
-            keys.write_atomic(out + ".none", json.dumps(pair, sort_keys=True).encode(), 0o644)
+            write_atomic(out + ".none", json.dumps(pair, sort_keys=True).encode(), 0o644)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(out)
             return None, none
@@ -324,9 +339,9 @@ def publish_registry(registry: str, model_dirs: List[str], out_dir: str, fleet: 
                      cipher: str = "aes-256-gcm", force: bool = False, sequence: Optional[int] = None,
                      delta_bases: int = 2) -> Dict[str, Any]:
     """Pack each model directory (once), then write the pull registry: artifacts, gate files and a
-    signed update document per device (edgeai_runtime.registry). Each release also gets deltas
+    signed update document per device (edgeai_runtime.controller.publish). Each release also gets deltas
     from the ``delta_bases`` newest older versions packed in ``out_dir`` (where worth it)."""
-    from .registry import publish
+    from edgeai_runtime.controller.publish import publish
     releases = []
     for model_dir in model_dirs:
         md = ModelDir.read(model_dir)

@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .base import Backend, BackendOptions, BackendUnavailable, ModelLoadError, TensorSpec
+from edgeai_runtime.service.backends.base import Backend, BackendOptions, BackendUnavailable, ModelLoadError, TensorSpec
 
 TRT_EP = "TensorrtExecutionProvider"
 CUDA_EP = "CUDAExecutionProvider"

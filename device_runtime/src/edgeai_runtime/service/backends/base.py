@@ -12,7 +12,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from ..errors import EdgeAIError
+from edgeai_runtime.format.errors import EdgeAIError
 
 
 class BackendUnavailable(EdgeAIError, RuntimeError):

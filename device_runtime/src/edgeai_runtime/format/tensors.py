@@ -1,7 +1,7 @@
 """KServe v2 tensor datatypes and their numpy equivalents."""
 from __future__ import annotations
 
-from typing import Dict
+from typing import Any, Dict
 
 import numpy as np
 
@@ -22,7 +22,7 @@ V2_TO_NUMPY: Dict[str, np.dtype] = {
 NUMPY_TO_V2: Dict[np.dtype, str] = {v: k for k, v in V2_TO_NUMPY.items()}
 
 
-def v2_datatype(dtype) -> str:
+def v2_datatype(dtype: Any) -> str:
     """The v2 datatype name of a numpy dtype; ValueError for dtypes v2 has no name for."""
     try:
         return NUMPY_TO_V2[np.dtype(dtype)]

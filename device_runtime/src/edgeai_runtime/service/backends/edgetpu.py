@@ -30,8 +30,8 @@ import os
 from types import ModuleType
 from typing import Dict, Optional, Sequence
 
-from .base import BackendOptions, BackendUnavailable
-from .litert import LiteRTBackend, _one_line
+from edgeai_runtime.service.backends.base import BackendOptions, BackendUnavailable
+from edgeai_runtime.service.backends.litert import LiteRTBackend, _one_line
 
 DEFAULT_LIBRARY = "libedgetpu.so.1"
 #: Test-only override of the delegate library (a name or a path).

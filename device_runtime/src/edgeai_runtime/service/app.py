@@ -32,16 +32,16 @@ from starlette.routing import Route
 from starlette.schemas import SchemaGenerator
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from . import __version__
-from .backends import BackendUnavailable, ModelLoadError
-from .batching import Batcher, Overloaded
-from .config import RuntimeConfig
-from .gate import GateFailed
-from .manifest import ManifestError
-from .metrics import Metrics
-from .serving import LoadedModel, ModelManager, ModelNotFound
-from .store import StoreError, open_store
-from .v2 import (BINARY_HEADER, V2Error, binary_outputs, decode_request, encode_response, model_metadata,
+from edgeai_runtime import __version__
+from edgeai_runtime.service.backends import BackendUnavailable, ModelLoadError
+from edgeai_runtime.service.batching import Batcher, Overloaded
+from edgeai_runtime.device.config import RuntimeConfig
+from edgeai_runtime.service.gate import GateFailed
+from edgeai_runtime.format.manifest import ManifestError
+from edgeai_runtime.service.metrics import Metrics
+from edgeai_runtime.service.serving import LoadedModel, ModelManager, ModelNotFound
+from edgeai_runtime.device.store import StoreError, open_store
+from edgeai_runtime.service.v2 import (BINARY_HEADER, V2Error, binary_outputs, decode_request, encode_response, model_metadata,
                  parse_json, split_body)
 
 if TYPE_CHECKING:  # httpx is imported when a cloud fallback URL is configured, not before

@@ -16,13 +16,13 @@ from typing import Callable, Dict, List, Mapping, Optional
 
 import numpy as np
 
-from .errors import EdgeAIError
-from .backends import Backend, BackendOptions, create_backend
-from .config import RuntimeConfig
-from .gate import GateResult, run_gate
-from .manifest import Manifest
-from .store import ModelStore, StoreError
-from .tensors import V2_TO_NUMPY
+from edgeai_runtime.format.errors import EdgeAIError
+from edgeai_runtime.service.backends import Backend, BackendOptions, create_backend
+from edgeai_runtime.device.config import RuntimeConfig
+from edgeai_runtime.service.gate import GateResult, run_gate
+from edgeai_runtime.format.manifest import Manifest
+from edgeai_runtime.device.store import ModelStore, StoreError
+from edgeai_runtime.format.tensors import V2_TO_NUMPY
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from typing import Callable, Dict, List, Mapping, Optional
 
 import numpy as np
 
-from .errors import EdgeAIError
+from edgeai_runtime.format.errors import EdgeAIError
 
 Infer = Callable[[Mapping[str, np.ndarray]], Dict[str, np.ndarray]]
 

@@ -10,8 +10,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-from .errors import EdgeAIError
-from .tensors import V2_TO_NUMPY
+from edgeai_runtime.format.errors import EdgeAIError
+from edgeai_runtime.format.tensors import V2_TO_NUMPY
 
 FORMAT_VERSION = 1
 RUNTIMES = ("onnxruntime", "tflite", "edgetpu", "tensorrt")
@@ -34,7 +34,7 @@ def check_name(kind: str, value: str) -> str:
     return value
 
 
-def version_key(version: str) -> Tuple:
+def version_key(version: str) -> Tuple[Tuple[int, int, str], ...]:
     """Order versions numerically where they are numbers: 1.10.0 > 1.9.2, 2 > 1.0-rc1."""
     return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"[.+-]", version))
 

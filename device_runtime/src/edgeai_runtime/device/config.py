@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass, fields, replace
 from typing import Any, Dict, Optional
 
-from .errors import EdgeAIError
+from edgeai_runtime.format.errors import EdgeAIError
 
 DEFAULT_ROOT = "/opt/edgeai"
 

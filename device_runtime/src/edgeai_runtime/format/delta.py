@@ -28,36 +28,32 @@ import hmac
 import io
 import json
 import os
-import secrets
-import time
-from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from . import artifact
-from .artifact import CIPHERS, PREAMBLE, SIGNATURE_BYTES, TAG_BYTES, Envelope, canonical, chunk_list_digest
-from .keys import ArtifactError, key_id
+from edgeai_runtime.format import artifact
+from edgeai_runtime.format.artifact import CIPHERS, PREAMBLE, SIGNATURE_BYTES, TAG_BYTES, Envelope, canonical, chunk_list_digest
+from edgeai_runtime.format.keys import ArtifactError
+from edgeai_runtime.fsutil import atomic_output
 
 MAGIC = b"EDGEAIMD"
 FORMAT = "edgeai.fleet/model-delta"
 FORMAT_VERSION = 1
 SUFFIX = ".eafd"
 ALGORITHM = "zstd-patch-from"
-#: A delta whose sealed patch is above this share of the full artifact is not worth shipping.
-WORTH_SHIPPING = 0.5
 #: zstd's window must reach back over base and target; 2^30 is the most a 32-bit device decodes.
 MAX_WINDOW_LOG = 30
 _KEY_CONTEXT = b"edgeai.fleet delta patch key v1\0"
-_ZERO = "0" * 64
+ZERO = "0" * 64
 _MAX_HEADER = 64 << 10
 _MAX_HEAD = (1 << 20) + PREAMBLE.size + SIGNATURE_BYTES
 
 
-def _zstd() -> Any:
+def zstd_module() -> Any:
     try:
         import zstandard
     except ImportError:  # pragma: no cover - a dependency of the package
@@ -70,92 +66,6 @@ def patch_key(data_key: bytes, delta_id: str) -> bytes:
     collide with the artifact's."""
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
                 info=_KEY_CONTEXT + bytes.fromhex(delta_id)).derive(data_key)
-
-
-def window_log(base_size: int, target_size: int) -> int:
-    return max(20, (base_size + target_size).bit_length())
-
-
-def compression_parameters(base_size: int, target_size: int) -> Any:
-    """Parameters that find matches anywhere in the base: a window over base and target, and hash
-    and chain tables about as large as the base (zstd's default tables for a level index only a
-    few MiB, so most of a large base would be out of reach: 8% saved instead of 99.7% on a 50 MB
-    model whose last layer changed; see bench/bench_ota.py)."""
-    zstd = _zstd()
-    tables = min(27, max(16, base_size.bit_length() - 1))
-    return zstd.ZstdCompressionParameters(window_log=window_log(base_size, target_size), hash_log=tables,
-                                          chain_log=tables, search_log=3, min_match=5,
-                                          strategy=zstd.STRATEGY_LAZY, write_content_size=True,
-                                          write_checksum=False, threads=0)
-
-
-@dataclass
-class Made:
-    """What ``make`` wrote: the delta, how big it is against the full artifact, how long it took."""
-    path: str
-    header: Dict[str, Any]
-    size: int
-    full_size: int
-    seconds: float
-
-    @property
-    def bytes_saved(self) -> int:
-        return self.full_size - self.size
-
-
-def make(base_model: bytes, base_manifest: Mapping[str, Any], target_path: str, data_key: bytes,
-         signing_key: ed25519.Ed25519PrivateKey, out_path: str,
-         target_model: Optional[bytes] = None) -> Optional[Made]:
-    """Write a delta from the base plaintext to the artifact at ``target_path`` (whose data key is
-    ``data_key``). Returns None, writing nothing, when it would not save at least half the bytes or
-    base and target are too large for a window a 32-bit device decodes."""
-    started = time.perf_counter()
-    target = artifact.Artifact.open(target_path, {key_id(signing_key.public_key()): signing_key.public_key()})
-    target.check_key(data_key)
-    tm = target.manifest
-    if base_manifest.get("name") != tm.name:
-        raise ArtifactError("bad_manifest", "a delta joins versions of one model: base is %s, target %s"
-                            % (base_manifest.get("name"), tm.name))
-    if hashlib.sha256(base_model).hexdigest() != base_manifest.get("sha256"):
-        raise ArtifactError("model_checksum", "the base model does not match its manifest's sha256")
-    if window_log(len(base_model), tm.size) > MAX_WINDOW_LOG:
-        return None
-    model = target_model if target_model is not None else target.decrypt(data_key)
-    zstd = _zstd()
-    params = compression_parameters(len(base_model), tm.size)
-    dictionary = zstd.ZstdCompressionDict(base_model, dict_type=zstd.DICT_TYPE_RAWCONTENT)
-    patch = zstd.ZstdCompressor(dict_data=dictionary, compression_params=params).compress(model)
-    full_size = os.path.getsize(target_path)
-    with open(target_path, "rb") as f:
-        head = f.read(target.payload_offset)
-    delta_id = secrets.token_hex(16)
-    nonce = secrets.token_bytes(12)
-    patch_doc: Dict[str, object] = {"algorithm": ALGORITHM, "window_log": params.window_log, "size": len(patch),
-                                    "nonce": nonce.hex(), "sealed_sha256": _ZERO}
-    header = {"format": FORMAT, "format_version": FORMAT_VERSION, "delta_id": delta_id,
-              "signer": key_id(signing_key),
-              "base": {"name": tm.name, "version": base_manifest.get("version"), "sha256": base_manifest["sha256"],
-                       "size": len(base_model)},
-              "target": {"artifact_id": target.artifact_id, "name": tm.name, "version": tm.version,
-                         "sha256": tm.sha256, "size": tm.size, "head_size": len(head),
-                         "head_sha256": hashlib.sha256(head).hexdigest(), "artifact_size": full_size,
-                         "artifact_sha256": artifact.sha256_file(target_path)},
-              "patch": patch_doc}
-    preamble_len = PREAMBLE.size
-    sealed_size = len(patch) + TAG_BYTES
-    total = preamble_len + len(canonical(header)) + SIGNATURE_BYTES + len(head) + sealed_size
-    if total > WORTH_SHIPPING * full_size:
-        return None
-    sealed = CIPHERS[target.envelope.cipher](patch_key(data_key, delta_id)).encrypt(
-        nonce, patch, _aad(delta_id, base_manifest["sha256"], target.artifact_id))
-    patch_doc["sealed_sha256"] = hashlib.sha256(sealed).hexdigest()
-    body = canonical(header)
-    preamble = PREAMBLE.pack(MAGIC, FORMAT_VERSION, 0, len(body))
-    with artifact.atomic_output(out_path) as out:
-        out.write(preamble + body + signing_key.sign(preamble + body))
-        out.write(head)
-        out.write(sealed)
-    return Made(out_path, header, os.path.getsize(out_path), full_size, time.perf_counter() - started)
 
 
 class Delta:
@@ -172,11 +82,11 @@ class Delta:
 
     @property
     def base(self) -> Dict[str, Any]:
-        return self.header["base"]
+        return dict(self.header["base"])
 
     @property
     def target(self) -> Dict[str, Any]:
-        return self.header["target"]
+        return dict(self.header["target"])
 
     @property
     def size(self) -> int:
@@ -251,7 +161,7 @@ class Delta:
         try:
             patch = CIPHERS[envelope.cipher](patch_key(data_key, self.header["delta_id"])).decrypt(
                 bytes.fromhex(self.header["patch"]["nonce"]), sealed,
-                _aad(self.header["delta_id"], self.base["sha256"], self.target["artifact_id"]))
+                aad(self.header["delta_id"], self.base["sha256"], self.target["artifact_id"]))
         except InvalidTag:
             raise ArtifactError("delta_tampered", "%s: the patch fails authentication" % self.path) from None
         del sealed
@@ -265,7 +175,7 @@ class Delta:
     # -- internals ---------------------------------------------------------------------------
 
     def _apply(self, base_model: bytes, patch: bytes) -> bytes:
-        zstd = _zstd()
+        zstd = zstd_module()
         window = self.header["patch"]["window_log"]
         try:  # zstandard sizes its output from the frame header: check that before it allocates
             frame = zstd.get_frame_parameters(patch)
@@ -277,8 +187,9 @@ class Delta:
                                 % (self.path, frame.content_size, frame.window_size, self.target["size"], 1 << window))
         try:
             dictionary = zstd.ZstdCompressionDict(base_model, dict_type=zstd.DICT_TYPE_RAWCONTENT)
-            return zstd.ZstdDecompressor(dict_data=dictionary, max_window_size=1 << window).decompress(
+            model: bytes = zstd.ZstdDecompressor(dict_data=dictionary, max_window_size=1 << window).decompress(
                 patch, max_output_size=self.target["size"])
+            return model
         except zstd.ZstdError as exc:
             raise ArtifactError("delta_patch", "%s: the patch does not apply: %s" % (self.path, exc)) from None
 
@@ -287,7 +198,7 @@ class Delta:
         view = memoryview(model)
         digests = []
         try:
-            with artifact.atomic_output(out_path, 0o640) as out:
+            with atomic_output(out_path, 0o640) as out:
                 out.write(self.head)
                 for index in range(envelope.chunks):
                     start = index * envelope.chunk_size
@@ -304,7 +215,7 @@ class Delta:
             view.release()
 
 
-def _aad(delta_id: str, base_sha256: str, artifact_id: str) -> bytes:
+def aad(delta_id: str, base_sha256: str, artifact_id: str) -> bytes:
     """The patch's associated data: which delta, from which base, to which artifact."""
     return _KEY_CONTEXT + canonical([delta_id, base_sha256, artifact_id])
 

@@ -8,8 +8,8 @@ import urllib.error
 import urllib.request
 from typing import Any, Dict, Optional, Tuple
 
-from .errors import EdgeAIError
-from .config import RuntimeConfig
+from edgeai_runtime.format.errors import EdgeAIError
+from edgeai_runtime.device.config import RuntimeConfig
 
 
 class ServiceError(EdgeAIError, RuntimeError):
@@ -95,7 +95,7 @@ class ServiceClient:
         """The version the service serves for ``name`` right now, or None."""
         for entry in self.status().get("serving", []):
             if entry.get("name") == name and entry.get("active"):
-                return entry["active"]["version"]
+                return str(entry["active"]["version"])
         return None
 
     def ready(self, name: str, version: str) -> bool:

@@ -42,13 +42,13 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
-from .errors import EdgeAIError
-from .artifact import Artifact, ArtifactError
-from .fsutil import blocks, fsync_dir, is_disk_full, mount_point, shortfall, space, write_point
-from .keys import DeviceKeyring, load_public, key_id, key_type, write_atomic
-from .manifest import Manifest, ManifestError, check_name, version_key
+from edgeai_runtime.format.errors import EdgeAIError
+from edgeai_runtime.format.artifact import Artifact, ArtifactError
+from edgeai_runtime.fsutil import blocks, fsync_dir, is_disk_full, mount_point, shortfall, space, write_atomic, write_point
+from edgeai_runtime.format.keys import DeviceKeyring, load_public, key_id, key_type
+from edgeai_runtime.format.manifest import Manifest, ManifestError, check_name, version_key
 
 ACTIVE = "active"
 PREVIOUS = "previous"
@@ -246,7 +246,8 @@ class ModelStore:
 
     def keyslot(self, name: str, version: str) -> Dict[str, Any]:
         with open(os.path.join(self._version_dir(name, version), KEYSLOT_FILE), encoding="utf-8") as f:
-            return json.load(f)
+            slot: Dict[str, Any] = json.load(f)
+        return slot
 
     def details(self, name: str, version: str) -> Dict[str, Any]:
         """What a controller compares before sending anything: identity, signature, key slot."""
@@ -254,7 +255,7 @@ class ModelStore:
         info: Dict[str, Any] = {"sha256": manifest.sha256, "size": manifest.size, "signed": False,
                                 "runtime": manifest.runtime, "precision": manifest.precision}
         if self.is_artifact(name, version):
-            from .artifact import read_header
+            from edgeai_runtime.format.artifact import read_header
             header = read_header(os.path.join(self._version_dir(name, version), ARTIFACT_FILE))
             try:
                 slot_key = self.keyslot(name, version).get("key_id")
@@ -286,7 +287,7 @@ class ModelStore:
         return os.path.join(self._version_dir(name, version), filename)
 
     def status(self) -> List[Dict[str, Any]]:
-        """Every model's entry (``entry``): what ``model list`` prints and ``edgeai_runtime.plan`` reads."""
+        """Every model's entry (``entry``): what ``model list`` prints and ``edgeai_runtime.device.plan`` reads."""
         return [self.entry(n) for n in self.names()]
 
     def entry(self, name: str) -> Dict[str, Any]:
@@ -390,10 +391,10 @@ class ModelStore:
             return False
 
     def rebuild_delta(self, path: str, keyslot: Dict[str, Any], out_path: str) -> Dict[str, Any]:
-        """Rebuild the artifact a delta (edgeai_runtime.delta) carries into ``out_path``, patching the
+        """Rebuild the artifact a delta (edgeai_runtime.format.delta) carries into ``out_path``, patching the
         version of its model held here whose sha256 is the delta's base. Stores nothing; the rebuilt
         artifact is installed like any other. Raises ArtifactError (reason ``delta_*`` and the like)."""
-        from .delta import Delta
+        from edgeai_runtime.format.delta import Delta
         delta = Delta.open(path, self.trusted_signers())
         base = delta.base
         held = [v for v in self.versions(base["name"]) if self.holds(base["name"], v, base["sha256"])]
@@ -581,7 +582,7 @@ class ModelStore:
                              % (name, manifest.version, "active" if self.active(name) else "installed", newest))
 
     def _check_files(self, manifest: Manifest, files: Optional[Mapping[str, bytes]],
-                     reserved: tuple) -> Dict[str, bytes]:
+                     reserved: Tuple[str, ...]) -> Dict[str, bytes]:
         name, version = manifest.name, manifest.version
         files = dict(files or {})
         for fname, data in files.items():
@@ -598,7 +599,7 @@ class ModelStore:
                              % (name, version, ", ".join(missing)))
         return files
 
-    def _stage(self, manifest: Manifest, write_model, files: Mapping[str, bytes]) -> None:
+    def _stage(self, manifest: Manifest, write_model: Callable[[str], Any], files: Mapping[str, bytes]) -> None:
         name, version = manifest.name, manifest.version
         if version in _POINTERS:
             raise StoreError("installing %s %s: %s is a name the store reserves" % (name, version, version))

@@ -39,14 +39,14 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
-from .errors import EdgeAIError
-from . import fsutil
-from .client import ServiceClient, ServiceDown, ServiceError
-from .config import RuntimeConfig
-from .keys import write_atomic
-from .plan import PlanRefused, Want, plan
-from .artifact import read_header as artifact_header
-from .store import DiskFull, ModelStore, StoreError, open_store
+from edgeai_runtime.format.errors import EdgeAIError
+from edgeai_runtime import fsutil
+from edgeai_runtime.device.client import ServiceClient, ServiceDown, ServiceError
+from edgeai_runtime.device.config import RuntimeConfig
+from edgeai_runtime.fsutil import write_atomic
+from edgeai_runtime.device.plan import PlanRefused, Want, plan
+from edgeai_runtime.format.artifact import read_header as artifact_header
+from edgeai_runtime.device.store import DiskFull, ModelStore, StoreError, open_store
 
 PHASES = ("stage", "verify", "load", "gate", "activate", "watch", "commit")
 #: Phases after which the service may be serving the new version: a failure there needs a switch back.
@@ -317,7 +317,7 @@ class Updater:
             result: Dict[str, Any] = {"name": name, "version": version, "previous_version": active,
                                       "active_version": active, "bytes_transferred": bytes_transferred,
                                       "bytes_saved": bytes_saved, "recovered": recovered}
-            try:  # the one rule of "anything to do" (edgeai_runtime.plan); the key slot comes with the artifact
+            try:  # the one rule of "anything to do" (edgeai_runtime.device.plan); the key slot comes with the artifact
                 decided = self.plan(Want(name, version, "active", sha256=art.manifest.sha256))
             except PlanRefused as exc:  # another build under this version: refused before anything is written
                 raise self._refused_on_arrival(artifact, exc, mode, stage_s, bytes_transferred, recovered) from None
@@ -439,7 +439,7 @@ class Updater:
     def apply_delta(self, delta: str, keyslot: Dict[str, Any], files: Optional[Mapping[str, bytes]] = None,
                     policy: Policy = Policy(), mode: str = "push", stage_s: float = 0.0,
                     bytes_transferred: int = 0) -> Dict[str, Any]:
-        """``apply`` for a delta against a version this device holds (edgeai_runtime.delta): the
+        """``apply`` for a delta against a version this device holds (edgeai_runtime.format.delta): the
         artifact is rebuilt (timed as part of ``stage``), checked against its signed digests and
         installed like a full one. Raises DeltaFailed, with nothing changed, when the delta does not
         give its artifact (the caller then sends or fetches the full one)."""
@@ -473,7 +473,7 @@ class Updater:
         return dict(result, delta=used)
 
     def plan(self, want: Want) -> Dict[str, Any]:
-        """edgeai_runtime.plan for ``want`` on this store, with whether the service serves the active
+        """edgeai_runtime.device.plan for ``want`` on this store, with whether the service serves the active
         version asked only where it decides (state active, the wanted version active)."""
         entry = self.store.entry(want.name)
         active = entry["active"]
@@ -606,8 +606,8 @@ class Updater:
             tx.timings["load"] = prepared.get("load_s", 0.0)
             tx.timings["gate"] = prepared.get("gate_s", 0.0)
         else:
-            from .gate import GateFailed
-            from .serving import ModelManager  # no service: load and gate here, then only move the pointer
+            from edgeai_runtime.service.gate import GateFailed
+            from edgeai_runtime.service.serving import ModelManager  # no service: load and gate here, then only move the pointer
             manager = ModelManager(self.store, self.config)
             try:
                 model = manager.load(tx.name, tx.version, policy.latency_p95_ms)
@@ -704,7 +704,7 @@ class Updater:
         """The service must serve ``version``, report it ready and answer a probe inference.
         With no service running, the version must load and pass its gate here."""
         if not self._service_up():
-            from .serving import ModelManager
+            from edgeai_runtime.service.serving import ModelManager
             manager = ModelManager(self.store, self.config)
             try:
                 manager.load(name, version).close_when_idle(0)
@@ -866,7 +866,8 @@ class Updater:
     def _read_journal(self) -> Optional[Dict[str, Any]]:
         try:
             with open(self.journal_path, encoding="utf-8") as f:
-                return json.load(f)
+                journal: Dict[str, Any] = json.load(f)
+                return journal
         except FileNotFoundError:
             return None
         except ValueError:  # write_atomic renames a complete file into place, so this is not ours to read

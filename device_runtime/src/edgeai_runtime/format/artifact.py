@@ -7,7 +7,7 @@ Layout::
     signature  64 bytes   Ed25519 over preamble || header
     payload               chunk 0 .. chunk N-1, each ciphertext || 16-byte tag
 
-The controller packs (``pack``) and the device opens (``Artifact.open``), verifies
+The controller packs (edgeai_runtime.controller.packing) and the device opens (``Artifact.open``), verifies
 (``verify_payload``) and decrypts straight into memory (``decrypt``), all here, so both
 sides share one implementation. Memory: O(chunk) to pack and verify; decrypting holds the
 plaintext model (O(model)) plus a few chunk buffers, and never writes plaintext anywhere.
@@ -35,9 +35,9 @@ from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
-from . import __version__
-from .keys import DATA_KEY_BYTES, ArtifactError, key_id, key_type
-from .manifest import Manifest, ManifestError, version_key
+from edgeai_runtime import __version__
+from edgeai_runtime.format.keys import DATA_KEY_BYTES, ArtifactError, key_id, key_type
+from edgeai_runtime.format.manifest import Manifest, ManifestError, version_key
 
 MAGIC = b"EDGEAIMA"
 FORMAT = "edgeai.fleet/model-artifact"
@@ -53,7 +53,7 @@ SUFFIX = ".eaf"
 _ENVELOPE_CONTEXT = b"edgeai.fleet envelope v1\0"
 _COMMIT_CONTEXT = b"edgeai.fleet key commitment v1\0"
 _PAYLOAD_CONTEXT = b"edgeai.fleet payload chunks v1\0"
-_ZERO_HEX = "0" * 64
+ZERO_HEX = "0" * 64
 
 __all__ = ["ArtifactError", "Artifact", "pack", "default_cipher", "CIPHERS", "FORMAT_VERSION"]
 
@@ -188,7 +188,7 @@ class _Pool(abc.ABC):
         """Use one chunk (on a worker thread)."""
 
 
-class _Hasher(_Pool):
+class Hasher(_Pool):
     """sha256 of a stream fed in order: one worker (the model's digest, manifest ``sha256``)."""
 
     def __init__(self, buffer_size: int) -> None:
@@ -203,7 +203,7 @@ class _Hasher(_Pool):
         self._hash.update(view)
 
 
-class _ChunkHasher(_Pool):
+class ChunkHasher(_Pool):
     """The payload digest (``payload.chunks_sha256``): sha256 over the sha256 of each sealed chunk,
     in chunk order. The chunks hash in parallel on ``workers`` threads, so verifying is not held to
     one core's sha256 speed, which is below AES-GCM's on most CPUs (docs/artifact-format.md)."""
@@ -254,7 +254,7 @@ class _ReadsInto(Protocol):
     def readinto(self, buffer: memoryview, /) -> Optional[int]: ...
 
 
-def _read_exact(f: _ReadsInto, view: memoryview) -> int:
+def read_exact(f: _ReadsInto, view: memoryview) -> int:
     got = 0
     while got < len(view):
         n = f.readinto(view[got:])
@@ -287,24 +287,6 @@ def _new_bytes(size: int) -> Tuple[Any, memoryview]:
         return buf, memoryview(buf)
 
 
-@contextlib.contextmanager
-def atomic_output(out_path: str, mode: int = 0o644) -> Iterator[BinaryIO]:
-    """A file written beside ``out_path`` and renamed into place (after fsync) only when the block
-    ends without an exception; otherwise removed."""
-    tmp = "%s.partial-%d" % (out_path, os.getpid())
-    try:
-        with open(tmp, "wb") as out:
-            yield out
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, out_path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def read_signed_head(f: BinaryIO, path: str, magic: bytes, max_header: int,
                      reasons: Tuple[str, str, str]) -> Tuple[bytes, int, bytes, bytes]:
     """Preamble, format version, header bytes and signature at the start of ``f``: the part of an
@@ -333,95 +315,8 @@ def _is_hex(value: Any, length: int) -> bool:
     return True
 
 
-def _aead_into(aead: Any) -> bool:
+def aead_into(aead: Any) -> bool:
     return hasattr(aead, "decrypt_into") and hasattr(aead, "encrypt_into")
-
-
-# -- packing (controller) ----------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Packed:
-    path: str
-    header: Dict[str, Any]
-    data_key: bytes
-    seconds: float
-
-    @property
-    def artifact_id(self) -> str:
-        return self.header["artifact_id"]
-
-
-def pack(model_path: str, out_path: str, manifest_fields: Mapping[str, Any], signing_key: ed25519.Ed25519PrivateKey,
-         cipher: str = "aes-256-gcm", chunk_size: int = DEFAULT_CHUNK, data_key: Optional[bytes] = None,
-         created: Optional[str] = None) -> Packed:
-    """Encrypt and sign ``model_path`` into ``out_path`` (written beside, then renamed into place).
-
-    ``manifest_fields`` are the manifest's fields but for sha256 and size, which are measured here.
-    One pass over the model; the header's digests are filled in at the end (they have a fixed
-    length, so the header keeps its size).
-    """
-    started = time.perf_counter()
-    if cipher not in CIPHERS:
-        raise ArtifactError("bad_format", "cipher %r is not one of %s" % (cipher, ", ".join(CIPHERS)))
-    if not MIN_CHUNK <= chunk_size <= MAX_CHUNK:
-        raise ArtifactError("bad_format", "chunk size %d is outside %d-%d bytes" % (chunk_size, MIN_CHUNK, MAX_CHUNK))
-    if key_type(signing_key) != "ed25519":
-        raise ArtifactError("bad_key", "the signing key must be Ed25519, not %s" % key_type(signing_key))
-    data_key = data_key or secrets.token_bytes(DATA_KEY_BYTES)
-    size = os.path.getsize(model_path)
-    if size <= 0:
-        raise ArtifactError("bad_format", "model %s is empty" % model_path)
-    artifact_id = secrets.token_hex(16)
-    envelope = Envelope(artifact_id, cipher, chunk_size, -(-size // chunk_size), secrets.token_bytes(8),
-                        key_commitment(data_key, artifact_id), size)
-    fields = dict(manifest_fields)
-    fields.update(sha256=_ZERO_HEX, size=size,
-                  created=created or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                  min_runtime_version=fields.get("min_runtime_version") or __version__)
-    try:
-        manifest = Manifest.from_dict(fields)
-    except ManifestError as exc:
-        raise ArtifactError("bad_manifest", "manifest: %s" % exc) from None
-    manifest_doc = manifest.to_dict()
-    payload: Dict[str, object] = {"size": envelope.payload_size, "chunks_sha256": _ZERO_HEX}
-    header = {"format": FORMAT, "format_version": FORMAT_VERSION, "artifact_id": artifact_id,
-              "signer": key_id(signing_key), "manifest": manifest_doc, "envelope": envelope.to_dict(),
-              "payload": payload}
-    provisional = canonical(header)
-    aead = CIPHERS[cipher](data_key)
-    plain_hash, cipher_hash = _Hasher(chunk_size), _ChunkHasher(chunk_size + TAG_BYTES, envelope.chunks)
-    try:
-        with open(model_path, "rb") as src, atomic_output(out_path) as out:
-            out.write(PREAMBLE.pack(MAGIC, FORMAT_VERSION, 0, len(provisional)) + provisional
-                      + b"\0" * SIGNATURE_BYTES)
-            for index in range(envelope.chunks):
-                want = envelope.plain_len(index)
-                plain = plain_hash.take()
-                view = memoryview(plain)[:want]
-                if _read_exact(src, view) != want:
-                    raise ArtifactError("io", "model %s changed size while being packed" % model_path)
-                sealed = cipher_hash.take()
-                sealed_view = memoryview(sealed)[:want + TAG_BYTES]
-                if _aead_into(aead):
-                    aead.encrypt_into(envelope.nonce(index), view, envelope.aad(index), sealed_view)
-                else:
-                    sealed_view[:] = aead.encrypt(envelope.nonce(index), bytes(view), envelope.aad(index))
-                out.write(sealed_view)
-                plain_hash.feed(index, view, plain)
-                cipher_hash.feed(index, sealed_view, sealed)
-            if src.read(1):
-                raise ArtifactError("io", "model %s grew while being packed" % model_path)
-            manifest_doc["sha256"] = plain_hash.hexdigest()
-            payload["chunks_sha256"] = cipher_hash.hexdigest()
-            final = canonical(header)
-            assert len(final) == len(provisional), "header length changed while filling in digests"
-            preamble = PREAMBLE.pack(MAGIC, FORMAT_VERSION, 0, len(final))
-            out.seek(0)
-            out.write(preamble + final + signing_key.sign(preamble + final))
-    finally:
-        plain_hash.close()
-        cipher_hash.close()
-    return Packed(out_path, header, data_key, time.perf_counter() - started)
 
 
 # -- opening (device and controller) -----------------------------------------------------------
@@ -444,11 +339,11 @@ class Artifact:
     @property
     def payload_digest(self) -> str:
         """``payload.chunks_sha256``: sha256 over the sha256 of each sealed chunk (docs/artifact-format.md)."""
-        return self.header["payload"]["chunks_sha256"]
+        return str(self.header["payload"]["chunks_sha256"])
 
     @property
     def signer(self) -> str:
-        return self.header["signer"]
+        return str(self.header["signer"])
 
     @classmethod
     def open(cls, path: str, trusted_signers: Mapping[str, ed25519.Ed25519PublicKey]) -> "Artifact":
@@ -592,8 +487,8 @@ class Artifact:
         self.check_key(data_key)
         env = self.envelope
         aead = CIPHERS[env.cipher](data_key)
-        plain_hash = _Hasher(env.chunk_size)
-        cipher_hash = _ChunkHasher(env.chunk_size + TAG_BYTES, env.chunks)
+        plain_hash = Hasher(env.chunk_size)
+        cipher_hash = ChunkHasher(env.chunk_size + TAG_BYTES, env.chunks)
         try:
             with self._payload() as f:
                 for index in range(env.chunks):
@@ -686,7 +581,7 @@ class Artifact:
     def _open_chunk(self, aead: Any, index: int, sealed: memoryview, plain: memoryview) -> None:
         env = self.envelope
         try:
-            if _aead_into(aead):
+            if aead_into(aead):
                 aead.decrypt_into(env.nonce(index), sealed, env.aad(index), plain)
             else:
                 plain[:] = aead.decrypt(env.nonce(index), bytes(sealed), env.aad(index))
@@ -694,7 +589,7 @@ class Artifact:
             raise self._chunk_error(aead, index, bytes(sealed)) from None
 
     def _fill(self, f: _ReadsInto, view: memoryview, index: int) -> None:
-        if _read_exact(f, view) != len(view):
+        if read_exact(f, view) != len(view):
             raise ArtifactError("truncated", "%s is truncated in chunk %d of %d" % (self.path, index, self.envelope.chunks))
 
     def _chunk_error(self, aead: Any, index: int, sealed: bytes) -> ArtifactError:

@@ -30,8 +30,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from ..tensors import V2_TO_NUMPY
-from .base import Backend, BackendOptions, BackendUnavailable, ModelLoadError, TensorSpec
+from edgeai_runtime.format.tensors import V2_TO_NUMPY
+from edgeai_runtime.service.backends.base import Backend, BackendOptions, BackendUnavailable, ModelLoadError, TensorSpec
 
 NOT_INSTALLED = "tensorrt is not installed (on Jetson it comes from JetPack: apt install python3-libnvinfer)"
 CRASHED = "tensorrt crashed on import (signal %d): no usable GPU driver"

@@ -34,7 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from .errors import EdgeAIError
+from edgeai_runtime.format.errors import EdgeAIError
 
 STATES = ("present", "active", "absent", "rolled_back")
 

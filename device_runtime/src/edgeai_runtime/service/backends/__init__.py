@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib
 from typing import Dict, Optional, Tuple, Type
 
-from .base import Backend, BackendOptions, BackendUnavailable, ModelLoadError, TensorSpec
+from edgeai_runtime.service.backends.base import Backend, BackendOptions, BackendUnavailable, ModelLoadError, TensorSpec
 
 __all__ = ["Backend", "BackendOptions", "BackendUnavailable", "ModelLoadError", "TensorSpec",
            "backend_class", "create_backend", "probe_all", "RUNTIMES"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-from .keys import ArtifactError
+from edgeai_runtime.format.keys import ArtifactError
 
 #: The model runtimes a device whose class profile names ``runtime`` can serve, best first. A Jetson
 #: (``tensorrt``) also runs ONNX models through ONNX Runtime (TensorRT / CUDA execution providers); a

@@ -1,0 +1,97 @@
+"""Publishing the pull-mode registry (the controller side): the artifacts, their gate files and
+deltas, and a signed update document per device. The layout and the document:
+edgeai_runtime.format.updates; the device reads it with edgeai_runtime.device.agent."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from typing import Any, Callable, Dict, List, Mapping, Optional
+
+from edgeai_runtime.fsutil import write_atomic
+from edgeai_runtime.format.artifact import read_header, sha256_file
+from edgeai_runtime.format.keys import ArtifactError, key_id, load_public
+from edgeai_runtime.format.updates import DOC_FORMAT, DOC_VERSION, canonical
+
+
+def publish(registry: str, signing_key: Any, releases: List[Dict[str, Any]], devices: Mapping[str, str],
+            wrap: Callable[[str, str], Dict[str, Any]], sequence: Optional[int] = None) -> Dict[str, Any]:
+    """Write the registry: each release's artifact and gate files (copied once), and for every
+    device (key id -> public key PEM) a signed update document with its own key slots.
+
+    ``releases``: [{"artifact": path, "files": {name: path}, "force": bool, "deltas": [{"path": delta file,
+    "base_version": v, "base_sha256": sha}]}]; ``wrap(artifact, pem)``
+    returns the artifact's key slot for one device. ``sequence`` defaults to the time in seconds,
+    so a later publication always supersedes an earlier one. A device whose document would say the
+    same (same models, versions, artifacts and files, key slots for the same key) keeps its
+    document: publishing again changes nothing."""
+    sequence = int(time.time()) if sequence is None else sequence
+    os.makedirs(os.path.join(registry, "artifacts"), exist_ok=True)
+    os.makedirs(os.path.join(registry, "updates"), exist_ok=True)
+    entries = []
+    copied = False
+    for release in releases:
+        header = read_header(release["artifact"])
+        base = os.path.basename(release["artifact"])
+        artifact_rel = "artifacts/" + base
+        copied |= _copy_if_changed(release["artifact"], os.path.join(registry, artifact_rel))
+        files = {}
+        for name, path in sorted((release.get("files") or {}).items()):
+            rel = "artifacts/%s.files/%s" % (base[:-len(".eaf")] if base.endswith(".eaf") else base, name)
+            copied |= _copy_if_changed(path, os.path.join(registry, rel))
+            files[name] = {"path": rel, "sha256": sha256_file(path), "size": os.path.getsize(path)}
+        deltas = []
+        for delta in release.get("deltas") or []:
+            rel = "artifacts/" + os.path.basename(delta["path"])
+            copied |= _copy_if_changed(delta["path"], os.path.join(registry, rel))
+            deltas.append({"path": rel, "sha256": sha256_file(delta["path"]), "size": os.path.getsize(delta["path"]),
+                           "base_version": delta["base_version"], "base_sha256": delta["base_sha256"]})
+        entries.append({"name": header["manifest"]["name"], "version": header["manifest"]["version"],
+                        "model_sha256": header["manifest"]["sha256"],
+                        "force": bool(release.get("force")), "source": release["artifact"],
+                        "artifact": {"path": artifact_rel, "sha256": sha256_file(release["artifact"]),
+                                     "size": os.path.getsize(release["artifact"])}, "files": files,
+                        **({"deltas": deltas} if deltas else {})})
+    written = []
+    for device, pem in sorted(devices.items()):
+        if key_id(load_public(pem)) != device:
+            raise ArtifactError("bad_key", "the public key given for device %s has key id %s"
+                                % (device, key_id(load_public(pem))))
+        path = os.path.join(registry, "updates", device + ".json")
+        wanted = [{k: v for k, v in e.items() if k != "source"} for e in entries]
+        if _same_document(path, wanted, device):
+            continue
+        models = [dict(w, keyslot=wrap(e["source"], pem)) for w, e in zip(wanted, entries)]
+        doc = {"format": DOC_FORMAT, "format_version": DOC_VERSION, "device": device, "sequence": sequence,
+               "issued": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "models": models}
+        body = canonical(doc)
+        write_atomic(path + ".sig", signing_key.sign(body), 0o644)  # signature first: a reader never pairs
+        write_atomic(path, body, 0o644)                              # a new document with an old signature
+        written.append(path)
+    return {"changed": copied or bool(written), "registry": registry, "sequence": sequence, "documents": written,
+            "models": ["%s %s" % (e["name"], e["version"]) for e in entries]}
+
+
+def _same_document(path: str, wanted: List[Dict[str, Any]], device: str) -> bool:
+    """Does the document at ``path`` already say ``wanted`` to ``device`` (key slots aside, which
+    differ at every wrap but open to the same data key)?"""
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except (OSError, ValueError):
+        return False
+    have = [{k: v for k, v in m.items() if k != "keyslot"} for m in doc.get("models", [])]
+    slots_for_device = all((m.get("keyslot") or {}).get("key_id") == device for m in doc.get("models", []))
+    return doc.get("device") == device and have == wanted and slots_for_device
+
+
+def _copy_if_changed(src: str, dst: str) -> bool:
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    if os.path.exists(dst) and os.path.getsize(dst) == os.path.getsize(src) and sha256_file(dst) == sha256_file(src):
+        return False
+    tmp = dst + ".partial"
+    shutil.copyfile(src, tmp)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, dst)
+    return True
