@@ -12,6 +12,7 @@ import os
 import pytest
 
 from edgeai_runtime.controller import deltas
+from edgeai_runtime.device.rebuild import rebuild
 from edgeai_runtime.format import artifact, delta, keys
 from edgeai_runtime.device.ota import DeltaFailed
 from support import modelgen
@@ -43,7 +44,7 @@ def update(device):
 def test_delta_rebuilds_the_packed_artifact_byte_for_byte(device, update):
     path, packed, _files, made = update
     out = str(device.art_dir / "rebuilt.eaf")
-    info = device.store().rebuild_delta(made.path, slot_for(packed, device.ring), out)
+    info = rebuild(device.store(), made.path, slot_for(packed, device.ring), out)
     assert artifact.sha256_file(out) == artifact.sha256_file(path)
     assert info["base_version"] == "1.0.0" and info["bytes"] == made.size == os.path.getsize(made.path)
     assert info["full_bytes"] == os.path.getsize(path)

@@ -242,7 +242,7 @@ def cmd_ota(args: argparse.Namespace, config: RuntimeConfig, store: ModelStore) 
         return {"changed": bool(done), "recovered": done}
     repaired = updater.repair()  # the history row a full disk kept an ended update from writing
     return {"changed": any(e.get("outcome") != "swept" for e in repaired),
-            "history": updater.history.rows(args.name, args.limit), "in_progress": updater._read_journal(),
+            "history": updater.history.rows(args.name, args.limit), "in_progress": updater.journal.read(),
             "repaired": repaired}
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import signal
 import tempfile
@@ -135,3 +136,21 @@ def atomic_output(out_path: str, mode: int = 0o644) -> Iterator[BinaryIO]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str, wait: bool = True, mode: int = 0o640) -> Iterator[bool]:
+    """Hold an exclusive flock on ``path`` (created if missing) for the block. Yields True; with
+    ``wait`` off, yields False at once when another process holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, mode)
+    try:
+        held = True
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if wait or exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            held = False
+        yield held
+    finally:
+        os.close(fd)

@@ -25,26 +25,27 @@ finds a journal left by a killed installer and rolls that transaction back the s
 
 History: every transaction is a row in ``state/history.sqlite`` (version, previous version, time,
 outcome, duration, phase reached, reason, bytes, per-phase timings), exposed as facts.
+
+Here is the transaction itself; its bookkeeping (journal, lock, history) is
+edgeai_runtime.device.journal, the health check of the activate phase, the watch and the undo is
+edgeai_runtime.device.health, and rebuilding an artifact from a delta is edgeai_runtime.device.rebuild.
 """
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
-import json
 import os
-import sqlite3
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 from edgeai_runtime.format.errors import EdgeAIError
-from edgeai_runtime import fsutil
 from edgeai_runtime.device.client import ServiceClient, ServiceDown, ServiceError
 from edgeai_runtime.device.config import RuntimeConfig
-from edgeai_runtime.fsutil import write_atomic
+from edgeai_runtime.device.health import Health
+from edgeai_runtime.device.journal import History, HistoryError, Journal, Tx
 from edgeai_runtime.device.plan import PlanRefused, Want, plan
+from edgeai_runtime.device.rebuild import rebuild
 from edgeai_runtime.format.artifact import read_header as artifact_header
 from edgeai_runtime.device.store import DiskFull, ModelStore, StoreError, open_store
 
@@ -54,8 +55,6 @@ SWITCHED = ("activate", "watch", "commit")
 #: Room one transaction's bookkeeping takes on the state filesystem, at most: the journal (written
 #: atomically, so two copies at a time) and the history row (SQLite's rollback journal, a new page).
 BOOKKEEPING_BYTES = 64 * 1024
-#: Below this much free space a failing SQLite write is taken for a full disk.
-_HISTORY_ROOM = 32 * 1024
 
 
 class UpdateFailed(EdgeAIError, RuntimeError):
@@ -95,188 +94,6 @@ class Policy:
         return self
 
 
-# -- history ---------------------------------------------------------------------------------
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS deployments (
-    txid TEXT PRIMARY KEY,
-    name TEXT NOT NULL,
-    version TEXT NOT NULL,
-    from_version TEXT,
-    mode TEXT NOT NULL,
-    started REAL NOT NULL,
-    finished REAL,
-    duration_s REAL,
-    outcome TEXT NOT NULL,
-    phase TEXT,
-    reason TEXT,
-    bytes_transferred INTEGER NOT NULL DEFAULT 0,
-    bytes_saved INTEGER NOT NULL DEFAULT 0,
-    timings TEXT NOT NULL DEFAULT '{}'
-);
-CREATE INDEX IF NOT EXISTS deployments_by_name ON deployments (name, started);
-"""
-
-
-class HistoryError(EdgeAIError, RuntimeError):
-    """The deployment history could not be read or written (a full disk is a DiskFull instead)."""
-
-    default_reason = "history_failed"
-
-
-class History:
-    """The device's deployment history, in SQLite. Outcomes: ``in_progress``, ``committed``,
-    ``refused`` (failed before the switch: nothing changed), ``rolled_back`` (failed after it: the
-    previous version serves again), ``interrupted`` (the installer died; recovery rolled back),
-    ``manual_rollback`` (an operator's rollback).
-
-    The database uses SQLite's rollback journal, not WAL: a WAL reader creates a ``-shm`` file, so
-    on a full disk even reading failed ("disk I/O error"); here reading needs no space, and a write
-    that finds no room is raised as a DiskFull naming the filesystem. Any other SQLite failure is a
-    HistoryError naming the database."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    @contextlib.contextmanager
-    def _db(self, doing: str) -> Iterator[sqlite3.Connection]:
-        try:
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            db = sqlite3.connect(self.path, timeout=30)
-        except (OSError, sqlite3.Error) as exc:
-            raise self._failed(exc, doing) from None
-        try:
-            if db.execute("PRAGMA journal_mode").fetchone()[0] != "delete":
-                db.execute("PRAGMA journal_mode=DELETE")  # a database an older runtime made in WAL mode
-            db.execute("PRAGMA synchronous=FULL")
-            if db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'deployments'").fetchone()[0] == 0:
-                db.executescript(_SCHEMA)
-            with db:
-                yield db
-        except (OSError, sqlite3.Error) as exc:
-            raise self._failed(exc, doing) from None
-        finally:
-            db.close()
-
-    def _failed(self, exc: BaseException, doing: str) -> Exception:
-        full = DiskFull.from_error(exc, doing, self.path)
-        if full is not None:
-            return full
-        try:
-            free = fsutil.space(self.path)[0]
-        except OSError:
-            free = _HISTORY_ROOM
-        if free < _HISTORY_ROOM:  # SQLite says "database or disk is full" or "disk I/O error"
-            return DiskFull(self.path, doing, detail="sqlite: %s" % exc)
-        return HistoryError("%s (%s): %s" % (doing, self.path, exc))
-
-    def begin(self, txid: str, name: str, version: str, from_version: Optional[str], mode: str,
-              started: float) -> None:
-        fsutil.write_point("history: begin")
-        with self._db("recording a deployment in the history") as db:
-            db.execute("INSERT INTO deployments (txid, name, version, from_version, mode, started, outcome)"
-                       " VALUES (?, ?, ?, ?, ?, ?, 'in_progress')", (txid, name, version, from_version, mode, started))
-
-    def finish(self, txid: str, outcome: str, phase: Optional[str], reason: Optional[str],
-               timings: Mapping[str, float], bytes_transferred: int = 0, bytes_saved: int = 0,
-               row: Optional[Tuple[str, str, Optional[str], str, float]] = None) -> bool:
-        """Close a row. With ``row`` (name, version, from_version, mode, started), a row that is
-        missing (its ``begin`` never happened) is written whole. False when there is no row ``txid``."""
-        now = time.time()
-        fsutil.write_point("history: finish (%s)" % outcome)
-        with self._db("recording the outcome %s in the history" % outcome) as db:
-            values = (outcome, phase, reason, json.dumps(dict(timings), sort_keys=True), bytes_transferred,
-                      bytes_saved)
-            done = db.execute("UPDATE deployments SET finished = ?, duration_s = round(? - started, 4), outcome = ?,"
-                              " phase = ?, reason = ?, timings = ?, bytes_transferred = ?, bytes_saved = ?"
-                              " WHERE txid = ?", (now, now) + values + (txid,))
-            if done.rowcount == 1 or row is None:
-                return done.rowcount == 1
-            db.execute("INSERT INTO deployments (txid, name, version, from_version, mode, started, finished,"
-                       " duration_s, outcome, phase, reason, timings, bytes_transferred, bytes_saved)"
-                       " VALUES (?, ?, ?, ?, ?, ?, ?, round(? - ?, 4), ?, ?, ?, ?, ?, ?)",
-                       (txid,) + tuple(row) + (now, now, row[4]) + values)
-            return True
-
-    def sweep(self, reason: str) -> int:
-        """Close rows left ``in_progress`` by an installer that died (call with the OTA lock held)."""
-        if not os.path.exists(self.path):
-            return 0
-        now = time.time()
-        with self._db("closing interrupted rows of the history") as db:
-            if db.execute("SELECT count(*) FROM deployments WHERE outcome = 'in_progress'").fetchone()[0] == 0:
-                return 0
-            fsutil.write_point("history: sweep")
-            return db.execute("UPDATE deployments SET finished = ?, duration_s = round(? - started, 4),"
-                              " outcome = 'interrupted', reason = ? WHERE outcome = 'in_progress'",
-                              (now, now, reason)).rowcount
-
-    def record(self, name: str, version: str, from_version: Optional[str], mode: str, outcome: str,
-               reason: Optional[str], timings: Mapping[str, float], phase: Optional[str] = None,
-               bytes_transferred: int = 0) -> str:
-        """One finished row at once (manual rollbacks, refusals), in one SQLite transaction."""
-        txid = uuid.uuid4().hex
-        self.finish(txid, outcome, phase, reason, timings, bytes_transferred,
-                    row=(name, version, from_version, mode, time.time() - sum(timings.values())))
-        return txid
-
-    def rows(self, name: Optional[str] = None, limit: int = 20) -> List[Dict[str, Any]]:
-        if not os.path.exists(self.path):
-            return []
-        with self._db("reading the history") as db:
-            db.row_factory = sqlite3.Row
-            query = "SELECT * FROM deployments %s ORDER BY started DESC, rowid DESC LIMIT ?" % (
-                "WHERE name = ?" if name else "")
-            found = db.execute(query, ((name, limit) if name else (limit,))).fetchall()
-        rows = []
-        for row in found:
-            item = dict(row)
-            item["timings"] = json.loads(item["timings"] or "{}")
-            rows.append(item)
-        return rows
-
-
-# -- the transaction -------------------------------------------------------------------------
-
-@dataclass
-class _Tx:
-    txid: str
-    name: str
-    version: str
-    from_version: Optional[str]
-    from_previous: Optional[str]
-    had_version: bool
-    mode: str
-    started: float
-    phase: str = "stage"
-    timings: Dict[str, float] = field(default_factory=dict)
-    bytes_transferred: int = 0
-    bytes_saved: int = 0
-    #: Set once the transaction has ended (its undo done) but its history row could not be written yet.
-    outcome: Optional[str] = None
-    reason: Optional[str] = None
-
-    def to_dict(self) -> Dict[str, Any]:
-        data = {"txid": self.txid, "name": self.name, "version": self.version, "from_version": self.from_version,
-                "from_previous": self.from_previous, "had_version": self.had_version, "mode": self.mode,
-                "started": self.started, "phase": self.phase, "timings": self.timings, "pid": os.getpid(),
-                "bytes_transferred": self.bytes_transferred, "bytes_saved": self.bytes_saved}
-        if self.outcome is not None:
-            data.update(outcome=self.outcome, reason=self.reason)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: Dict[str, Any]) -> "_Tx":
-        return cls(data["txid"], data["name"], data["version"], data.get("from_version"), data.get("from_previous"),
-                   bool(data.get("had_version")), data.get("mode", "push"), float(data.get("started", 0)),
-                   data.get("phase", "stage"), dict(data.get("timings") or {}), int(data.get("bytes_transferred", 0)),
-                   int(data.get("bytes_saved", 0)), data.get("outcome"), data.get("reason"))
-
-    def row(self) -> Tuple[str, str, Optional[str], str, float]:
-        """What History.finish needs to write the row whole when its ``begin`` never happened."""
-        return self.name, self.version, self.from_version, self.mode, self.started
-
-
 class Updater:
     """Runs update transactions against the store and, when it is up, the running service."""
 
@@ -290,7 +107,8 @@ class Updater:
         self.client = client or ServiceClient(config)
         self.state_dir = os.path.join(config.root, "state")
         self.history = History(os.path.join(self.state_dir, "history.sqlite"))
-        self.journal_path = os.path.join(self.state_dir, "ota.json")
+        self.journal = Journal(self.state_dir)
+        self.health = Health(self.client, self.store, self.config, restart_grace_s)
         self._reported = 0  # how much of store.swept _recover has reported
 
     # -- entry points ----------------------------------------------------------------------
@@ -306,7 +124,7 @@ class Updater:
         the journal, pruning) is reported in ``bookkeeping_failed`` and ``warnings`` and repaired by
         the next run (the journal stays until the history row is written)."""
         policy.check()
-        with self._lock():
+        with self.journal.lock():
             recovered = self._recover()
             try:
                 art = self.store.open_artifact(artifact)  # format, length, signature, class, runtime version
@@ -323,25 +141,25 @@ class Updater:
                 raise self._refused_on_arrival(artifact, exc, mode, stage_s, bytes_transferred, recovered) from None
             if not decided["changed"]:
                 return dict(result, changed=False, outcome="unchanged", timings={"stage": round(stage_s, 4)})
-            tx = _Tx(uuid.uuid4().hex, name, version, active, self.store.pointer(name, "previous"),
+            tx = Tx(uuid.uuid4().hex, name, version, active, self.store.pointer(name, "previous"),
                      version in self.store.versions(name), mode, time.time() - stage_s,
                      timings={"stage": round(stage_s, 4)}, bytes_transferred=bytes_transferred,
                      bytes_saved=bytes_saved)
             try:  # nothing is written before the room for all of it is known to be there
                 self._check_space(tx, art.manifest, artifact, keyslot, files)
-                self._journal(tx, "verify")  # the journal first: recovery finds any transaction that left a trace
+                self.journal.write(tx, "verify")  # the journal first: recovery finds any transaction that left a trace
             except (OSError, StoreError) as exc:
                 tx.phase = "verify"
                 raise self._failed(tx, result, exc, undo=False) from None
             try:
                 self.history.begin(tx.txid, name, version, active, mode, tx.started)
                 self._run(tx, art, artifact, keyslot, files, policy)
-                self._journal(tx, "commit")  # the commit point
+                self.journal.write(tx, "commit")  # the commit point
             except Exception as exc:  # every failure ends in the previous state, with the reason recorded
                 raise self._failed(tx, result, exc) from None
             return self._committed(tx, result)
 
-    def _failed(self, tx: _Tx, result: Dict[str, Any], exc: BaseException, undo: bool = True) -> UpdateFailed:
+    def _failed(self, tx: Tx, result: Dict[str, Any], exc: BaseException, undo: bool = True) -> UpdateFailed:
         """Put the device back as it was before ``tx`` (unless nothing was written yet), record why,
         and say what happened."""
         reason = "%s: %s" % (tx.phase, _describe(exc))
@@ -364,7 +182,7 @@ class Updater:
             result.update(bookkeeping_failed="; ".join(warnings), warnings=warnings)
         return UpdateFailed("update of %s to %s %s" % (tx.name, tx.version, _undo_words(outcome, reason, tx)), result)
 
-    def _committed(self, tx: _Tx, result: Dict[str, Any]) -> Dict[str, Any]:
+    def _committed(self, tx: Tx, result: Dict[str, Any]) -> Dict[str, Any]:
         """The update stands (the journal says ``commit``); what is left is bookkeeping, and a failure
         of it does not undo the update: it is reported, and the next run repairs it."""
         started = time.monotonic()
@@ -382,7 +200,7 @@ class Updater:
             done.update(bookkeeping_failed="; ".join(warnings), warnings=warnings)
         return done
 
-    def _record(self, tx: _Tx, outcome: str, reason: Optional[str], journal_written: bool) -> List[str]:
+    def _record(self, tx: Tx, outcome: str, reason: Optional[str], journal_written: bool) -> List[str]:
         """Write the history row of an ended transaction, then remove its journal. Returns warnings:
         when the row cannot be written, the journal keeps the outcome and the next run writes it."""
         phase = "commit" if outcome == "committed" else tx.phase
@@ -393,33 +211,17 @@ class Updater:
             problem = "writing the history row failed: %s" % _describe(exc)
             if not journal_written:
                 return ["%s; this refusal is not recorded" % problem]
-            if outcome != "committed" and not self._journal_outcome(tx, outcome, reason):
+            if outcome != "committed" and not self.journal.keep_outcome(tx, outcome, reason):
                 return ["%s; the journal could not keep the outcome either, so this transaction is not recorded"
                         % problem]
-            return ["%s; %s keeps the outcome and the next run records it" % (problem, self.journal_path)]
+            return ["%s; %s keeps the outcome and the next run records it" % (problem, self.journal.path)]
         if journal_written:
             try:
-                self._clear_journal()
+                self.journal.clear()
             except OSError as exc:
                 return ["removing the journal %s failed (the next run removes it): %s"
-                        % (self.journal_path, _describe(exc))]
+                        % (self.journal.path, _describe(exc))]
         return []
-
-    def _journal_outcome(self, tx: _Tx, outcome: str, reason: Optional[str]) -> bool:
-        """Keep an ended transaction's outcome in its journal, so that the next run records it as it
-        was (not as an installer that died). On a full disk, the old journal's room is reused."""
-        tx.outcome, tx.reason = outcome, reason
-        try:
-            self._journal(tx, tx.phase)
-            return True
-        except (OSError, StoreError):
-            pass
-        try:  # the undo is done: the journal may go for a moment, to free its block for the new one
-            self._clear_journal()
-            self._journal(tx, tx.phase)
-            return True
-        except (OSError, StoreError):
-            return False
 
     def _active_after(self, name: str) -> Optional[str]:
         try:
@@ -427,7 +229,7 @@ class Updater:
         except StoreError:
             return None
 
-    def _check_space(self, tx: _Tx, manifest: Any, artifact: str, keyslot: Dict[str, Any],
+    def _check_space(self, tx: Tx, manifest: Any, artifact: str, keyslot: Dict[str, Any],
                      files: Optional[Mapping[str, bytes]]) -> None:
         """Refuse, before the journal, an update the disk has no room for: the store's install and the
         transaction's bookkeeping (journal, history), on whichever filesystems they live."""
@@ -450,7 +252,7 @@ class Updater:
         started = time.monotonic()
         try:
             try:
-                info = self.store.rebuild_delta(delta, keyslot, rebuilt)
+                info = rebuild(self.store, delta, keyslot, rebuilt)
             except Exception as exc:  # noqa: BLE001 - nothing has changed yet: every failure means "send the artifact"
                 exc = DiskFull.from_error(exc, "rebuilding the artifact from the delta", rebuilt) or exc
                 reason = getattr(exc, "reason", None) or "delta_failed"
@@ -477,7 +279,7 @@ class Updater:
         version asked only where it decides (state active, the wanted version active)."""
         entry = self.store.entry(want.name)
         active = entry["active"]
-        serving = self._serving_ok(want.name, active) if want.state == "active" and active is not None \
+        serving = self.health.ok(want.name, active) if want.state == "active" and active is not None \
             and active == want.version else None
         return plan([entry], want, serving=serving)
 
@@ -552,7 +354,7 @@ class Updater:
 
     def rollback(self, name: str, version: Optional[str] = None, reason: Optional[str] = None) -> Dict[str, Any]:
         """Serve ``version`` (else the previous one) again, verify that it serves, and record why."""
-        with self._lock():
+        with self.journal.lock():
             recovered = self._recover()
             active = self.store.active(name)
             target = version or self.store.pointer(name, "previous")
@@ -563,7 +365,7 @@ class Updater:
                                  % (name, target, ", ".join(self.store.versions(name)) or "none"))
             base: Dict[str, Any] = {"name": name, "version": target, "previous_version": active,
                                     "recovered": recovered}
-            if active == target and self._serving_ok(name, target):
+            if active == target and self.health.ok(name, target):
                 return dict(base, changed=False, active_version=target, timings={})
             started = time.monotonic()
             self._switch_to(name, target)
@@ -574,29 +376,29 @@ class Updater:
             try:
                 self.history.record(name, target, active, "manual", "manual_rollback", why, timings)
             except Exception as exc:  # noqa: BLE001 - the rollback stands; the row is written by the next run
-                tx = _Tx(uuid.uuid4().hex, name, target, active, None, True, "manual",
+                tx = Tx(uuid.uuid4().hex, name, target, active, None, True, "manual",
                          time.time() - timings["rollback"], "rollback", timings)
                 problem = "writing the history row failed: %s" % _describe(exc)
-                kept = self._journal_outcome(tx, "manual_rollback", why)
-                warning = "%s; %s" % (problem, "%s keeps it and the next run records it" % self.journal_path
+                kept = self.journal.keep_outcome(tx, "manual_rollback", why)
+                warning = "%s; %s" % (problem, "%s keeps it and the next run records it" % self.journal.path
                                       if kept else "this rollback is not recorded")
                 done.update(bookkeeping_failed=warning, warnings=[warning])
             return done
 
     def recover(self) -> List[Dict[str, Any]]:
         """Roll back a transaction a killed installer left behind. Returns what was done."""
-        with self._lock():
+        with self.journal.lock():
             return self._recover()
 
     # -- phases ----------------------------------------------------------------------------
 
-    def _run(self, tx: _Tx, art: Any, artifact: str, keyslot: Dict[str, Any],
+    def _run(self, tx: Tx, art: Any, artifact: str, keyslot: Dict[str, Any],
              files: Optional[Mapping[str, bytes]], policy: Policy) -> None:
         with self._phase(tx, "verify"):
             self.store.install_artifact(artifact, keyslot, files, force=policy.force)
         service = self._expect_service = self.client.up()
         body = {"version": tx.version, "latency_p95_ms": policy.latency_p95_ms}
-        self._journal(tx, "load")
+        self.journal.write(tx, "load")
         if service:
             try:
                 prepared = self.client.call("POST", "/v2/admin/models/%s/prepare" % tx.name, body)
@@ -618,59 +420,25 @@ class Updater:
                 raise
             finally:
                 manager.close()
-        self._journal(tx, "activate")
+        self.journal.write(tx, "activate")
         with self._phase(tx, "activate"):
             if service:
-                identity = self._identity()
+                identity = self.health.identity()
                 self.client.call("POST", "/v2/admin/models/%s/activate" % tx.name, dict(body, prune=False))
                 self._verify_serves(tx.name, tx.version)
             else:
                 self.store.activate(tx.name, tx.version, prune=False)
-        self._journal(tx, "watch")
+        self.journal.write(tx, "watch")
         with self._phase(tx, "watch"):
             if service and policy.watch_s > 0:
-                self._watch(tx, policy, identity)
+                self.health.watch(tx.name, tx.version, policy, identity)
 
-    def _watch(self, tx: _Tx, policy: Policy, identity: Dict[str, Any]) -> None:
-        """Watch the new version for ``policy.watch_s``; raise at the first sign of trouble. A service
-        that stops answering gets ``restart_grace_s`` to come back, and then counts as restarted."""
-        base: Optional[Tuple[float, float]] = None
-        deadline = time.monotonic() + policy.watch_s
-        while True:
-            try:
-                if base is None:
-                    base = self.client.counts(tx.name, tx.version)
-                self._watch_once(tx, policy, identity, base)
-            except ServiceDown:
-                if not self.client.wait_up(self.restart_grace_s):
-                    raise RuntimeError("the inference service stopped answering during the watch window and did "
-                                       "not come back within %.0f s" % self.restart_grace_s) from None
-                continue  # the next round sees the restart
-            if time.monotonic() >= deadline:
-                return
-            time.sleep(min(policy.interval_s, max(deadline - time.monotonic(), 0.0)))
-
-    def _watch_once(self, tx: _Tx, policy: Policy, identity: Dict[str, Any], base: Tuple[float, float]) -> None:
-        now = self._identity()
-        if now != identity:
-            raise RuntimeError("the inference service restarted during the watch window (pid %s started at %s, now "
-                               "pid %s started at %s)"
-                               % (identity.get("pid"), identity.get("started"), now.get("pid"), now.get("started")))
-        serving = self.client.serving(tx.name)
-        if serving != tx.version:
-            raise RuntimeError("the service serves %s %s, not %s" % (tx.name, serving, tx.version))
-        if not self.client.ready(tx.name, tx.version):
-            raise RuntimeError("%s %s is not ready" % (tx.name, tx.version))
-        self._probe(tx.name, tx.version)
-        answered, errors = self.client.counts(tx.name, tx.version)
-        seen, failed = answered - base[0] + errors - base[1], errors - base[1]
-        if seen >= policy.min_requests and failed / seen > policy.max_error_rate:
-            raise RuntimeError("error rate %.3f (%d of %d requests failed in the backend) is over %.3f"
-                               % (failed / seen, failed, seen, policy.max_error_rate))
+    def _verify_serves(self, name: str, version: str) -> None:
+        self.health.check(name, version, self._service_up())
 
     # -- undo ------------------------------------------------------------------------------
 
-    def _undo(self, tx: _Tx) -> str:
+    def _undo(self, tx: Tx) -> str:
         """Put the device back as it was before ``tx``; the outcome for the history."""
         switched = tx.phase in SWITCHED
         if tx.from_version is not None:
@@ -681,7 +449,7 @@ class Updater:
             self._verify_serves(tx.name, tx.from_version)
         return "rolled_back" if switched else "refused"
 
-    def _discard(self, tx: _Tx) -> None:
+    def _discard(self, tx: Tx) -> None:
         """Unload the failed version and, when this transaction installed it, remove it from the store."""
         if self.client.up():
             with contextlib.suppress(ServiceError):
@@ -700,55 +468,6 @@ class Updater:
         else:
             self.store.activate(name, version, prune=prune)
 
-    def _verify_serves(self, name: str, version: str) -> None:
-        """The service must serve ``version``, report it ready and answer a probe inference.
-        With no service running, the version must load and pass its gate here."""
-        if not self._service_up():
-            from edgeai_runtime.service.serving import ModelManager
-            manager = ModelManager(self.store, self.config)
-            try:
-                manager.load(name, version).close_when_idle(0)
-            finally:
-                manager.close()
-            return
-        serving = self.client.serving(name)
-        if serving != version:
-            raise RuntimeError("the service serves %s %s, not %s" % (name, serving, version))
-        if not self.client.ready(name, version):
-            raise RuntimeError("%s %s is not ready" % (name, version))
-        self._probe(name, version)
-
-    def _serving_ok(self, name: str, version: str) -> bool:
-        """Is ``version`` in place? With the service up it must serve it and answer; with none
-        running, the store's pointer is what the service will serve when it starts."""
-        if not self.client.up():
-            return self.store.active(name) == version
-        try:
-            self._verify_serves(name, version)
-            return True
-        except Exception:  # anything wrong means "not in the wanted state": the caller acts
-            return False
-
-    def _probe(self, name: str, version: str) -> None:
-        """One inference of zeros shaped like the manifest's inputs, through the HTTP API."""
-        manifest = self.store.manifest(name, version)
-        inputs = {}
-        for tensor in manifest.inputs:
-            shape = [1 if d < 0 else d for d in tensor.shape]
-            count = 1
-            for d in shape:
-                count *= d
-            inputs[tensor.name] = (tensor.datatype, shape, [False if tensor.datatype == "BOOL" else 0] * count)
-        try:
-            answer = self.client.infer(name, version, inputs)
-        except ServiceError as exc:
-            raise RuntimeError("a probe inference on %s %s failed: %s" % (name, version, exc)) from None
-        if not answer.get("outputs"):
-            raise RuntimeError("a probe inference on %s %s returned no outputs" % (name, version))
-
-    def _identity(self) -> Dict[str, Any]:
-        return dict(self.client.status().get("process") or {})
-
     # -- recovery --------------------------------------------------------------------------
 
     def _recover(self) -> List[Dict[str, Any]]:
@@ -760,11 +479,11 @@ class Updater:
         swept = ["models/%s" % path for path in self.store.swept[self._reported:]]
         self._reported = len(self.store.swept)
         done: List[Dict[str, Any]] = [{"outcome": "swept", "path": p} for p in swept + self._sweep_leftovers()]
-        data = self._read_journal()
+        data = self.journal.read()
         if data is None:
             self.history.sweep("interrupted before its journal was written; nothing was changed")
             return done
-        tx = _Tx.from_dict(data)
+        tx = Tx.from_dict(data)
         entry = {"txid": tx.txid, "name": tx.name, "version": tx.version}
         if tx.outcome is not None:  # it had ended (undone, or an operator's rollback); only its row was left
             self._write_row(tx, tx.outcome, tx.phase, tx.reason)
@@ -781,12 +500,12 @@ class Updater:
         self.history.sweep("interrupted; recovered with transaction %s" % tx.txid)
         return done + [dict(entry, outcome="interrupted", undo=outcome, restored=tx.from_version)]
 
-    def _write_row(self, tx: _Tx, outcome: str, phase: Optional[str], reason: Optional[str]) -> None:
+    def _write_row(self, tx: Tx, outcome: str, phase: Optional[str], reason: Optional[str]) -> None:
         """The history row of a transaction the journal describes (written whole if it has none), then
         the journal goes."""
         self.history.finish(tx.txid, outcome, phase, reason, tx.timings, tx.bytes_transferred, tx.bytes_saved,
                             row=tx.row())
-        self._clear_journal()
+        self.journal.clear()
 
     def repair(self) -> List[Dict[str, Any]]:
         """The light part of recovery, for commands that only read (``ota history``): when no update
@@ -795,9 +514,9 @@ class Updater:
         if not os.path.isdir(self.state_dir):  # no update ever ran here: nothing to repair, nothing to create
             return []
         try:
-            with self._lock():
-                data = self._read_journal()
-                tx = _Tx.from_dict(data) if data is not None else None
+            with self.journal.lock():
+                data = self.journal.read()
+                tx = Tx.from_dict(data) if data is not None else None
                 if tx is not None and (tx.outcome is not None or tx.phase == "commit"):
                     return self._recover()
                 return [{"outcome": "swept", "path": p} for p in self._sweep_leftovers()]
@@ -828,75 +547,19 @@ class Updater:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(cache, entry))
                 removed.append("cache/%s" % entry)
-        try:
-            entries = sorted(os.listdir(self.state_dir))
-        except OSError:
-            entries = []
-        for entry in entries:
-            if entry.startswith(".tmp-"):
-                fsutil.write_point("sweep state/%s" % entry)
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(os.path.join(self.state_dir, entry))
-                    removed.append("state/%s" % entry)
+        removed += self.journal.sweep()
         return removed
 
-    # -- journal and lock ------------------------------------------------------------------
+    # -- phases ----------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _phase(self, tx: _Tx, phase: str) -> Iterator[None]:
+    def _phase(self, tx: Tx, phase: str) -> Iterator[None]:
         tx.phase = phase
         started = time.monotonic()
         try:
             yield
         finally:
             tx.timings[phase] = round(time.monotonic() - started, 4)
-
-    def _journal(self, tx: _Tx, phase: str) -> None:
-        tx.phase = phase
-        try:
-            os.makedirs(self.state_dir, exist_ok=True)
-            write_atomic(self.journal_path, json.dumps(tx.to_dict(), sort_keys=True).encode(), 0o640,
-                         label="journal phase %s%s" % (phase, " (%s)" % tx.outcome if tx.outcome else ""))
-        except OSError as exc:
-            full = DiskFull.from_error(exc, "writing the OTA journal (phase %s)" % phase, self.journal_path)
-            if full is None:
-                raise
-            raise full from None
-
-    def _read_journal(self) -> Optional[Dict[str, Any]]:
-        try:
-            with open(self.journal_path, encoding="utf-8") as f:
-                journal: Dict[str, Any] = json.load(f)
-                return journal
-        except FileNotFoundError:
-            return None
-        except ValueError:  # write_atomic renames a complete file into place, so this is not ours to read
-            raise StoreError("the OTA journal %s is unreadable; inspect it and remove it" % self.journal_path) from None
-
-    def _clear_journal(self) -> None:
-        if not os.path.exists(self.journal_path):
-            return
-        fsutil.write_point("journal: remove")
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.journal_path)
-        fsutil.fsync_dir(self.state_dir)
-
-    @contextlib.contextmanager
-    def _lock(self) -> Iterator[None]:
-        os.makedirs(self.state_dir, exist_ok=True)
-        fd = os.open(os.path.join(self.state_dir, "ota.lock"), os.O_RDWR | os.O_CREAT, 0o640)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                if exc.errno in (errno.EAGAIN, errno.EACCES):
-                    raise StoreError("another model update is running on this device (%s is locked)"
-                                     % os.path.join(self.state_dir, "ota.lock")) from None
-                raise
-            yield
-        finally:
-            os.close(fd)
-
 
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, ServiceDown):
@@ -907,7 +570,7 @@ def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _undo_words(outcome: str, reason: str, tx: Optional[_Tx], active: Optional[str] = None) -> str:
+def _undo_words(outcome: str, reason: str, tx: Optional[Tx], active: Optional[str] = None) -> str:
     previous = tx.from_version if tx is not None else active
     if outcome == "rollback_failed":
         return "failed, and so did putting the previous state back: %s" % reason

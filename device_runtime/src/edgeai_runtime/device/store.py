@@ -390,30 +390,6 @@ class ModelStore:
         except (StoreError, ManifestError, ValueError):
             return False
 
-    def rebuild_delta(self, path: str, keyslot: Dict[str, Any], out_path: str) -> Dict[str, Any]:
-        """Rebuild the artifact a delta (edgeai_runtime.format.delta) carries into ``out_path``, patching the
-        version of its model held here whose sha256 is the delta's base. Stores nothing; the rebuilt
-        artifact is installed like any other. Raises ArtifactError (reason ``delta_*`` and the like)."""
-        from edgeai_runtime.format.delta import Delta
-        delta = Delta.open(path, self.trusted_signers())
-        base = delta.base
-        held = [v for v in self.versions(base["name"]) if self.holds(base["name"], v, base["sha256"])]
-        if not held:
-            raise ArtifactError("delta_base_missing", "%s patches %s %s (sha256 %s), which this device does not hold "
-                                "(it holds: %s)" % (path, base["name"], base["version"], base["sha256"][:12],
-                                                    ", ".join(self.versions(base["name"])) or "none"))
-        active = self.active(base["name"])
-        base_version = active if active is not None and active in held else held[-1]
-        try:
-            model = self.read_model(base["name"], base_version)
-        except StoreError as exc:
-            raise ArtifactError("delta_base_missing", "%s: its base %s %s does not load: %s"
-                                % (path, base["name"], base_version, exc)) from None
-        data_key = self.keyring.open_slot(keyslot, delta.target["artifact_id"])
-        delta.rebuild(model, data_key, out_path)
-        return {"base_version": base_version, "bytes": delta.size, "full_bytes": delta.target["artifact_size"],
-                "bytes_saved": delta.target["artifact_size"] - delta.size}
-
     def rekey(self, name: str, version: str, keyslot: Dict[str, Any]) -> Change:
         """Replace an installed artifact's key slot with one for another device key (rotation).
         The new slot must open with this device's keyring and match the artifact's key commitment."""

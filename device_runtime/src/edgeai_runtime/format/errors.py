@@ -20,9 +20,9 @@ class                             default ``reason``      raised for
 ``plan.PlanRefused``              (always given)          what is wanted cannot be done
 ``ota.UpdateFailed``              ``update_failed``       an update ended with the previous state back
 ``ota.DeltaFailed``               (always given)          a delta gives no artifact
-``ota.HistoryError``              ``history_failed``      the history database fails
+``journal.HistoryError``          ``history_failed``      the history database fails
 ``gate.GateFailed``               ``gate``                a version fails its gate
-``registry.RegistryError``        (always given)          the pull registry fails or is refused
+``agent.RegistryError``           (always given)          the pull registry fails or is refused
 ``client.ServiceError``           ``service``             the service answers with an error
 ``client.ServiceDown``            ``service_down``        the service does not answer
 ``serving.ModelNotFound``         ``not_found``           a model or version the service lacks
