@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import json
 import os
 import sys
@@ -32,7 +31,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 
 from edgeai_runtime.format import artifact, keys
-from edgeai_runtime.fsutil import write_atomic
+from edgeai_runtime.fsutil import exclusive_lock, write_atomic
 from edgeai_runtime.controller import packing, variants
 from edgeai_runtime.format.keys import ArtifactError
 from edgeai_runtime.format.manifest import Manifest, ManifestError, version_key
@@ -199,12 +198,8 @@ class Release:
 @contextlib.contextmanager
 def _locked(directory: str) -> Iterator[None]:
     """Forks packing the same model for many hosts at once pack it once."""
-    fd = os.open(os.path.join(directory, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with exclusive_lock(os.path.join(directory, ".lock"), mode=0o644):
         yield
-    finally:
-        os.close(fd)
 
 
 def artifact_path(out_dir: str, model_dir: ModelDir, cipher: str) -> str:
