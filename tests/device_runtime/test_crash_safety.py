@@ -31,7 +31,8 @@ import pytest
 from edgeai_runtime import cli
 from edgeai_runtime.device.config import load_config
 from edgeai_runtime.fsutil import CRASH_ENV, TRACE_ENV
-from edgeai_runtime.device.ota import History, Policy, Updater
+from edgeai_runtime.device.journal import History, Journal
+from edgeai_runtime.device.ota import Policy, Updater
 from edgeai_runtime.device.store import ModelStore
 from support import artifacts
 from support.service import write_config
@@ -332,14 +333,14 @@ def test_history_begin_failing_leaves_no_journal_that_reads_as_a_dead_installer(
     real reason, not as "installer pid died"."""
     mnt = tmpfs.mount(8 << 20)
     root = template.copy_to(mnt / "root")
-    journal_write = Updater._journal
+    journal_write = Journal.write
 
     def filled_after_verify(self, tx, phase):
         journal_write(self, tx, phase)
         if phase == "verify" and tx.outcome is None:
             fill(mnt)
 
-    monkeypatch.setattr(Updater, "_journal", filled_after_verify)
+    monkeypatch.setattr(Journal, "write", filled_after_verify)
     code, out = run_cli(capsys, root, *template.apply_args())
     monkeypatch.undo()
     assert code == 1 and not out["changed"] and out["outcome"] == "refused" and out["phase"] == "verify", out

@@ -8,7 +8,8 @@ import httpx
 import numpy as np
 
 from edgeai_runtime.device.config import load_config
-from edgeai_runtime.device.ota import History, Policy, Updater
+from edgeai_runtime.device.journal import History
+from edgeai_runtime.device.ota import Policy, Updater
 from edgeai_runtime.device.store import ModelStore
 
 from . import artifacts, modelgen
