@@ -85,6 +85,12 @@ ansible_facts:
         preferred_cipher:
           description: C(aes-256-gcm) where the CPU has AES instructions, else C(chacha20-poly1305).
           type: str
+        profile:
+          description:
+            - The device's class profile as its runtime reads it (C(hardware_class), C(runtime), C(precision)), which
+              a release's variant is chosen by (C(playbooks/publish.yml)). Absent where the device runtime is too old
+              to report it.
+          type: dict
 key_ids:
   description: Ids of every key pair the device holds.
   returned: always
@@ -139,6 +145,8 @@ def main():
     current = after.get('current')
     if current is not None:
         current = dict(current, preferred_cipher=after.get('preferred_cipher'))
+        if after.get('profile'):
+            current['profile'] = after['profile']
     after_id = (current or {}).get('key_id') if not (module.check_mode and p['rotate']) else '(new key)'
     if module._diff:
         result['diff'] = dict(before='current key: %s\n' % before_id, after='current key: %s\n' % after_id)

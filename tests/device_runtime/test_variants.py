@@ -228,3 +228,64 @@ def test_the_demo_release_builds_and_fits_every_sim_class(tmp_path):
     manifest = json.loads((tmp_path / "digits-1.0.0" / "tflite-int8" / "manifest.json").read_text())
     assert manifest["precision"] == "int8" and manifest["hardware_classes"] == ["raspberry_pi", "coral"]
     shutil.rmtree(tmp_path / "digits-1.0.0")
+
+
+# -- pull mode: each device's update document names its own variant --------------------------
+
+def _device(tmp_path, name, profile):
+    ring = DeviceKeyring(str(tmp_path / "devices" / name))
+    ring.create("x25519")
+    return ring, {"public_key": ring.current().public_pem, "profile": profile}
+
+
+def _publish_cli(tmp_path, release, keys_dir, devices_file):
+    """edgeai-artifact publish, in a process of its own, as playbooks/publish.yml runs it."""
+    import subprocess
+    import sys
+    argv = [sys.executable, "-m", "edgeai_runtime.controller.publisher", "publish", "--keys-dir", keys_dir,
+            "--registry", str(tmp_path / "registry"), "--out-dir", str(tmp_path / "artifacts"),
+            "--model-dir", str(release), "--devices", str(devices_file), "--sequence", "7"]
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr + done.stdout
+    return json.loads(done.stdout)
+
+
+def test_publishing_a_release_gives_each_device_its_variant_and_refuses_one_that_none_fits(tmp_path, release,
+                                                                                           signer_keys):
+    rings, devices = {}, {}
+    misfit = dict(hardware_class="jetson_orin", runtime="tflite", precision="int8")
+    for name, profile in (("amd64", GENERIC), ("pi", PI), ("coral", CORAL), ("nano", NANO), ("misfit", misfit)):
+        rings[name], devices[name] = _device(tmp_path, name, profile)
+    devices_file = tmp_path / "devices.json"
+    devices_file.write_text(json.dumps(devices))
+
+    first = _publish_cli(tmp_path, release, signer_keys.dir, devices_file)
+    assert first["changed"] and len(first["documents"]) == 4, first
+    refused = first["refused"]
+    assert list(refused) == ["misfit"] and reason_text_names(refused["misfit"], "jetson_orin", "tflite-int8"), refused
+    runtimes = {}
+    for name, ring in rings.items():
+        path = tmp_path / "registry" / "updates" / (ring.current_id() + ".json")
+        if name == "misfit":
+            assert not path.exists()  # nothing at all for it: it keeps whatever it had
+            continue
+        doc = json.loads(path.read_text())
+        (model,) = doc["models"]
+        header = artifact.read_header(str(tmp_path / "registry" / model["artifact"]["path"]))
+        assert model["keyslot"]["artifact_id"] == header["artifact_id"]  # its slot opens its own variant
+        assert ring.open_slot(model["keyslot"], header["artifact_id"])
+        runtimes[name] = (header["manifest"]["runtime"], header["manifest"]["precision"])
+        assert model["model_sha256"] == header["manifest"]["sha256"]
+        assert first["variants"][name] == [publisher.Release.read(str(release)).select(devices[name]["profile"])
+                                           .identity]
+    assert runtimes == {"amd64": ("onnxruntime", "fp32"), "pi": ("tflite", "int8"), "coral": ("tflite", "int8"),
+                        "nano": ("onnxruntime", "fp32")}
+    packed = sorted(p.name for p in (tmp_path / "artifacts").glob("*.eaf"))
+    assert len(packed) == 2, packed  # each variant packed once, for every device that gets it
+
+    again = _publish_cli(tmp_path, release, signer_keys.dir, devices_file)
+    assert not again["changed"] and again["documents"] == [] and list(again["refused"]) == ["misfit"], again
+
+
+def reason_text_names(message, *words):
+    return all(word in message for word in words)

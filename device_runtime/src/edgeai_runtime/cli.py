@@ -199,6 +199,7 @@ def cmd_keys(args: argparse.Namespace, config: RuntimeConfig, store: ModelStore)
     result["current"] = current.to_dict() if current else None
     result["key_ids"] = ring.ids()
     result["preferred_cipher"] = default_cipher()
+    result["profile"] = config.profile()  # what the controller chooses a model variant by (publish)
     return result
 
 

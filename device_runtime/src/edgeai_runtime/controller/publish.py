@@ -7,7 +7,7 @@ import json
 import os
 import shutil
 import time
-from typing import Any, Callable, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from edgeai_runtime.fsutil import write_atomic
 from edgeai_runtime.format.artifact import read_header, sha256_file
@@ -16,12 +16,14 @@ from edgeai_runtime.format.updates import DOC_FORMAT, DOC_VERSION, canonical
 
 
 def publish(registry: str, signing_key: Any, releases: List[Dict[str, Any]], devices: Mapping[str, str],
-            wrap: Callable[[str, str], Dict[str, Any]], sequence: Optional[int] = None) -> Dict[str, Any]:
+            wrap: Callable[[str, str], Dict[str, Any]], sequence: Optional[int] = None,
+            per_device: Optional[Mapping[str, List[Dict[str, Any]]]] = None) -> Dict[str, Any]:
     """Write the registry: each release's artifact and gate files (copied once), and for every
     device (key id -> public key PEM) a signed update document with its own key slots.
 
     ``releases``: [{"artifact": path, "files": {name: path}, "force": bool, "deltas": [{"path": delta file,
-    "base_version": v, "base_sha256": sha}]}]; ``wrap(artifact, pem)``
+    "base_version": v, "base_sha256": sha}]}]; ``per_device`` (key id -> releases) gives a device
+    releases of its own instead (the variants that fit it); ``wrap(artifact, pem)``
     returns the artifact's key slot for one device. ``sequence`` defaults to the time in seconds,
     so a later publication always supersedes an earlier one. A device whose document would say the
     same (same models, versions, artifacts and files, key slots for the same key) keeps its
@@ -29,40 +31,24 @@ def publish(registry: str, signing_key: Any, releases: List[Dict[str, Any]], dev
     sequence = int(time.time()) if sequence is None else sequence
     os.makedirs(os.path.join(registry, "artifacts"), exist_ok=True)
     os.makedirs(os.path.join(registry, "updates"), exist_ok=True)
-    entries = []
+    per_device = per_device or {}
+    entries: Dict[str, Dict[str, Any]] = {}
     copied = False
-    for release in releases:
-        header = read_header(release["artifact"])
-        base = os.path.basename(release["artifact"])
-        artifact_rel = "artifacts/" + base
-        copied |= _copy_if_changed(release["artifact"], os.path.join(registry, artifact_rel))
-        files = {}
-        for name, path in sorted((release.get("files") or {}).items()):
-            rel = "artifacts/%s.files/%s" % (base[:-len(".eaf")] if base.endswith(".eaf") else base, name)
-            copied |= _copy_if_changed(path, os.path.join(registry, rel))
-            files[name] = {"path": rel, "sha256": sha256_file(path), "size": os.path.getsize(path)}
-        deltas = []
-        for delta in release.get("deltas") or []:
-            rel = "artifacts/" + os.path.basename(delta["path"])
-            copied |= _copy_if_changed(delta["path"], os.path.join(registry, rel))
-            deltas.append({"path": rel, "sha256": sha256_file(delta["path"]), "size": os.path.getsize(delta["path"]),
-                           "base_version": delta["base_version"], "base_sha256": delta["base_sha256"]})
-        entries.append({"name": header["manifest"]["name"], "version": header["manifest"]["version"],
-                        "model_sha256": header["manifest"]["sha256"],
-                        "force": bool(release.get("force")), "source": release["artifact"],
-                        "artifact": {"path": artifact_rel, "sha256": sha256_file(release["artifact"]),
-                                     "size": os.path.getsize(release["artifact"])}, "files": files,
-                        **({"deltas": deltas} if deltas else {})})
+    for release in list(releases) + [r for device in sorted(per_device) for r in per_device[device]]:
+        if release["artifact"] not in entries:
+            entries[release["artifact"]], did_copy = _entry(registry, release)
+            copied |= did_copy
     written = []
     for device, pem in sorted(devices.items()):
         if key_id(load_public(pem)) != device:
             raise ArtifactError("bad_key", "the public key given for device %s has key id %s"
                                 % (device, key_id(load_public(pem))))
         path = os.path.join(registry, "updates", device + ".json")
-        wanted = [{k: v for k, v in e.items() if k != "source"} for e in entries]
+        mine = [entries[r["artifact"]] for r in per_device.get(device, releases)]
+        wanted = [{k: v for k, v in e.items() if k != "source"} for e in mine]
         if _same_document(path, wanted, device):
             continue
-        models = [dict(w, keyslot=wrap(e["source"], pem)) for w, e in zip(wanted, entries)]
+        models = [dict(w, keyslot=wrap(e["source"], pem)) for w, e in zip(wanted, mine)]
         doc = {"format": DOC_FORMAT, "format_version": DOC_VERSION, "device": device, "sequence": sequence,
                "issued": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "models": models}
         body = canonical(doc)
@@ -70,7 +56,34 @@ def publish(registry: str, signing_key: Any, releases: List[Dict[str, Any]], dev
         write_atomic(path, body, 0o644)                              # a new document with an old signature
         written.append(path)
     return {"changed": copied or bool(written), "registry": registry, "sequence": sequence, "documents": written,
-            "models": ["%s %s" % (e["name"], e["version"]) for e in entries]}
+            "models": sorted({"%s %s" % (e["name"], e["version"]) for e in entries.values()})}
+
+
+def _entry(registry: str, release: Dict[str, Any]) -> Tuple[Dict[str, Any], bool]:
+    """One release's entry of the update document, its files copied into the registry; and
+    whether anything had to be copied."""
+    header = read_header(release["artifact"])
+    base = os.path.basename(release["artifact"])
+    artifact_rel = "artifacts/" + base
+    copied = _copy_if_changed(release["artifact"], os.path.join(registry, artifact_rel))
+    files = {}
+    for name, path in sorted((release.get("files") or {}).items()):
+        rel = "artifacts/%s.files/%s" % (base[:-len(".eaf")] if base.endswith(".eaf") else base, name)
+        copied |= _copy_if_changed(path, os.path.join(registry, rel))
+        files[name] = {"path": rel, "sha256": sha256_file(path), "size": os.path.getsize(path)}
+    deltas = []
+    for delta in release.get("deltas") or []:
+        rel = "artifacts/" + os.path.basename(delta["path"])
+        copied |= _copy_if_changed(delta["path"], os.path.join(registry, rel))
+        deltas.append({"path": rel, "sha256": sha256_file(delta["path"]), "size": os.path.getsize(delta["path"]),
+                       "base_version": delta["base_version"], "base_sha256": delta["base_sha256"]})
+    entry = {"name": header["manifest"]["name"], "version": header["manifest"]["version"],
+             "model_sha256": header["manifest"]["sha256"],
+             "force": bool(release.get("force")), "source": release["artifact"],
+             "artifact": {"path": artifact_rel, "sha256": sha256_file(release["artifact"]),
+                          "size": os.path.getsize(release["artifact"])}, "files": files,
+             **({"deltas": deltas} if deltas else {})}
+    return entry, copied
 
 
 def _same_document(path: str, wanted: List[Dict[str, Any]], device: str) -> bool:

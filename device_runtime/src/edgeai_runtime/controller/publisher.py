@@ -26,7 +26,7 @@ import json
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 
@@ -330,28 +330,92 @@ def _delta_facts(path: str, header: Dict[str, Any], made: bool) -> Dict[str, Any
             "base_sha256": header["base"]["sha256"], "bytes": size, "full_bytes": full, "bytes_saved": full - size}
 
 
-def publish_registry(registry: str, model_dirs: List[str], out_dir: str, fleet: FleetKeys, device_pems: List[str],
-                     cipher: str = "aes-256-gcm", force: bool = False, sequence: Optional[int] = None,
-                     delta_bases: int = 2) -> Dict[str, Any]:
-    """Pack each model directory (once), then write the pull registry: artifacts, gate files and a
-    signed update document per device (edgeai_runtime.controller.publish). Each release also gets deltas
-    from the ``delta_bases`` newest older versions packed in ``out_dir`` (where worth it)."""
+@dataclass(frozen=True)
+class Device:
+    """A device to publish for: its public key and the class profile it reports (None: none)."""
+    name: str
+    public_pem: str
+    profile: Optional[Dict[str, Any]] = None
+
+    @property
+    def key_id(self) -> str:
+        return keys.key_id(keys.load_public(self.public_pem, "the public key of device %s" % self.name))
+
+    def variant_of(self, release: Release) -> ModelDir:
+        """The variant of ``release`` this device gets, as ``edgeai.fleet.model`` chooses it in push mode."""
+        if self.profile:
+            return release.select(self.profile)
+        if len(release.variants) == 1:
+            return release.variants[0]  # a device runtime too old to report its profile: nothing to choose
+        raise ArtifactError("no_profile", "the device reports no class profile, so none of the %d variants in %s "
+                            "can be chosen for it" % (len(release.variants), release.path))
+
+
+def read_devices(path: str) -> List[Device]:
+    """The devices file: {"<name>": {"public_key": "<PEM>", "profile": {...} or null}, ...}, as
+    playbooks/publish.yml writes it from each host's edgeai_device_key fact."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except OSError as exc:
+        raise ArtifactError("bad_devices", "reading the devices file %s: %s" % (path, exc.strerror)) from None
+    except ValueError as exc:
+        raise ArtifactError("bad_devices", "the devices file %s is not JSON: %s" % (path, exc)) from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) and v.get("public_key") for v in data.values()):
+        raise ArtifactError("bad_devices", "%s must map device names to {\"public_key\": PEM, \"profile\": {...}}"
+                            % path)
+    return [Device(name, entry["public_key"], entry.get("profile") or None) for name, entry in sorted(data.items())]
+
+
+def publish_registry(registry: str, model_dirs: List[str], out_dir: str, fleet: FleetKeys,
+                     devices: Sequence[Union[str, Device]], cipher: str = "aes-256-gcm", force: bool = False,
+                     sequence: Optional[int] = None, delta_bases: int = 2) -> Dict[str, Any]:
+    """Pack the releases (model directories, or release directories of variants), then write the
+    pull registry: artifacts, gate files and a signed update document per device
+    (edgeai_runtime.controller.publish). Each device gets, of every release, the variant that fits
+    its class profile; only the variants some device gets are packed, each once. A device that no
+    variant of a release fits gets no new document (its old one stays) and is listed in
+    ``refused``, naming its class and the variants on offer. Each release also gets deltas from
+    the ``delta_bases`` newest older versions of that variant packed in ``out_dir`` (where worth it).
+    ``devices``: Device records, or bare public key PEMs (a device reporting no profile)."""
     from edgeai_runtime.controller.publish import publish
-    releases = []
-    for model_dir in model_dirs:
-        md = ModelDir.read(model_dir)
-        path, _header, _changed = ensure_artifact(md, out_dir, fleet, cipher)
-        deltas = []
-        for base in older_artifacts(out_dir, md.fields, cipher)[:delta_bases]:
-            try:
-                delta_path, facts = ensure_delta(base, path, fleet)
-            except (ArtifactError, OSError):  # a delta is an optimisation: the artifact goes anyway
-                continue
-            if delta_path:
-                deltas.append(facts)
-        releases.append({"artifact": path, "files": md.files, "force": force, "deltas": deltas})
-    devices = {keys.key_id(keys.load_public(pem)): pem for pem in device_pems}
-    return publish(registry, fleet.signing, releases, devices, lambda path, pem: wrap_for(path, fleet, pem), sequence)
+    releases = [Release.read(path) for path in model_dirs]
+    packed: Dict[str, Dict[str, Any]] = {}
+
+    def release_of(model_dir: ModelDir) -> Dict[str, Any]:
+        if model_dir.path not in packed:
+            path, _header, _changed = ensure_artifact(model_dir, out_dir, fleet, cipher)
+            deltas = []
+            for base in older_artifacts(out_dir, model_dir.fields, cipher)[:delta_bases]:
+                try:
+                    delta_path, facts = ensure_delta(base, path, fleet)
+                except (ArtifactError, OSError):  # a delta is an optimisation: the artifact goes anyway
+                    continue
+                if delta_path:
+                    deltas.append(facts)
+            packed[model_dir.path] = {"artifact": path, "files": model_dir.files, "force": force, "deltas": deltas}
+        return packed[model_dir.path]
+
+    pems: Dict[str, str] = {}
+    per_device: Dict[str, List[Dict[str, Any]]] = {}
+    refused: Dict[str, str] = {}
+    chosen: Dict[str, List[str]] = {}
+    for index, device in enumerate(devices):
+        if isinstance(device, str):
+            device = Device("device %d" % (index + 1), device)
+        try:
+            kid = device.key_id
+            picks = [device.variant_of(release) for release in releases]
+        except ArtifactError as exc:
+            refused[device.name] = "%s: %s" % (device.name, exc)
+            continue
+        pems[kid] = device.public_pem
+        per_device[kid] = [release_of(md) for md in picks]
+        chosen[device.name] = [md.identity for md in picks]
+    result = publish(registry, fleet.signing, [], pems, lambda path, pem: wrap_for(path, fleet, pem), sequence,
+                     per_device)
+    result.update(refused=refused, variants=chosen)
+    return result
 
 
 def wrap_for(path: str, fleet: FleetKeys, public_pem: str, artifact_id: Optional[str] = None) -> Dict[str, str]:
@@ -392,8 +456,12 @@ def _parser() -> argparse.ArgumentParser:
     publish.add_argument("--keys-dir", required=True)
     publish.add_argument("--registry", required=True, help="directory to write (host it with any web server)")
     publish.add_argument("--out-dir", required=True, help="where packed artifacts are kept")
-    publish.add_argument("--model-dir", action="append", required=True, help="a model directory (repeatable)")
-    publish.add_argument("--device", action="append", required=True, help="a device's public key PEM file (repeatable)")
+    publish.add_argument("--model-dir", action="append", required=True,
+                         help="a model directory, or a release directory of variants (repeatable)")
+    publish.add_argument("--device", action="append", default=[],
+                         help="a device's public key PEM file (repeatable; the device gets single-variant releases)")
+    publish.add_argument("--devices", help="a JSON file: {name: {public_key: PEM, profile: {hardware_class, runtime, "
+                                           "precision}}}; each device gets the variant that fits its profile")
     publish.add_argument("--cipher", choices=sorted(artifact.CIPHERS), default="aes-256-gcm")
     publish.add_argument("--force", action="store_true", help="let devices install versions older than their active ones")
     publish.add_argument("--sequence", type=int, help="document sequence (default: now, in seconds)")
@@ -418,11 +486,13 @@ def main(argv: Optional[List[str]] = None) -> int:
                 result = {"changed": changed, "artifact": path, "artifact_id": header["artifact_id"],
                           "payload_chunks_sha256": header["payload"]["chunks_sha256"], "sha256": header["manifest"]["sha256"]}
             elif args.command == "publish":
-                pems = []
+                devices: List[Union[str, Device]] = list(read_devices(args.devices)) if args.devices else []
                 for pem_file in args.device:
                     with open(pem_file, encoding="ascii") as f:
-                        pems.append(f.read())
-                result = publish_registry(args.registry, args.model_dir, args.out_dir, fleet, pems, args.cipher,
+                        devices.append(Device(pem_file, f.read()))
+                if not devices:
+                    raise ArtifactError("bad_devices", "publish: give the devices (--devices FILE or --device PEM)")
+                result = publish_registry(args.registry, args.model_dir, args.out_dir, fleet, devices, args.cipher,
                                           args.force, args.sequence, args.delta_bases)
             else:
                 with open(args.public_key, encoding="ascii") as f:
