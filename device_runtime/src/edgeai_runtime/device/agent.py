@@ -21,7 +21,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from cryptography.exceptions import InvalidSignature
 
@@ -224,7 +224,6 @@ class Agent:
         received = [0]
         local = {fname: os.path.join(self.downloads, spec["sha256"]) for fname, spec in entry.get("files", {}).items()}
         policy = dataclasses.replace(self.policy, force=bool(entry.get("force")))
-        fallback: Optional[Dict[str, Any]] = None
 
         def fetch(spec: Dict[str, Any], dest: str) -> str:
             received[0] += self.downloader.fetch(spec["path"], dest, spec["size"], spec["sha256"])
@@ -238,29 +237,29 @@ class Agent:
             for fname, spec in sorted(entry.get("files", {}).items()):
                 with open(fetch(spec, local[fname]), "rb") as f:
                     files[fname] = f.read()
-            delta, delta_path = self._usable_delta(name, entry), None
+            delta = self._usable_delta(name, entry)
+            local["artifact"] = os.path.join(self.downloads, entry["artifact"]["sha256"] + ".eaf")
+            get_delta: Optional[Callable[[], str]] = None
             if delta is not None:
                 local["delta"] = os.path.join(self.downloads, delta["sha256"] + ".eafd")
-                try:
-                    delta_path = fetch(delta, local["delta"])
-                except RegistryError as exc:  # nothing changed: the full artifact instead, as when it does not apply
-                    fallback = {"used": False, "fallback_reason": "%s: %s" % (exc.reason, exc)}
-            local["artifact"] = os.path.join(self.downloads, entry["artifact"]["sha256"] + ".eaf")
+
+                def get_delta() -> str:  # a download that fails falls back to the artifact, like a bad delta
+                    return fetch(delta, local["delta"])
 
             def full() -> str:  # downloaded only when there is no delta, or it gives no artifact
                 return fetch(entry["artifact"], local["artifact"])
 
-            result = self._clean(self.updater.apply_delta_or_full(delta_path, full, entry["keyslot"], files,
+            result = self._clean(self.updater.apply_delta_or_full(get_delta, full, entry["keyslot"], files,
                                                                   policy, "pull", progress=progress), local)
         except RegistryError as exc:
             return {"name": name, "version": version, "changed": False, "failed": True, "outcome": "not_downloaded",
                     "reason": exc.reason, "msg": "%s %s: %s" % (name, version, exc), "bytes_transferred": received[0]}
         except UpdateFailed as exc:
-            return dict(exc.result, failed=True, msg=str(exc), **({"delta": fallback} if fallback else {}))
+            return dict(exc.result, failed=True, msg=str(exc))
         except Exception as exc:  # a store refusal before the transaction: report it, go on with the others
             return {"name": name, "version": version, "changed": False, "failed": True, "outcome": "refused",
                     "msg": "%s %s: %s" % (name, version, exc), "bytes_transferred": received[0]}
-        return dict(result, delta=fallback) if fallback else result
+        return result
 
     def _usable_delta(self, name: str, entry: Dict[str, Any]) -> Optional[Dict[str, Any]]:
         """The entry's delta whose base this device holds (its serving version's first)."""

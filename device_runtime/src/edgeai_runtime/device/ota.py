@@ -37,7 +37,7 @@ import os
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
 from edgeai_runtime.format.errors import EdgeAIError
 from edgeai_runtime.device.client import ServiceClient, ServiceDown, ServiceError
@@ -283,7 +283,8 @@ class Updater:
             and active == want.version else None
         return plan([entry], want, serving=serving)
 
-    def apply_delta_or_full(self, delta: Optional[str], full: Callable[[], str], keyslot: Dict[str, Any],
+    def apply_delta_or_full(self, delta: Union[None, str, Callable[[], str]], full: Callable[[], str],
+                            keyslot: Dict[str, Any],
                             files: Optional[Mapping[str, bytes]] = None, policy: Policy = Policy(),
                             mode: str = "push", stage_s: float = 0.0, bytes_transferred: int = 0,
                             progress: Optional[Callable[[], Tuple[float, int]]] = None) -> Dict[str, Any]:
@@ -291,6 +292,8 @@ class Updater:
         that ``full()`` returns (a path given along, or downloaded now), with ``delta`` saying why. The
         one fallback from a delta to its artifact: the CLI and the pull agent use it, and a controller
         that sent a delta alone reads the same ``delta`` record from the DeltaFailed result.
+        ``delta`` is a path, or a callable that fetches it: an EdgeAIError from it (a download that
+        failed or did not check out) falls back like a delta that does not apply.
         ``progress()``, when given, says (stage seconds, bytes transferred) so far, asked just before
         each attempt, so that a download inside ``full()`` counts; else the two values given count."""
         def staged() -> Tuple[float, int]:
@@ -299,9 +302,14 @@ class Updater:
         fallback: Optional[Dict[str, Any]] = None
         if delta is not None:
             try:
-                return self.apply_delta(delta, keyslot, files, policy, mode, *staged())
-            except DeltaFailed as exc:
-                fallback = dict(exc.result["delta"])
+                path = delta() if callable(delta) else delta
+            except EdgeAIError as exc:  # nothing changed: the full artifact instead
+                fallback = {"used": False, "fallback_reason": "%s: %s" % (exc.reason, exc)}
+            else:
+                try:
+                    return self.apply_delta(path, keyslot, files, policy, mode, *staged())
+                except DeltaFailed as exc:
+                    fallback = dict(exc.result["delta"])
         try:
             path = full()
             result = self.apply(path, keyslot, files, policy, mode, *staged())
