@@ -239,8 +239,7 @@ def main():
                       version=planned['version'], active_version=planned['active_after'],
                       plan={k: planned[k] for k in ('steps', 'reason', 'send', 'msg')})
         if module._diff:
-            result['diff'] = dict(before='%s: active %s\n' % (name, active),
-                                  after='%s: active %s\n' % (name, planned['active_after']))
+            result['diff'] = active_diff(name, active, planned['active_after'])
         module.exit_json(**finish(client, result, name))
 
     if p['state'] == 'absent':
@@ -267,9 +266,13 @@ def main():
             result.update(reason=done.get('reason'), phase=done.get('phase'))
             module.fail_json(msg=done.get('msg'), **finish(client, result, name))
     if module._diff:
-        result['diff'] = dict(before='%s: active %s\n' % (name, active),
-                              after='%s: active %s\n' % (name, result['active_version']))
+        result['diff'] = active_diff(name, active, result['active_version'])
     module.exit_json(**finish(client, result, name))
+
+
+def active_diff(name, before, after):
+    """The diff of a run, check mode or not: which version of the model is active."""
+    return dict(before='%s: active %s\n' % (name, before), after='%s: active %s\n' % (name, after))
 
 
 def apply(client, p, slot, name, version):

@@ -35,13 +35,16 @@ import argparse
 import json
 import logging
 import sys
-from typing import Any, Dict, List, Optional, Set
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Set
 
 from edgeai_runtime.format.errors import EdgeAIError
 from edgeai_runtime import __version__
 from edgeai_runtime.device.config import DEFAULT_ROOT, RuntimeConfig, load_config
 from edgeai_runtime.format.manifest import Manifest
 from edgeai_runtime.device.store import DiskFull, ModelStore, StoreError, open_store
+
+if TYPE_CHECKING:  # pragma: no cover - imported where a command needs it
+    from edgeai_runtime.device.ota import Updater
 
 
 #: What this runtime can do that older ones could not; controllers ask before using it.
@@ -217,7 +220,7 @@ def cmd_ota(args: argparse.Namespace, config: RuntimeConfig, store: ModelStore) 
     from edgeai_runtime.device.ota import Policy, Updater
     updater = Updater(config, store=store)
     if args.action == "plan" or (args.action == "apply" and args.check):
-        return _plan(args, store, updater)
+        return _plan(args, updater)
     if args.action == "apply":
         policy = Policy(watch_s=args.watch, interval_s=args.interval, max_error_rate=args.max_error_rate,
                         min_requests=args.min_requests, latency_p95_ms=args.latency_p95_ms, force=args.force)
@@ -247,12 +250,12 @@ def cmd_ota(args: argparse.Namespace, config: RuntimeConfig, store: ModelStore) 
             "repaired": repaired}
 
 
-def _plan(args: argparse.Namespace, store: ModelStore, updater: Any) -> Dict[str, Any]:
+def _plan(args: argparse.Namespace, updater: "Updater") -> Dict[str, Any]:
     """``ota plan`` and ``ota apply --check``: what the device would do, from edgeai_runtime.device.plan (the
     one rule every caller asks). Changes nothing: ``changed`` is false, ``would_change`` says."""
     from edgeai_runtime.device.plan import Want
     if args.action == "plan":
-        key = store.keyring.current_id() if args.current_key else args.key_id
+        key = updater.store.keyring.current_id() if args.current_key else args.key_id
         want = Want(args.name, args.version, args.state, sha256=args.sha256, key_id=key)
     elif args.installed:
         want = Want(args.installed[0], args.installed[1], "active")
