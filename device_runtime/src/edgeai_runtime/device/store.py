@@ -34,8 +34,6 @@ plaintext models altogether.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -46,7 +44,8 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 from edgeai_runtime.format.errors import EdgeAIError
 from edgeai_runtime.format.artifact import Artifact, ArtifactError
-from edgeai_runtime.fsutil import blocks, fsync_dir, is_disk_full, mount_point, shortfall, space, write_atomic, write_point
+from edgeai_runtime.fsutil import (blocks, exclusive_lock, fsync_dir, is_disk_full, mount_point, shortfall, space,
+                                   write_atomic, write_point)
 from edgeai_runtime.format.keys import DeviceKeyring, load_public, key_id, key_type
 from edgeai_runtime.format.manifest import Manifest, ManifestError, check_name, version_key
 
@@ -643,28 +642,20 @@ class ModelStore:
     def _locked(self, wait: bool = True) -> Iterator[bool]:
         """Hold the store lock; yields False (without it) when ``wait`` is off and another process has it.
         A full disk inside is raised as DiskFull."""
-        try:
-            os.makedirs(self.models_dir, exist_ok=True)
-            fd = os.open(os.path.join(self.models_dir, ".lock"), os.O_RDWR | os.O_CREAT, 0o640)
-        except OSError as exc:
-            raise DiskFull.from_error(exc, "opening the model store", self.models_dir) or StoreError(
-                "opening the model store at %s: %s" % (self.models_dir, exc.strerror)) from None
-        try:
-            held = True
+        with contextlib.ExitStack() as stack:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+                os.makedirs(self.models_dir, exist_ok=True)
+                held = stack.enter_context(exclusive_lock(os.path.join(self.models_dir, ".lock"), wait))
             except OSError as exc:
-                if wait or exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise DiskFull.from_error(exc, "opening the model store", self.models_dir) or StoreError(
+                    "opening the model store at %s: %s" % (self.models_dir, exc.strerror)) from None
+            try:
+                yield held
+            except OSError as exc:
+                full = DiskFull.from_error(exc, "writing to the model store", self.models_dir)
+                if full is None:
                     raise
-                held = False
-            yield held
-        except OSError as exc:
-            full = DiskFull.from_error(exc, "writing to the model store", self.models_dir)
-            if full is None:
-                raise
-            raise full from None
-        finally:
-            os.close(fd)
+                raise full from None
 
 
 def _readlink(path: str) -> Optional[str]:
