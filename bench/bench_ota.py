@@ -49,7 +49,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from edgeai_runtime.controller import deltas, packing  # noqa: E402
 from edgeai_runtime.controller.publish import publish  # noqa: E402
-from edgeai_runtime.format import artifact, delta, keys  # noqa: E402
+from edgeai_runtime.format import keys  # noqa: E402
 from edgeai_runtime.device.config import load_config  # noqa: E402
 from edgeai_runtime.service.gate import encode_npz  # noqa: E402
 from edgeai_runtime.format.keys import DeviceKeyring  # noqa: E402
@@ -150,7 +150,7 @@ def main() -> int:
         v1, v2 = pack(workdir, "1.0.0", v1_model, signer), pack(workdir, "2.0.0", v2_model, signer)
         notes.update(model_bytes=len(v2_model), artifact_bytes=os.path.getsize(v2["path"]), hidden=hidden)
         seconds, made = timed(deltas.make, v1_model, {"name": "bench", "version": "1.0.0",
-                                                     "sha256": hashlib.sha256(v1_model).hexdigest()},
+                                                      "sha256": hashlib.sha256(v1_model).hexdigest()},
                               v2["path"], v2["packed"].data_key, signer, str(workdir / "bench-2.0.0.from-1.0.0.eafd"))
         assert made is not None, "no delta: the versions share too little"
         rows["delta make (controller)"] = [seconds]

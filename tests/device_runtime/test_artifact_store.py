@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from edgeai_runtime.controller import packing
-from edgeai_runtime.format import artifact, keys
+from edgeai_runtime.format import keys
 from edgeai_runtime.device.config import RuntimeConfig
 from edgeai_runtime.service.serving import ModelManager
 from edgeai_runtime.device.store import ModelStore, StoreError

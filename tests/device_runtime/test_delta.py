@@ -36,7 +36,7 @@ def update(device):
     path, packed, files = device.pack("2.0.0", model=last_layer_tuned(device.digits))
     base_manifest = device.store().manifest("digits", "1.0.0").to_dict()
     made = deltas.make(base, base_manifest, path, packed.data_key, device.signer,
-                      str(device.art_dir / "digits-2.0.0.from-1.0.0.eafd"))
+                       str(device.art_dir / "digits-2.0.0.from-1.0.0.eafd"))
     assert made is not None
     return path, packed, files, made
 
@@ -112,7 +112,7 @@ def test_delta_against_a_base_the_device_lacks_falls_back(device, signer):
     path, packed, files = device.pack("2.0.0", model=last_layer_tuned(device.digits))
     manifest = dict(device.store().manifest("digits", "1.0.0").to_dict(), sha256=_sha256(other), size=len(other))
     made = deltas.make(other, manifest, path, packed.data_key, signer, str(device.art_dir / "d.eafd"),
-                      target_model=last_layer_tuned(device.digits))
+                       target_model=last_layer_tuned(device.digits))
     assert made is not None
     bad_delta(device, (path, packed, files, made), "delta_base_missing", "does not hold", lambda p, m: None)
 
@@ -124,7 +124,7 @@ def test_patch_that_gives_another_model_is_refused(device, update):
     base = modelgen.digits_onnx(device.digits)
     wrong = last_layer_tuned(device.digits, shift=2e-3)
     made = deltas.make(base, device.store().manifest("digits", "1.0.0").to_dict(), path, packed.data_key,
-                      device.signer, str(device.art_dir / "wrong.eafd"), target_model=wrong)
+                       device.signer, str(device.art_dir / "wrong.eafd"), target_model=wrong)
     bad_delta(device, (path, packed, files, made), "delta_result", "does not match digits 2.0.0's sha256",
               lambda p, m: None)
 
@@ -183,7 +183,7 @@ def test_patch_declaring_another_size_is_refused_before_decompressing(device, up
     base = modelgen.digits_onnx(device.digits)
     longer = last_layer_tuned(device.digits) + b"\0" * 4096
     made = deltas.make(base, device.store().manifest("digits", "1.0.0").to_dict(), path, packed.data_key,
-                      device.signer, str(device.art_dir / "long.eafd"), target_model=longer)
+                       device.signer, str(device.art_dir / "long.eafd"), target_model=longer)
     bad_delta(device, (path, packed, files, made), "delta_patch", "frame declares", lambda p, m: None)
 
 
@@ -210,7 +210,7 @@ def test_unrelated_versions_get_no_delta(device):
     path, packed, _files = device.pack("2.0.0", model=modelgen.digits_onnx(modelgen.train_digits_mlp(seed=4)))
     out = device.art_dir / "none.eafd"
     assert deltas.make(base, device.store().manifest("digits", "1.0.0").to_dict(), path, packed.data_key,
-                      device.signer, str(out)) is None
+                       device.signer, str(out)) is None
     assert not out.exists()
 
 
@@ -270,8 +270,8 @@ def test_agent_falls_back_when_the_delta_does_not_give_the_artifact(device, upda
     device refuses it with nothing changed, and the agent fetches the artifact."""
     path, packed, files, _made = update
     wrong = deltas.make(modelgen.digits_onnx(device.digits), device.store().manifest("digits", "1.0.0").to_dict(),
-                       path, packed.data_key, device.signer, str(device.art_dir / "wrong.eafd"),
-                       target_model=last_layer_tuned(device.digits, shift=2e-3))
+                        path, packed.data_key, device.signer, str(device.art_dir / "wrong.eafd"),
+                        target_model=last_layer_tuned(device.digits, shift=2e-3))
     _publish_with_delta(device, (path, packed, files, wrong), tmp_path / "registry")
     result, requested = _pull(device, tmp_path)
     assert not result["failed"], result

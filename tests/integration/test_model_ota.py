@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 import yaml
-from edgeai_runtime.format import artifact, delta
+from edgeai_runtime.format import artifact
 from edgeai_runtime.controller import deltas, publisher
 from edgeai_runtime.format.keys import key_id
 
@@ -111,7 +111,7 @@ def test_push_ota_update_rerun_check_rollback_and_refusal(deployed, run_playbook
     wrong[-10] ^= 1
     target_id = artifact.read_header(target)['artifact_id']
     assert deltas.make(base_model, base.manifest.to_dict(), target, publisher._escrow_data_key(target, target_id, fleet),
-                      fleet.signing, delta_path, target_model=bytes(wrong))
+                       fleet.signing, delta_path, target_model=bytes(wrong))
     fallback = model_task(run_playbook, tmp_path, inventory, 'fallback', src=str(v4), watch=1, **keys)
     assert fallback.rc == 0, fallback.failures(host)
     done = result_of(fallback, host)

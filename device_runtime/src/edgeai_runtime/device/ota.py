@@ -142,9 +142,9 @@ class Updater:
             if not decided["changed"]:
                 return dict(result, changed=False, outcome="unchanged", timings={"stage": round(stage_s, 4)})
             tx = Tx(uuid.uuid4().hex, name, version, active, self.store.pointer(name, "previous"),
-                     version in self.store.versions(name), mode, time.time() - stage_s,
-                     timings={"stage": round(stage_s, 4)}, bytes_transferred=bytes_transferred,
-                     bytes_saved=bytes_saved)
+                    version in self.store.versions(name), mode, time.time() - stage_s,
+                    timings={"stage": round(stage_s, 4)}, bytes_transferred=bytes_transferred,
+                    bytes_saved=bytes_saved)
             try:  # nothing is written before the room for all of it is known to be there
                 self._check_space(tx, art.manifest, artifact, keyslot, files)
                 self.journal.write(tx, "verify")  # the journal first: recovery finds any transaction that left a trace
@@ -385,7 +385,7 @@ class Updater:
                 self.history.record(name, target, active, "manual", "manual_rollback", why, timings)
             except Exception as exc:  # noqa: BLE001 - the rollback stands; the row is written by the next run
                 tx = Tx(uuid.uuid4().hex, name, target, active, None, True, "manual",
-                         time.time() - timings["rollback"], "rollback", timings)
+                        time.time() - timings["rollback"], "rollback", timings)
                 problem = "writing the history row failed: %s" % _describe(exc)
                 kept = self.journal.keep_outcome(tx, "manual_rollback", why)
                 warning = "%s; %s" % (problem, "%s keeps it and the next run records it" % self.journal.path
@@ -568,6 +568,7 @@ class Updater:
             yield
         finally:
             tx.timings[phase] = round(time.monotonic() - started, 4)
+
 
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, ServiceDown):

@@ -24,10 +24,8 @@ import io
 import json
 import os
 import queue
-import secrets
 import struct
 import threading
-import time
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable, Dict, Iterator, Mapping, Optional, Protocol, Tuple
 
@@ -36,7 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 from edgeai_runtime import __version__
-from edgeai_runtime.format.keys import DATA_KEY_BYTES, ArtifactError, key_id, key_type
+from edgeai_runtime.format.keys import DATA_KEY_BYTES, ArtifactError
 from edgeai_runtime.format.manifest import Manifest, ManifestError, version_key
 
 MAGIC = b"EDGEAIMA"
@@ -55,7 +53,7 @@ _COMMIT_CONTEXT = b"edgeai.fleet key commitment v1\0"
 _PAYLOAD_CONTEXT = b"edgeai.fleet payload chunks v1\0"
 ZERO_HEX = "0" * 64
 
-__all__ = ["ArtifactError", "Artifact", "pack", "default_cipher", "CIPHERS", "FORMAT_VERSION"]
+__all__ = ["ArtifactError", "Artifact", "default_cipher", "CIPHERS", "FORMAT_VERSION"]
 
 
 def default_cipher(cpuinfo: str = "/proc/cpuinfo") -> str:

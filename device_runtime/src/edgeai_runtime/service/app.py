@@ -41,8 +41,8 @@ from edgeai_runtime.format.manifest import ManifestError
 from edgeai_runtime.service.metrics import Metrics
 from edgeai_runtime.service.serving import LoadedModel, ModelManager, ModelNotFound
 from edgeai_runtime.device.store import StoreError, open_store
-from edgeai_runtime.service.v2 import (BINARY_HEADER, V2Error, binary_outputs, decode_request, encode_response, model_metadata,
-                 parse_json, split_body)
+from edgeai_runtime.service.v2 import (BINARY_HEADER, V2Error, binary_outputs, decode_request, encode_response,
+                                       model_metadata, parse_json, split_body)
 
 if TYPE_CHECKING:  # httpx is imported when a cloud fallback URL is configured, not before
     import httpx
