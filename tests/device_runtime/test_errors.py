@@ -26,7 +26,7 @@ def runtime_errors():
     """Every public exception class defined in the edgeai_runtime package."""
     found = {}
     for info in pkgutil.walk_packages(edgeai_runtime.__path__, "edgeai_runtime."):
-        if info.name.endswith(".publisher"):
+        if info.name.startswith("edgeai_runtime.controller"):
             continue  # the controller side: its errors are the format's (ArtifactError)
         module = importlib.import_module(info.name)
         for name, obj in vars(module).items():

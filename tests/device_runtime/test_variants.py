@@ -240,11 +240,12 @@ def _device(tmp_path, name, profile):
 
 def _publish_cli(tmp_path, release, keys_dir, devices_file):
     """edgeai-artifact publish, in a process of its own, as playbooks/publish.yml runs it."""
+    release = release if isinstance(release, (list, tuple)) else [release]
     import subprocess
     import sys
     argv = [sys.executable, "-m", "edgeai_runtime.controller.publisher", "publish", "--keys-dir", keys_dir,
             "--registry", str(tmp_path / "registry"), "--out-dir", str(tmp_path / "artifacts"),
-            "--model-dir", str(release), "--devices", str(devices_file), "--sequence", "7"]
+            "--devices", str(devices_file), "--sequence", "7"] + ["--model-dir=%s" % r for r in release]
     done = subprocess.run(argv, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr + done.stdout
     return json.loads(done.stdout)
@@ -289,3 +290,35 @@ def test_publishing_a_release_gives_each_device_its_variant_and_refuses_one_that
 
 def reason_text_names(message, *words):
     return all(word in message for word in words)
+
+
+def test_a_device_refused_a_release_keeps_the_document_it_had(tmp_path, release, signer_keys):
+    """A device that reports no class profile gets single-variant releases; offered a release of
+    several variants it is refused by name, and its signed document stays byte for byte."""
+    ring, bare = _device(tmp_path, "old-runtime", None)
+    _ring, amd64 = _device(tmp_path, "amd64", GENERIC)
+    devices_file = tmp_path / "devices.json"
+    devices_file.write_text(json.dumps({"old-runtime": bare, "amd64": amd64}))
+    first = _publish_cli(tmp_path, release / "onnxruntime-fp32", signer_keys.dir, devices_file)
+    assert first["refused"] == {} and len(first["documents"]) == 2, first
+    doc = tmp_path / "registry" / "updates" / (ring.current_id() + ".json")
+    before = doc.read_bytes(), (tmp_path / "registry" / "updates" / (ring.current_id() + ".json.sig")).read_bytes()
+
+    second = _publish_cli(tmp_path, release, signer_keys.dir, devices_file)
+    assert list(second["refused"]) == ["old-runtime"], second
+    assert "reports no class profile" in second["refused"]["old-runtime"] and "2 variants" in second["refused"]["old-runtime"]
+    after = doc.read_bytes(), (tmp_path / "registry" / "updates" / (ring.current_id() + ".json.sig")).read_bytes()
+    assert after == before
+
+
+def test_the_device_reports_its_class_profile_with_its_key(tmp_path):
+    """What publish.yml chooses variants by: `keys ensure` / `keys show` print the profile the
+    runtime reads from etc/profile.json (edgeai.fleet.device_key puts it in its fact)."""
+    from support.service import runtime
+    root = tmp_path / "device"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "profile.json").write_text(json.dumps(dict(CORAL, max_batch_size=4)))
+    for action in ("ensure", "show"):
+        done = runtime(root, "keys", action)
+        assert done.returncode == 0, done.stderr + done.stdout
+        assert json.loads(done.stdout)["profile"] == CORAL

@@ -56,7 +56,7 @@ def publish(registry: str, signing_key: Any, releases: List[Dict[str, Any]], dev
         write_atomic(path, body, 0o644)                              # a new document with an old signature
         written.append(path)
     return {"changed": copied or bool(written), "registry": registry, "sequence": sequence, "documents": written,
-            "models": sorted({"%s %s" % (e["name"], e["version"]) for e in entries.values()})}
+            "models": list(dict.fromkeys("%s %s" % (e["name"], e["version"]) for e in entries.values()))}
 
 
 def _entry(registry: str, release: Dict[str, Any]) -> Tuple[Dict[str, Any], bool]:

@@ -1,12 +1,12 @@
-"""The controller's side of the artifact format: fleet keys, packing a model directory, wrapping
-data keys for devices. Used by the ``edgeai-artifact`` CLI and the collection's action plugins.
+"""The controller's side of the artifact format: fleet keys, packing model directories and
+releases of variants, wrapping data keys for devices, publishing the pull registry. Used by the ``edgeai-artifact`` CLI and the collection's action plugins.
 
     edgeai-artifact keygen  --keys-dir DIR
     edgeai-artifact pack    --keys-dir DIR --model-dir SRC --out-dir DIR [--cipher C] [--chunk-mib N]
     edgeai-artifact wrap    --keys-dir DIR --artifact A --public-key PEM_FILE
     edgeai-artifact inspect A
     edgeai-artifact publish --keys-dir DIR --registry DIR --out-dir DIR --model-dir SRC [...]
-                            --device PEM_FILE [...] [--cipher C] [--force]
+                            (--devices FILE | --device PEM_FILE [...]) [--cipher C] [--force]
 
 A passphrase for the fleet's private keys comes from the environment variable
 EDGEAI_FLEET_KEY_PASSPHRASE, never from the command line. Every command prints one JSON object;

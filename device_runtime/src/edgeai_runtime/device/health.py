@@ -22,6 +22,7 @@ class Health:
         self.client = client
         self.store = store
         self.config = config
+        #: How long to wait for a service that was up and stopped answering (its supervisor restarting it).
         self.restart_grace_s = restart_grace_s
 
     def check(self, name: str, version: str, service_up: bool) -> None:

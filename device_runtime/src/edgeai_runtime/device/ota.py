@@ -100,8 +100,6 @@ class Updater:
     def __init__(self, config: RuntimeConfig, store: Optional[ModelStore] = None,
                  client: Optional[ServiceClient] = None, restart_grace_s: float = 60.0) -> None:
         self.config = config
-        #: How long to wait for a service that was up and stopped answering (its supervisor restarting it).
-        self.restart_grace_s = restart_grace_s
         self._expect_service = False
         self.store = store or open_store(config)
         self.client = client or ServiceClient(config)
@@ -468,7 +466,7 @@ class Updater:
 
     def _service_up(self) -> bool:
         """Is the service there? One that was up for this transaction gets time to come back from a restart."""
-        return self.client.wait_up(self.restart_grace_s) if self._expect_service else self.client.up()
+        return self.client.wait_up(self.health.restart_grace_s) if self._expect_service else self.client.up()
 
     def _switch_to(self, name: str, version: str, prune: bool = True) -> None:
         if self._service_up():

@@ -4,8 +4,9 @@ See also docs/ota.md.
 
     <registry>/updates/<device key id>.json        the update document for one device
     <registry>/updates/<device key id>.json.sig    its Ed25519 signature (64 raw bytes), fleet signing key
-    <registry>/artifacts/<name>-<version>-<cipher>.eaf             signed artifacts, shared by every device
-    <registry>/artifacts/<name>-<version>-<cipher>.files/<file>    their gate files
+    <registry>/artifacts/<variant identity>-<cipher>.eaf             signed artifacts, shared by the devices
+                                                                     that get that variant
+    <registry>/artifacts/<variant identity>-<cipher>.files/<file>    their gate files
 
 The update document::
 
