@@ -39,6 +39,11 @@ class RuntimeConfig:
     max_queue: int = 64                    # queued requests per model before 503
     max_delay_ms: float = 2.0              # longest a request waits for a batch to fill
     max_body_bytes: int = 16 * 1024 ** 2
+    offload_body_bytes: int = 256 * 1024   # bodies above this are decoded (and answered) in a worker process
+    header_timeout_s: float = 10.0         # a request head must be complete this long after its first byte
+    body_timeout_s: float = 60.0           # and its body this long after the head
+    keep_alive_timeout_s: float = 5.0      # a connection idle this long, new or between requests, is closed
+    max_connections: int = 256             # requests on connections beyond this many get 503
     threads: Optional[int] = None
     cloud_fallback_url: Optional[str] = None
     cloud_fallback_timeout_s: float = 5.0
@@ -64,6 +69,15 @@ class RuntimeConfig:
             raise ConfigError("max_batch_size, max_queue and keep_versions must be at least 1")
         if self.max_delay_ms < 0:
             raise ConfigError("max_delay_ms must not be negative")
+        timeouts = {"header_timeout_s": self.header_timeout_s, "body_timeout_s": self.body_timeout_s,
+                    "keep_alive_timeout_s": self.keep_alive_timeout_s}
+        for name, value in timeouts.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+                raise ConfigError("%s must be a positive number of seconds, not %r" % (name, value))
+        if self.max_connections < 1:
+            raise ConfigError("max_connections must be at least 1")
+        if self.offload_body_bytes < 0:
+            raise ConfigError("offload_body_bytes must not be negative")
         return self
 
     def profile(self) -> Dict[str, str]:

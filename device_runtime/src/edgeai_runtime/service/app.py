@@ -18,15 +18,19 @@ import hmac
 import ipaddress
 import json
 import logging
+import multiprocessing
 import os
 import signal
 import time
-from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, AsyncIterator, Dict, Optional, Tuple
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar
+
+import numpy as np
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.schemas import SchemaGenerator
@@ -37,7 +41,7 @@ from edgeai_runtime.service.backends import BackendUnavailable, ModelLoadError
 from edgeai_runtime.service.batching import Batcher, Overloaded
 from edgeai_runtime.device.config import RuntimeConfig
 from edgeai_runtime.service.gate import GateFailed
-from edgeai_runtime.format.manifest import ManifestError
+from edgeai_runtime.format.manifest import Manifest, ManifestError
 from edgeai_runtime.service.metrics import Metrics
 from edgeai_runtime.service.serving import LoadedModel, ModelManager, ModelNotFound
 from edgeai_runtime.device.store import StoreError, open_store
@@ -55,12 +59,40 @@ PUBLIC_PATHS = ("/v2/health/live", "/v2/health/ready")
 PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "tflite": "tensorflow_lite", "edgetpu": "tensorflow_lite_edgetpu",
              "tensorrt": "tensorrt_plan"}
 
+T = TypeVar("T")
+
 schemas = SchemaGenerator({"openapi": "3.0.0",
                            "info": {"title": "edgeai-runtime (KServe v2)", "version": __version__}})
 
 
 def error(status: int, message: str, headers: Optional[Dict[str, str]] = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+# -- decoding and encoding: module-level functions of bytes and arrays, so they also run in the offload worker
+
+#: A decoded request: the input arrays, the outputs asked for (None: all), the request id, the binary outputs.
+Decoded = Tuple[Dict[str, np.ndarray], Optional[List[str]], Optional[str], List[str]]
+
+
+def decode_body(body: bytes, json_length: Optional[str], manifest: Manifest) -> Decoded:
+    """An infer request body, checked against the manifest; raises V2Error."""
+    data, binary = split_body(body, json_length)
+    arrays, wanted = decode_request(data, manifest, max_batch=None, binary=binary)
+    return arrays, wanted, data.get("id"), binary_outputs(data, manifest)
+
+
+def render_response(manifest: Manifest, outputs: Mapping[str, np.ndarray], request_id: Optional[str],
+                    wanted: Optional[List[str]], binary: Sequence[str]) -> Tuple[bytes, Optional[int]]:
+    """The response body (rendered as JSONResponse does), and the length of its JSON part when binary data follows."""
+    payload, raw = encode_response(manifest, outputs, request_id, wanted, binary)
+    content = json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
+    return (content + raw, len(content)) if raw else (content, None)
+
+
+def json_size(outputs: Mapping[str, np.ndarray]) -> int:
+    """About how long the JSON of these outputs is: a number takes 2 to 20 characters."""
+    return 8 * sum(int(value.size) for value in outputs.values())
 
 
 class Service:
@@ -74,6 +106,7 @@ class Service:
         self.manager.on_change = self._on_change
         self.executor = ThreadPoolExecutor(max_workers=max(2, config.threads or 2), thread_name_prefix="infer")
         self._batchers: Dict[Tuple[str, str, int], Batcher] = {}
+        self._offloader: Optional[ProcessPoolExecutor] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._http: Optional[httpx.AsyncClient] = None
 
@@ -100,6 +133,8 @@ class Service:
             batcher.close()
         await run_in_threadpool(self.manager.close)
         self.executor.shutdown(wait=False)
+        if self._offloader is not None:
+            self._offloader.shutdown(wait=False, cancel_futures=True)
         if self._http is not None:
             await self._http.aclose()
 
@@ -137,6 +172,34 @@ class Service:
             self._batchers[key] = batcher
         return batcher
 
+    # -- large requests off the event loop ---------------------------------------------------
+
+    async def offload(self, size: int, function: Callable[..., T], *args: Any) -> T:
+        """``function(*args)`` for a request or answer of ``size`` bytes: right here up to ``offload_body_bytes``,
+        above it in the offload worker process, so that the event loop keeps answering meanwhile.
+
+        A process, not a thread: json.loads and tolist hold the GIL, so a thread would stall the loop as much.
+        One worker, started (spawned, not forked from this threaded process) on the first large request;
+        a worker that died is replaced and the call tried once more.
+        """
+        if size <= self.config.offload_body_bytes:
+            return function(*args)
+        loop = asyncio.get_running_loop()
+        pool = self._offload_pool()
+        try:
+            return await loop.run_in_executor(pool, function, *args)
+        except BrokenProcessPool:
+            log.warning("the offload worker died; starting another and trying once more")
+            if self._offloader is pool:
+                self._offloader = None
+                pool.shutdown(wait=False)
+        return await loop.run_in_executor(self._offload_pool(), function, *args)
+
+    def _offload_pool(self) -> ProcessPoolExecutor:
+        if self._offloader is None:
+            self._offloader = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        return self._offloader
+
     # -- auth ------------------------------------------------------------------------------
 
     def authorized(self, request: Request) -> bool:
@@ -159,11 +222,14 @@ class Service:
         if length and length.isdigit() and int(length) > self.config.max_body_bytes:
             raise V2Error(413, "request body of %s bytes exceeds the limit of %d" % (length, self.config.max_body_bytes))
         chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > self.config.max_body_bytes:
-                raise V2Error(413, "request body exceeds the limit of %d bytes" % self.config.max_body_bytes)
-            chunks.append(chunk)
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > self.config.max_body_bytes:
+                    raise V2Error(413, "request body exceeds the limit of %d bytes" % self.config.max_body_bytes)
+                chunks.append(chunk)
+        except ClientDisconnect:  # gone, or closed by the server for a body slower than body_timeout_s
+            raise V2Error(408, "the client went away before its request body was complete") from None
         return b"".join(chunks)
 
     # -- cloud fallback --------------------------------------------------------------------
@@ -307,11 +373,11 @@ async def infer(request: Request) -> Response:
             raise
         labels = (model.name, model.version)
         try:
-            data, binary = split_body(body, request.headers.get(BINARY_HEADER))
-            arrays, wanted = decode_request(data, model.manifest, max_batch=None, binary=binary)
+            arrays, wanted, request_id, binary = await service.offload(
+                len(body), decode_body, body, request.headers.get(BINARY_HEADER), model.manifest)
             outputs = await service.batcher(model).submit(arrays)
-            payload, raw = encode_response(model.manifest, outputs, data.get("id"), wanted,
-                                           binary_outputs(data, model.manifest))
+            content, json_length = await service.offload(
+                json_size(outputs), render_response, model.manifest, outputs, request_id, wanted, binary)
         finally:
             model.release()
     except V2Error as exc:
@@ -328,11 +394,9 @@ async def infer(request: Request) -> Response:
         return error(500, "inference failed: %s" % str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__)
     service.metrics.inferences.labels(*labels).inc()
     service.metrics.duration.labels(*labels).observe(time.perf_counter() - started)
-    if not raw:
-        return JSONResponse(payload)
-    header = json.dumps(payload, separators=(",", ":")).encode()
-    return Response(header + raw, media_type="application/octet-stream",
-                    headers={BINARY_HEADER: str(len(header))})
+    if json_length is None:
+        return Response(content, media_type="application/json")
+    return Response(content, media_type="application/octet-stream", headers={BINARY_HEADER: str(json_length)})
 
 
 async def metrics_endpoint(request: Request) -> Response:

@@ -14,16 +14,23 @@ more, the idle arm64 sim devices' services took 17-24 % of a core each.
 
 uvicorn's other tick jobs, ``limit_max_requests`` and ``callback_notify`` (gunicorn workers), are
 not used by the runtime; with either configured the stock loop runs.
+
+:class:`DeadlineH11Protocol` adds the deadlines uvicorn lacks: its ``timeout_keep_alive`` closes a
+connection that sends nothing between requests, but one that sends a request head or body slowly
+(a byte a second) was kept open, and held its place under ``limit_concurrency``, for ever.
 """
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from email.utils import formatdate
 from typing import Any, List, Optional, Tuple
 
+import h11
 import uvicorn
 from uvicorn.config import STARTUP_FAILURE
+from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.server import ServerState
 
 Headers = List[Tuple[bytes, bytes]]
@@ -90,12 +97,107 @@ class EventDrivenServer(uvicorn.Server):
             await self._exit_event.wait()
 
 
+class DeadlineH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with deadlines for the request head and body, and for a new connection.
+
+    * A new connection that sends nothing is closed after ``timeout_keep_alive``, like one that is
+      idle between requests (uvicorn arms that timer only after a response).
+    * Once the first byte of a request has come, its head must be complete within
+      ``header_timeout_s`` and then its body within ``body_timeout_s``. Each is one deadline for the
+      whole part, not a timer that every byte restarts, so a client sending a byte a second is
+      closed as soon as a slow one. The client gets a 408 (unless its answer has started) and the
+      connection is closed; an app waiting for the body sees the client disconnect.
+
+    The two timeouts are read from the config (:class:`ServiceConfig`), else the defaults here.
+    """
+
+    header_timeout_s = 10.0
+    body_timeout_s = 60.0
+
+    def __init__(self, config: uvicorn.Config, server_state: ServerState, app_state: dict[str, Any],
+                 _loop: Optional[asyncio.AbstractEventLoop] = None) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self.header_timeout_s = getattr(config, "header_timeout_s", self.header_timeout_s)
+        self.body_timeout_s = getattr(config, "body_timeout_s", self.body_timeout_s)
+        self._phase: Optional[str] = None  # "head" or "body": what the deadline waits for
+        self._deadline: Optional[asyncio.TimerHandle] = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
+
+    def connection_lost(self, exc: Optional[Exception]) -> None:
+        self._watch(None)
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self._watch(self._waiting_for())
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()  # which may start on a pipelined request already received
+        self._watch(self._waiting_for())
+
+    def _waiting_for(self) -> Optional[str]:
+        """The part of a request that has begun to come and is not complete yet, if any."""
+        if self.transport.is_closing():
+            return None
+        state = self.conn.their_state
+        if state is h11.SEND_BODY:
+            return "body"
+        if state is h11.IDLE and self.conn.trailing_data[0]:
+            return "head"
+        return None
+
+    def _watch(self, phase: Optional[str]) -> None:
+        """Keep one deadline, for ``phase``: left running while the phase lasts, replaced when it changes."""
+        if phase == self._phase:
+            return
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        self._phase = phase
+        if phase is not None:
+            timeout = self.header_timeout_s if phase == "head" else self.body_timeout_s
+            self._deadline = self.loop.call_later(timeout, self._expired)
+
+    def _expired(self) -> None:
+        phase, self._deadline, self._phase = self._phase, None, None
+        if self.transport.is_closing():
+            return
+        answering = self.cycle is not None and self.cycle.response_started and not self.cycle.response_complete
+        if not answering:
+            timeout = self.header_timeout_s if phase == "head" else self.body_timeout_s
+            body = json.dumps({"error": "the request %s did not arrive within %g s" % (phase, timeout)}).encode()
+            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                       (b"connection", b"close")]
+            try:
+                for event in (h11.Response(status_code=408, reason=b"Request Timeout", headers=headers),
+                              h11.Data(data=body), h11.EndOfMessage()):
+                    self.transport.write(self.conn.send(event) or b"")
+            except h11.LocalProtocolError:  # the answer to this request is already out: just close
+                pass
+        self.transport.close()
+
+
+class ServiceConfig(uvicorn.Config):
+    """``uvicorn.Config`` with the request head and body deadlines of :class:`DeadlineH11Protocol` (its default)."""
+
+    def __init__(self, app: Any, header_timeout_s: float = DeadlineH11Protocol.header_timeout_s,
+                 body_timeout_s: float = DeadlineH11Protocol.body_timeout_s, **settings: Any) -> None:
+        settings.setdefault("http", DeadlineH11Protocol)
+        super().__init__(app, **settings)
+        self.header_timeout_s = header_timeout_s
+        self.body_timeout_s = body_timeout_s
+
+
 def serve(app: Any, **settings: Any) -> int:
-    """What ``uvicorn.run(app, **settings)`` does for one worker without reload, on the event-driven server.
+    """What ``uvicorn.run(app, **settings)`` does for one worker without reload, on the event-driven server
+    with :class:`DeadlineH11Protocol` (``header_timeout_s`` and ``body_timeout_s`` are its settings).
 
     Returns the exit status: 0, or uvicorn's startup-failure status when the server never started.
     """
-    config = uvicorn.Config(app, **settings)
+    config = ServiceConfig(app, **settings)
     server = EventDrivenServer(config)
     try:
         server.run()

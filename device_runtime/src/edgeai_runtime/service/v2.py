@@ -26,6 +26,10 @@ class V2Error(EdgeAIError):
         self.status = status
         self.message = message
 
+    def __reduce__(self) -> Tuple[type, Tuple[int, str]]:
+        """Pickled by status and message, so that it comes back from the offload worker process."""
+        return type(self), (self.status, self.message)
+
 
 def parse_json(body: bytes) -> Dict[str, Any]:
     try:
