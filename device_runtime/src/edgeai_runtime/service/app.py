@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import hmac
 import ipaddress
 import json
@@ -21,6 +22,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -60,6 +62,8 @@ PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "tflite": "tensorflow_lite", "ed
              "tensorrt": "tensorrt_plan"}
 
 T = TypeVar("T")
+PR_SET_PDEATHSIG = 1  # prctl(2)
+OFFLOAD_NICENESS = 10
 
 schemas = SchemaGenerator({"openapi": "3.0.0",
                            "info": {"title": "edgeai-runtime (KServe v2)", "version": __version__}})
@@ -88,6 +92,17 @@ def render_response(manifest: Manifest, outputs: Mapping[str, np.ndarray], reque
     payload, raw = encode_response(manifest, outputs, request_id, wanted, binary)
     content = json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
     return (content + raw, len(content)) if raw else (content, None)
+
+
+def start_offload_worker(parent: int) -> None:
+    """The offload worker's start: below the service's CPU priority, so that on a busy CPU the event loop goes
+    first; and ended with the service, even when that is killed (the worker holds both ends of its pipes, so
+    it never sees an end of file and would wait for work for ever)."""
+    os.nice(OFFLOAD_NICENESS)
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # the service ended before that
+        os._exit(0)
 
 
 def json_size(outputs: Mapping[str, np.ndarray]) -> int:
@@ -133,8 +148,8 @@ class Service:
             batcher.close()
         await run_in_threadpool(self.manager.close)
         self.executor.shutdown(wait=False)
-        if self._offloader is not None:
-            self._offloader.shutdown(wait=False, cancel_futures=True)
+        if self._offloader is not None:  # joined: uvicorn re-raises SIGTERM after this, so no atexit hook runs
+            await run_in_threadpool(self._offloader.shutdown, wait=True, cancel_futures=True)
         if self._http is not None:
             await self._http.aclose()
 
@@ -197,7 +212,8 @@ class Service:
 
     def _offload_pool(self) -> ProcessPoolExecutor:
         if self._offloader is None:
-            self._offloader = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+            self._offloader = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                                  initializer=start_offload_worker, initargs=(os.getpid(),))
         return self._offloader
 
     # -- auth ------------------------------------------------------------------------------
