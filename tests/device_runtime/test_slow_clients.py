@@ -120,13 +120,21 @@ class Storm:
 def storm(port: int, large_request: bytes, idle: int = 100, slow: int = 100, until_closed: bool = True,
           timeout_s: float = 20.0) -> Storm:
     """Run the idle and slow clients, the large request and the probes until the large request is answered
-    (and, with ``until_closed``, every idle and slow connection is closed by the server)."""
+    (and, with ``until_closed``, every idle and slow connection is closed by the server).
+
+    All connect first; one probe answered on the last connection shows the server has taken them all."""
     sel = selectors.DefaultSelector()
-    begin = time.monotonic()
     clients = [Client("idle", connect(port), time.monotonic()) for _ in range(idle)]
     clients += [Client("slow", connect(port), 0.0, out=SLOW_HEAD) for _ in range(slow)]
-    big = Client("large", connect(port), time.monotonic(), out=large_request)
+    big = Client("large", connect(port), 0.0, out=large_request)
     probe = Client("probe", connect(port), 0.0)
+    probe.sock.setblocking(True)
+    probe.sock.sendall(PROBE)
+    while probe.response() is None:
+        probe.received += probe.sock.recv(65536)
+    del probe.received[:len(probe.response())]
+    probe.sock.setblocking(False)
+    begin = big.started = time.monotonic()
     for client in clients + [big, probe]:
         sel.register(client.sock, selectors.EVENT_READ, client)
     sel.modify(big.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, big)

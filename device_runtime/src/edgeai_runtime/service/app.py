@@ -24,9 +24,11 @@ import os
 import signal
 import sys
 import time
+import weakref
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar
+from typing import (TYPE_CHECKING, Any, AsyncIterator, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar,
+                    Union)
 
 import numpy as np
 
@@ -73,15 +75,75 @@ def error(status: int, message: str, headers: Optional[Dict[str, str]] = None) -
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
+# -- large requests: held, decoded and answered without copying them whole on the event loop --------------------
+#
+# A copy of megabytes holds the GIL, and with it the event loop, for milliseconds to tens of them on a small
+# device: joining a body's pieces, pickling it for the worker, and writing a whole answer would each be one.
+
+class SpooledBody:
+    """A large request body in an anonymous memory file, written piece by piece as it arrives (the kernel copies,
+    without the GIL). Pickled for the offload worker as where to read it, /proc/<service>/fd/<fd>, not as bytes."""
+
+    available = hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd")
+
+    def __init__(self) -> None:
+        self.fd = os.memfd_create("edgeai-request-body", os.MFD_CLOEXEC)
+        self.size = 0
+        weakref.finalize(self, os.close, self.fd)
+
+    def write(self, chunk: bytes) -> None:
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(self.fd, view):]
+        self.size += len(chunk)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __bytes__(self) -> bytes:
+        return os.pread(self.fd, self.size, 0)
+
+    def __reduce__(self) -> Tuple[Callable[[int, int, int], bytes], Tuple[int, int, int]]:
+        return read_spooled, (os.getpid(), self.fd, self.size)
+
+
+def read_spooled(pid: int, fd: int, size: int) -> bytes:
+    """In the offload worker: the bytes of the service's SpooledBody."""
+    with open("/proc/%d/fd/%d" % (pid, fd), "rb") as f:
+        return f.read(size)
+
+
+class LargeResponse(Response):
+    """A response sent in pieces: h11 and the transport each copy what they are given at once."""
+
+    piece = 256 * 1024
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        view = memoryview(self.body)
+        for start in range(0, max(len(view), 1), self.piece):
+            await send({"type": "http.response.body", "body": view[start:start + self.piece],
+                        "more_body": start + self.piece < len(view)})
+
+
+def answer(content: bytes, json_length: Optional[int], large: int) -> Response:
+    """The infer response for what render_response gave; above ``large`` bytes sent in pieces."""
+    cls = LargeResponse if len(content) > large else Response
+    if json_length is None:
+        return cls(content, media_type="application/json")
+    return cls(content, media_type="application/octet-stream", headers={BINARY_HEADER: str(json_length)})
+
+
 # -- decoding and encoding: module-level functions of bytes and arrays, so they also run in the offload worker
 
 #: A decoded request: the input arrays, the outputs asked for (None: all), the request id, the binary outputs.
 Decoded = Tuple[Dict[str, np.ndarray], Optional[List[str]], Optional[str], List[str]]
 
 
-def decode_body(body: bytes, json_length: Optional[str], manifest: Manifest) -> Decoded:
-    """An infer request body, checked against the manifest; raises V2Error."""
-    data, binary = split_body(body, json_length)
+def decode_body(body: Union[bytes, SpooledBody], json_length: Optional[str], manifest: Manifest) -> Decoded:
+    """An infer request body, checked against the manifest; raises V2Error.
+    (A SpooledBody comes to the offload worker as bytes.)"""
+    data, binary = split_body(bytes(body), json_length)
     arrays, wanted = decode_request(data, manifest, max_batch=None, binary=binary)
     return arrays, wanted, data.get("id"), binary_outputs(data, manifest)
 
@@ -233,20 +295,26 @@ class Service:
         except ValueError:
             return host in ("localhost", "testclient")
 
-    async def read_body(self, request: Request) -> bytes:
+    async def read_body(self, request: Request) -> Union[bytes, SpooledBody]:
+        """The body; one that says it is larger than offload_body_bytes spooled for the offload worker."""
         length = request.headers.get("content-length")
         if length and length.isdigit() and int(length) > self.config.max_body_bytes:
             raise V2Error(413, "request body of %s bytes exceeds the limit of %d" % (length, self.config.max_body_bytes))
+        large = bool(length and length.isdigit() and int(length) > self.config.offload_body_bytes)
+        spool = SpooledBody() if large and SpooledBody.available else None
         chunks, size = [], 0
         try:
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > self.config.max_body_bytes:
                     raise V2Error(413, "request body exceeds the limit of %d bytes" % self.config.max_body_bytes)
-                chunks.append(chunk)
+                if spool is not None:
+                    spool.write(chunk)
+                else:
+                    chunks.append(chunk)
         except ClientDisconnect:  # gone, or closed by the server for a body slower than body_timeout_s
             raise V2Error(408, "the client went away before its request body was complete") from None
-        return b"".join(chunks)
+        return spool if spool is not None else b"".join(chunks)
 
     # -- cloud fallback --------------------------------------------------------------------
 
@@ -385,7 +453,7 @@ async def infer(request: Request) -> Response:
             model = _acquire(service, name, version)
         except V2Error as exc:
             if service.config.cloud_fallback_url and exc.status in (404, 503):
-                return await service.forward_to_cloud(request, body)
+                return await service.forward_to_cloud(request, bytes(body))
             raise
         labels = (model.name, model.version)
         try:
@@ -410,9 +478,7 @@ async def infer(request: Request) -> Response:
         return error(500, "inference failed: %s" % str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__)
     service.metrics.inferences.labels(*labels).inc()
     service.metrics.duration.labels(*labels).observe(time.perf_counter() - started)
-    if json_length is None:
-        return Response(content, media_type="application/json")
-    return Response(content, media_type="application/octet-stream", headers={BINARY_HEADER: str(json_length)})
+    return answer(content, json_length, service.config.offload_body_bytes)
 
 
 async def metrics_endpoint(request: Request) -> Response:
