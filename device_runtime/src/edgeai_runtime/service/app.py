@@ -21,11 +21,13 @@ import logging
 import os
 import signal
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, AsyncIterator, Dict, Optional, Tuple
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -38,7 +40,7 @@ from edgeai_runtime.service.batching import Batcher, Overloaded
 from edgeai_runtime.device.config import RuntimeConfig
 from edgeai_runtime.service.gate import GateFailed
 from edgeai_runtime.format.manifest import ManifestError
-from edgeai_runtime.service.metrics import Metrics
+from edgeai_runtime.service.metrics import UNKNOWN_MODEL, Metrics, error_reason
 from edgeai_runtime.service.serving import LoadedModel, ModelManager, ModelNotFound
 from edgeai_runtime.device.store import StoreError, open_store
 from edgeai_runtime.service.v2 import (BINARY_HEADER, V2Error, binary_outputs, decode_request, encode_response,
@@ -227,6 +229,19 @@ def _model_args(request: Request) -> Tuple[str, Optional[str]]:
     return request.path_params["name"], request.path_params.get("version")
 
 
+def _known_labels(service: Service, name: str, version: Optional[str]) -> Tuple[str, str]:
+    """The metric labels of a request for ``name`` (and ``version``): theirs only when the store has them,
+    else one fixed pair, so that the names clients make up cannot grow /metrics."""
+    if name in service.store.names() and (version is None or version in service.store.versions(name)):
+        return name, version or ""
+    return UNKNOWN_MODEL
+
+
+def _count_error(service: Service, labels: Optional[Tuple[str, str]], name: str, version: Optional[str],
+                 reason: str) -> None:
+    service.metrics.errors.labels(*(labels or _known_labels(service, name, version)), reason).inc()
+
+
 def _acquire(service: Service, name: str, version: Optional[str]) -> LoadedModel:
     try:
         return service.manager.acquire(name, version)
@@ -296,7 +311,7 @@ async def infer(request: Request) -> Response:
     service = _service(request)
     name, version = _model_args(request)
     started = time.perf_counter()
-    labels = (name, version or "")
+    labels: Optional[Tuple[str, str]] = None  # the model's, once it is acquired
     try:
         body = await service.read_body(request)
         try:
@@ -308,26 +323,26 @@ async def infer(request: Request) -> Response:
         labels = (model.name, model.version)
         try:
             data, binary = split_body(body, request.headers.get(BINARY_HEADER))
-            arrays, wanted = decode_request(data, model.manifest, max_batch=None, binary=binary)
+            arrays, wanted = decode_request(data, model.manifest, max_batch=None, binary=binary,
+                                            max_elements=service.config.max_body_bytes)
             outputs = await service.batcher(model).submit(arrays)
             payload, raw = encode_response(model.manifest, outputs, data.get("id"), wanted,
                                            binary_outputs(data, model.manifest))
         finally:
             model.release()
     except V2Error as exc:
-        service.metrics.errors.labels(*labels, "bad_request" if exc.status < 500 and exc.status != 404
-                                      else "not_found" if exc.status == 404 else "not_ready").inc()
+        _count_error(service, labels, name, version, error_reason(exc.status))
         return error(exc.status, exc.message)
     except Overloaded as exc:
-        service.metrics.errors.labels(*labels, "overloaded").inc()
+        _count_error(service, labels, name, version, "overloaded")
         return error(503, "the request queue of %s is full; retry later" % name,
                      headers={"Retry-After": str(exc.retry_after)})
     except Exception as exc:  # the backend failed on this input
         log.exception("inference on %s failed", name)
-        service.metrics.errors.labels(*labels, "backend").inc()
+        _count_error(service, labels, name, version, "backend")
         return error(500, "inference failed: %s" % str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__)
-    service.metrics.inferences.labels(*labels).inc()
-    service.metrics.duration.labels(*labels).observe(time.perf_counter() - started)
+    service.metrics.inferences.labels(model.name, model.version).inc()
+    service.metrics.duration.labels(model.name, model.version).observe(time.perf_counter() - started)
     if not raw:
         return JSONResponse(payload)
     header = json.dumps(payload, separators=(",", ":")).encode()
@@ -458,6 +473,28 @@ class Guard:
         await self.app(scope, receive, send)
 
 
+async def http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own errors (no such route, a method the route does not take) as the v2 error object."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code in (204, 304):
+        return Response(status_code=exc.status_code, headers=exc.headers)
+    message = {404: "no route %s %s" % (request.method, request.url.path),
+               405: "%s is not allowed on %s" % (request.method, request.url.path)}.get(exc.status_code, exc.detail)
+    return error(exc.status_code, message, headers=dict(exc.headers) if exc.headers else None)
+
+
+async def internal_error(request: Request, exc: Exception) -> Response:
+    """Any exception no endpoint caught: a JSON 500 that names a request id, logged with the traceback.
+
+    Starlette's ServerErrorMiddleware (the outermost layer) calls this, so exceptions in middleware
+    are answered in JSON too; it re-raises afterwards, and the server logs it once more.
+    """
+    request_id = uuid.uuid4().hex
+    log.error("internal error (request id %s) on %s %s", request_id, request.method, request.url.path,
+              exc_info=(type(exc), exc, exc.__traceback__))
+    return error(500, "internal error (request id %s)" % request_id, headers={"x-request-id": request_id})
+
+
 def create_app(config: RuntimeConfig, manager: Optional[ModelManager] = None) -> Starlette:
     service = Service(config, manager)
     routes = [
@@ -488,7 +525,8 @@ def create_app(config: RuntimeConfig, manager: Optional[ModelManager] = None) ->
         finally:
             await service.shutdown()
 
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan,
+                    exception_handlers={HTTPException: http_error, Exception: internal_error})
     app.state.service = service
     app.add_middleware(Guard)
     return app
