@@ -338,9 +338,12 @@ async def infer(request: Request) -> Response:
         return error(503, "the request queue of %s is full; retry later" % name,
                      headers={"Retry-After": str(exc.retry_after)})
     except Exception as exc:  # the backend failed on this input
-        log.exception("inference on %s failed", name)
+        request_id = uuid.uuid4().hex
+        log.exception("inference on %s failed (request id %s)", name, request_id)
         _count_error(service, labels, name, version, "backend")
-        return error(500, "inference failed: %s" % str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__)
+        cause = (str(exc).splitlines() or [""])[0][:300] or type(exc).__name__
+        return error(500, "inference failed (request id %s): %s" % (request_id, cause),
+                     headers={"x-request-id": request_id})
     service.metrics.inferences.labels(model.name, model.version).inc()
     service.metrics.duration.labels(model.name, model.version).observe(time.perf_counter() - started)
     if not raw:
@@ -478,8 +481,9 @@ async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code in (204, 304):
         return Response(status_code=exc.status_code, headers=exc.headers)
-    message = {404: "no route %s %s" % (request.method, request.url.path),
-               405: "%s is not allowed on %s" % (request.method, request.url.path)}.get(exc.status_code, exc.detail)
+    path = request.url.path if len(request.url.path) <= 200 else request.url.path[:197] + "..."
+    message = {404: "no route %s %s" % (request.method, path),
+               405: "%s is not allowed on %s" % (request.method, path)}.get(exc.status_code, exc.detail)
     return error(exc.status_code, message, headers=dict(exc.headers) if exc.headers else None)
 
 

@@ -132,7 +132,8 @@ def _parameters(holder: Mapping[str, Any], where: str) -> Dict[str, Any]:
     if params is None:
         return {}
     if not isinstance(params, dict):
-        raise V2Error(400, "%sparameters: must be an object, not %s" % (where + "." if where else "", _json_type(params)))
+        raise V2Error(400, "%sparameters: must be an object, not %s"
+                      % (where + "." if where else "", _json_type(params)))
     return params
 
 
