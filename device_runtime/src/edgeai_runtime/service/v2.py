@@ -43,7 +43,9 @@ _DEPTH_STEP = np.zeros(256, dtype=np.int8)
 _DEPTH_STEP[[ord("["), ord("{")]] = 1
 _DEPTH_STEP[[ord("]"), ord("}")]] = -1
 _QUOTE = ord('"')
+_OPENERS = b"[{"
 _SCAN_CHUNK = 1 << 20  # bytes per step of the depth scan: bounds its temporary arrays
+_SHORT_STRUCTURE = 128  # brackets and quotes up to which the scan loops in Python
 
 
 def json_depth(body: bytes, stop: Optional[int] = None) -> int:
@@ -57,7 +59,10 @@ def json_depth(body: bytes, stop: Optional[int] = None) -> int:
     """
     if b"\\" in body:
         body = body.replace(b"\\\\", b"").replace(b'\\"', b"")
-    structure = np.frombuffer(body.translate(None, _NOT_STRUCTURE), dtype=np.uint8)
+    text = body.translate(None, _NOT_STRUCTURE)
+    if len(text) <= _SHORT_STRUCTURE:
+        return _short_depth(text)
+    structure = np.frombuffer(text, dtype=np.uint8)
     deepest, depth, odd = 0, 0, 0  # odd: 1 while the chunks so far end inside a string
     for begin in range(0, len(structure), _SCAN_CHUNK):
         part = structure[begin:begin + _SCAN_CHUNK]
@@ -72,9 +77,25 @@ def json_depth(body: bytes, stop: Optional[int] = None) -> int:
     return deepest
 
 
+def _short_depth(structure: bytes) -> int:
+    """json_depth of a few brackets and quotes (most requests have a few dozen): a loop beats numpy's set-up."""
+    deepest = depth = 0
+    in_string = False
+    for char in structure:
+        if char == _QUOTE:
+            in_string = not in_string
+        elif not in_string:
+            depth += 1 if char in _OPENERS else -1
+            deepest = max(deepest, depth)
+    return deepest
+
+
 def _reject_constant(literal: str) -> Any:
     raise V2Error(400, "request body is not valid JSON: %s is not a JSON number (the v2 protocol has no "
                   "non-finite values in JSON)" % literal)
+
+
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 
 
 def parse_json(body: bytes) -> Dict[str, Any]:
@@ -86,7 +107,7 @@ def parse_json(body: bytes) -> Dict[str, Any]:
     if json_depth(body, stop=MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
         raise V2Error(400, "request body nests arrays and objects more than %d deep" % MAX_JSON_DEPTH)
     try:
-        data = json.loads(text, parse_constant=_reject_constant)
+        data = _DECODER.decode(text)
     except (ValueError, RecursionError) as exc:
         raise V2Error(400, "request body is not valid JSON: %s" % exc) from None
     if not isinstance(data, dict):
