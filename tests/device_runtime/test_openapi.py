@@ -47,8 +47,10 @@ def no_yaml_env(tmp_path_factory):
 @pytest.fixture(scope="module")
 def client(tmp_path_factory, digits, no_yaml_env):
     root = tmp_path_factory.mktemp("device")
-    install_digits(ModelStore(str(root)), "1.0.0", modelgen.digits_onnx(digits), digits)
-    ModelStore(str(root)).activate("digits", "1.0.0")
+    store = ModelStore(str(root))
+    install_digits(store, "1.0.0", modelgen.digits_onnx(digits), digits)
+    install_digits(store, "2.0.0", modelgen.digits_onnx(modelgen.train_digits_mlp(seed=3)), digits)
+    store.activate("digits", "1.0.0")
     write_config(root)
     proc, base = start_service(root, env=no_yaml_env)
     with httpx.Client(base_url=base, timeout=30) as http:
@@ -90,7 +92,8 @@ def test_document_without_models_and_with_a_token_is_valid_too():
     OpenAPIV31SpecValidator(bare).validate()
     name = bare["paths"]["/v2/models/{name}/infer"]["parameters"][0]
     assert name["schema"] == {"type": "string", "pattern": openapi.NAME_PATTERN}
-    assert "examples" not in bare["paths"]["/v2/models/{name}/infer"]["post"]["requestBody"]["content"]["application/json"]
+    body = bare["paths"]["/v2/models/{name}/infer"]["post"]["requestBody"]["content"]["application/json"]
+    assert "examples" not in body and body["schema"] == {"$ref": "#/components/schemas/InferenceRequest"}
     assert bare["security"] == [{"bearer": []}]
     assert bare["paths"]["/v2/health/live"]["get"]["security"] == []
     assert "401" in bare["paths"]["/v2"]["get"]["responses"]
@@ -168,3 +171,40 @@ def test_example_request_covers_datatypes_and_free_dimensions():
     assert body["inputs"][1] == {"name": "mask", "shape": [1, 2, 3], "datatype": "BOOL", "data": [False] * 6}
     assert body["inputs"][2] == {"name": "ids", "shape": [4], "datatype": "INT64", "data": [0, 0, 0, 0]}
     assert all(type(v) is float for v in body["inputs"][0]["data"])
+
+
+def test_each_served_model_has_a_body_schema_the_fuzzer_can_fill(doc):
+    specific = doc["components"]["schemas"]["digits.InferenceRequest"]
+    body = doc["paths"]["/v2/models/{name}/infer"]["post"]["requestBody"]["content"]["application/json"]
+    assert {"$ref": "#/components/schemas/digits.InferenceRequest"} in body["schema"]["anyOf"]
+    conforms(doc, "digits.InferenceRequest", body["examples"]["digits"]["value"])
+    tensor = specific["properties"]["inputs"]["prefixItems"][0]["properties"]
+    assert tensor["shape"] == {"const": [1, 64]} and tensor["data"]["minItems"] == tensor["data"]["maxItems"] == 64
+    assert tensor["data"]["items"]["maximum"] == pytest.approx(3.4028234663852886e38), "finite FP32 values only"
+    with pytest.raises(Exception):  # a value FP32 cannot hold is not in the model's body schema
+        conforms(doc, "digits.InferenceRequest", {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32",
+                                                              "data": [1e39] * 64}]})
+
+
+def test_a_model_with_large_inputs_gets_an_example_but_no_body_schema():
+    big = Manifest.for_model("images", "1", "onnxruntime", "fp32", b"model", outputs=ONNX_OUTPUTS,
+                             inputs=[{"name": "pixels", "datatype": "UINT8", "shape": [-1, 3, 224, 224]}])
+    assert openapi.model_request_schema(big) is None
+    built = openapi.document("0.0.0", [big])
+    OpenAPIV31SpecValidator(built).validate()
+    body = built["paths"]["/v2/models/{name}/infer"]["post"]["requestBody"]["content"]["application/json"]
+    assert body["schema"] == {"$ref": "#/components/schemas/InferenceRequest"}
+    assert len(body["examples"]["images"]["value"]["inputs"][0]["data"]) == 3 * 224 * 224
+
+
+def test_the_document_follows_a_blue_green_switch(doc, client):
+    """Last in this module: it switches the served version. The document is cached until the serving versions change."""
+    assert client.get("/openapi.json").content == client.get("/openapi.json").content
+    assert "digits 1.0.0" in doc["info"]["description"]
+    switched = client.post("/v2/admin/models/digits/activate", json={"version": "2.0.0"})
+    assert switched.status_code == 200, switched.text
+    after = client.get("/openapi.json").json()
+    assert "digits 2.0.0" in after["info"]["description"]
+    version = after["paths"]["/v2/models/{name}/versions/{version}/infer"]["parameters"][1]
+    assert version["example"] == "2.0.0"
+    OpenAPIV31SpecValidator(after).validate()

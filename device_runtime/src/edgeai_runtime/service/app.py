@@ -303,9 +303,11 @@ async def metrics_endpoint(request: Request) -> Response:
 
 async def openapi(request: Request) -> Response:
     """This service's OpenAPI 3.1 document (service/openapi.py), for the models serving now."""
-    service = _service(request)
-    return JSONResponse(openapi_doc.document(__version__, openapi_doc.serving_manifests(service.manager),
-                                             token_required=bool(service.config.token)))
+    service, state = _service(request), request.app.state
+    if not hasattr(state, "openapi"):
+        state.openapi = openapi_doc.DocumentCache(__version__)
+    body = await state.openapi.get(service.manager, token_required=bool(service.config.token))
+    return Response(body, media_type="application/json")
 
 
 # -- admin (loopback only) -----------------------------------------------------------------------

@@ -1,13 +1,18 @@
 """The service's OpenAPI 3.1 document, built as a plain dict: no PyYAML, no docstring parsing.
 
-Built per request from the models serving at that moment (their names become the enum of the
-``name`` path parameter, and each gets a real example infer body), so that a client or a fuzzer
-that reads it reaches the real models. Pure: the caller hands in the manifests.
+Built for the models serving at that moment: their names become the enum of the ``name`` path
+parameter, and each gets a real example infer body and a body schema of its own, so that a client
+or a fuzzer that reads the document reaches the real models. ``document`` is pure (the caller hands
+in the manifests); ``DocumentCache`` rebuilds it only when the serving versions change.
 """
 from __future__ import annotations
 
+import json
 import math
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from starlette.concurrency import run_in_threadpool
 
 from edgeai_runtime.format.manifest import Manifest, TensorSignature
 from edgeai_runtime.format.tensors import V2_TO_NUMPY
@@ -17,6 +22,8 @@ OPENAPI_VERSION = "3.1.0"
 #: Model names and versions are store directory names (format.manifest.check_name).
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 JSON = "application/json"
+#: Models whose inputs hold more values than this get an example body, but no body schema of their own.
+MAX_SCHEMA_ELEMENTS = 4096
 Schema = Dict[str, Any]
 
 _DESCRIPTION = (
@@ -142,7 +149,39 @@ def _zero(datatype: str) -> Any:
 
 def _example_input(sig: TensorSignature) -> Schema:
     shape = [1 if d < 0 else d for d in sig.shape]
-    return {"name": sig.name, "shape": shape, "datatype": sig.datatype, "data": [_zero(sig.datatype)] * math.prod(shape)}
+    return {"name": sig.name, "shape": shape, "datatype": sig.datatype,
+            "data": [_zero(sig.datatype)] * math.prod(shape)}
+
+
+def _value_schema(datatype: str) -> Schema:
+    dtype = V2_TO_NUMPY[datatype]
+    if dtype.kind == "b":
+        return {"type": "boolean"}
+    if dtype.kind == "f":
+        return {"type": "number", "minimum": float(np.finfo(dtype).min), "maximum": float(np.finfo(dtype).max)}
+    return {"type": "integer", "minimum": int(np.iinfo(dtype).min), "maximum": int(np.iinfo(dtype).max)}
+
+
+def model_request_schema(manifest: Manifest) -> Optional[Schema]:
+    """An infer body this model takes (one row where the batch is free), as a schema a fuzzer can
+    fill with real values; None when its inputs hold more than MAX_SCHEMA_ELEMENTS values."""
+    shapes = [[1 if d < 0 else d for d in sig.shape] for sig in manifest.inputs]
+    if sum(math.prod(shape) for shape in shapes) > MAX_SCHEMA_ELEMENTS:
+        return None
+    tensors = [{"type": "object", "required": ["name", "shape", "datatype", "data"], "additionalProperties": False,
+                "properties": {"name": {"const": sig.name}, "shape": {"const": shape},
+                               "datatype": {"const": sig.datatype},
+                               "data": {"type": "array", "minItems": math.prod(shape), "maxItems": math.prod(shape),
+                                        "items": _value_schema(sig.datatype)}}}
+               for sig, shape in zip(manifest.inputs, shapes)]
+    return {"type": "object", "required": ["inputs"], "additionalProperties": False,
+            "description": "What %s %s takes." % (manifest.name, manifest.version),
+            "properties": {"id": {"type": "string"},
+                           "inputs": {"type": "array", "prefixItems": tensors, "items": False,
+                                      "minItems": len(tensors), "maxItems": len(tensors)},
+                           "outputs": {"type": "array", "items": {
+                               "type": "object", "required": ["name"], "additionalProperties": False,
+                               "properties": {"name": {"enum": [t.name for t in manifest.outputs]}}}}}}
 
 
 def example_request(manifest: Manifest) -> Schema:
@@ -154,8 +193,16 @@ def document(server_version: str, manifests: Sequence[Manifest] = (), token_requ
     """The OpenAPI 3.1 document of the public routes, for the models in ``manifests`` (the serving versions)."""
     names = [m.name for m in manifests]
     versions = [m.version for m in manifests]
-    protected: Optional[List[Dict[str, List[str]]]] = [{"bearer": []}] if token_required else [{}, {"bearer": []}]
-    auth = (401,)
+    components = _components()
+    specific = {"%s.InferenceRequest" % m.name: model_request_schema(m) for m in manifests}
+    components["schemas"].update({key: value for key, value in specific.items() if value is not None})
+    request_schema: Schema = _ref("InferenceRequest")
+    if any(specific.values()):
+        request_schema = {"anyOf": [request_schema] + [_ref(k) for k, v in specific.items() if v is not None],
+                          "description": "Any v2 inference request; the served models' own bodies are "
+                                         "listed beside it."}
+    # An empty requirement makes the token optional, as it is when none is configured.
+    security: List[Dict[str, List[str]]] = [{"bearer": []}] if token_required else [{}, {"bearer": []}]
 
     def operation(op_id: str, summary: str, responses: Dict[str, Schema], public: bool = False,
                   **extra: Any) -> Schema:
@@ -163,7 +210,7 @@ def document(server_version: str, manifests: Sequence[Manifest] = (), token_requ
         if public:
             op["security"] = []
         else:
-            op["responses"].update(_errors(*auth))
+            op["responses"].update(_errors(401))
         op.update(extra)
         return op
 
@@ -174,7 +221,7 @@ def document(server_version: str, manifests: Sequence[Manifest] = (), token_requ
         examples = {m.name: {"summary": "zeros for %s %s" % (m.name, m.version), "value": example_request(m)}
                     for m in manifests}
         body: Schema = {"required": True, "content": {
-            JSON: {"schema": _ref("InferenceRequest"), **({"examples": examples} if examples else {})},
+            JSON: {"schema": request_schema, **({"examples": examples} if examples else {})},
             "application/octet-stream": {"schema": {
                 "type": "string", "format": "binary",
                 "description": "Binary tensor data extension: the JSON request (its length in the "
@@ -227,9 +274,30 @@ def document(server_version: str, manifests: Sequence[Manifest] = (), token_requ
     return {"openapi": OPENAPI_VERSION,
             "info": {"title": "edgeai-runtime (KServe v2)", "version": server_version,
                      "description": _DESCRIPTION % served},
-            "security": protected,
+            "security": security,
             "paths": paths,
-            "components": _components()}
+            "components": components}
+
+
+class DocumentCache:
+    """The last document built, as JSON bytes, kept until the serving versions or the token setting
+    change: an image model's example body alone is ~1 MB of JSON, too much to rebuild on every GET."""
+
+    def __init__(self, server_version: str) -> None:
+        self.server_version = server_version
+        self._key: Tuple[object, ...] = ()
+        self._body = b""
+
+    async def get(self, manager: ModelManager, token_required: bool) -> bytes:
+        manifests = serving_manifests(manager)
+        key = (token_required,) + tuple((m.name, m.version, m.sha256) for m in manifests)
+        if key != self._key:  # built off the event loop: large example bodies take milliseconds
+            body = await run_in_threadpool(self._encode, manifests, token_required)
+            self._key, self._body = key, body
+        return self._body
+
+    def _encode(self, manifests: Sequence[Manifest], token_required: bool) -> bytes:
+        return json.dumps(document(self.server_version, manifests, token_required), separators=(",", ":")).encode()
 
 
 def serving_manifests(manager: ModelManager) -> List[Manifest]:
