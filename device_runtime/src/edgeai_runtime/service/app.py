@@ -31,7 +31,6 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.schemas import SchemaGenerator
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from edgeai_runtime import __version__
@@ -41,6 +40,7 @@ from edgeai_runtime.device.config import RuntimeConfig
 from edgeai_runtime.service.gate import GateFailed
 from edgeai_runtime.format.manifest import ManifestError
 from edgeai_runtime.service.metrics import UNKNOWN_MODEL, Metrics, error_reason
+from edgeai_runtime.service import openapi as openapi_doc
 from edgeai_runtime.service.serving import LoadedModel, ModelManager, ModelNotFound
 from edgeai_runtime.device.store import StoreError, open_store
 from edgeai_runtime.service.v2 import (BINARY_HEADER, V2Error, binary_outputs, decode_request, encode_response,
@@ -56,10 +56,6 @@ _STARTED = time.time()
 PUBLIC_PATHS = ("/v2/health/live", "/v2/health/ready")
 PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "tflite": "tensorflow_lite", "edgetpu": "tensorflow_lite_edgetpu",
              "tensorrt": "tensorrt_plan"}
-
-schemas = SchemaGenerator({"openapi": "3.0.0",
-                           "info": {"title": "edgeai-runtime (KServe v2)", "version": __version__}})
-
 
 def error(status: int, message: str, headers: Optional[Dict[str, str]] = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
@@ -196,32 +192,19 @@ def _service(request: Request) -> Service:
 
 
 async def live(request: Request) -> Response:
-    """
-    summary: Liveness (KServe v2 server live)
-    responses:
-      200: {description: The process is up.}
-    """
+    """Liveness (KServe v2 server live)."""
     return JSONResponse({"live": True})
 
 
 async def ready(request: Request) -> Response:
-    """
-    summary: Readiness (KServe v2 server ready)
-    responses:
-      200: {description: At least one model serves, or a cloud fallback is configured.}
-      503: {description: Nothing can answer an inference request yet.}
-    """
+    """Readiness (KServe v2 server ready): 503 until a model serves or a cloud fallback is configured."""
     service = _service(request)
     is_ready = bool(service.manager.names()) or bool(service.config.cloud_fallback_url)
     return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
 
 
 async def server_metadata(request: Request) -> Response:
-    """
-    summary: Server metadata (KServe v2)
-    responses:
-      200: {description: Name, version and extensions.}
-    """
+    """Server metadata (KServe v2)."""
     return JSONResponse({"name": "edgeai-runtime", "version": __version__, "extensions": ["binary_tensor_data"]})
 
 
@@ -257,12 +240,7 @@ def _acquire(service: Service, name: str, version: Optional[str]) -> LoadedModel
 
 
 async def model_metadata_endpoint(request: Request) -> Response:
-    """
-    summary: Model metadata (KServe v2)
-    responses:
-      200: {description: Inputs, outputs and platform of the model version.}
-      404: {description: Unknown model or version.}
-    """
+    """Model metadata (KServe v2)."""
     service = _service(request)
     name, version = _model_args(request)
     try:
@@ -276,13 +254,7 @@ async def model_metadata_endpoint(request: Request) -> Response:
 
 
 async def model_ready(request: Request) -> Response:
-    """
-    summary: Model readiness (KServe v2)
-    responses:
-      200: {description: The model version is loaded and serves.}
-      404: {description: Unknown model or version.}
-      503: {description: Installed but not loaded.}
-    """
+    """Model readiness (KServe v2)."""
     service = _service(request)
     name, version = _model_args(request)
     try:
@@ -295,19 +267,7 @@ async def model_ready(request: Request) -> Response:
 
 
 async def infer(request: Request) -> Response:
-    """
-    summary: Inference (KServe v2, JSON tensors)
-    requestBody:
-      content:
-        application/json:
-          schema: {type: object, required: [inputs]}
-    responses:
-      200: {description: Output tensors.}
-      400: {description: Malformed JSON, or a wrong tensor name, shape or datatype (the field is named).}
-      404: {description: Unknown model or version.}
-      413: {description: The body is over the limit.}
-      503: {description: Queue full (with Retry-After) or the model is not loaded.}
-    """
+    """Inference (KServe v2): JSON tensors, or the binary tensor data extension."""
     service = _service(request)
     name, version = _model_args(request)
     started = time.perf_counter()
@@ -354,17 +314,18 @@ async def infer(request: Request) -> Response:
 
 
 async def metrics_endpoint(request: Request) -> Response:
-    """
-    summary: Prometheus metrics
-    responses:
-      200: {description: Exposition in the format the Accept header asks for.}
-    """
+    """Prometheus metrics, in the format the Accept header asks for."""
     body, content_type = _service(request).metrics.exposition(request.headers.get("accept", ""))
     return Response(body, media_type=None, headers={"content-type": content_type})
 
 
 async def openapi(request: Request) -> Response:
-    return JSONResponse(schemas.get_schema(routes=request.app.routes))
+    """This service's OpenAPI 3.1 document (service/openapi.py), for the models serving now."""
+    service, state = _service(request), request.app.state
+    if not hasattr(state, "openapi"):
+        state.openapi = openapi_doc.DocumentCache(__version__)
+    body = await state.openapi.get(service.manager, token_required=bool(service.config.token))
+    return Response(body, media_type="application/json")
 
 
 # -- admin (loopback only) -----------------------------------------------------------------------
