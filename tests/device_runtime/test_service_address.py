@@ -54,17 +54,24 @@ class Device:
         self.root, self.serve_port, self.proc = root, serve_port, None
         self.base = "http://127.0.0.1:%d" % serve_port
 
-    def start(self) -> None:
+    def start(self, port=None) -> None:
+        """`serve --port` (this device's serve port, or ``port``: 0 lets the OS choose one, which only
+        the announcement tells); wait until it answers ready."""
+        port = self.serve_port if port is None else port
         log = open(self.root / "service.log", "a")
         self.proc = subprocess.Popen([sys.executable, "-m", "edgeai_runtime.cli", "--root", str(self.root), "serve",
-                                      "--port", str(self.serve_port)], stdout=log, stderr=subprocess.STDOUT)
+                                      "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and self.proc.poll() is None:
-            try:
-                if httpx.get(self.base + "/v2/health/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.1)
+            address, _why = announced(str(self.root))
+            if address is not None and address.pid == self.proc.pid:
+                self.base = "http://127.0.0.1:%d" % address.port
+                try:
+                    if httpx.get(self.base + "/v2/health/ready", timeout=1).status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+            time.sleep(0.1)
         self.proc.kill()
         pytest.fail("service never became ready:\n" + (self.root / "service.log").read_text())
 
@@ -143,9 +150,12 @@ def test_a_clean_shutdown_withdraws_the_announcement(device):
     assert device.tripwire.hits == 0
 
 
-def test_a_crashed_services_announcement_is_ignored(device):
-    device.start()
-    assert device.serving()["active"]["digits"] == "2.0.0"
+def test_a_port_the_os_chose_is_found_and_a_crashed_services_announcement_is_ignored(device):
+    device.start(port=0)
+    port = json.loads(open(address_path(str(device.root)), encoding="utf-8").read())["port"]
+    assert port not in (0, device.serve_port) and device.serving()["active"]["digits"] == "2.0.0"
+    assert cli(device, "model", "activate", "digits", "3.0.0")["via"] == "service"
+    assert device.serving()["active"]["digits"] == "3.0.0"
     pid = device.proc.pid
     device.proc.kill()
     device.proc.wait(timeout=30)
@@ -153,8 +163,9 @@ def test_a_crashed_services_announcement_is_ignored(device):
     assert stale["pid"] == pid and not psutil.pid_exists(pid)
     address, why = announced(str(device.root))
     assert address is None and "names pid %d, which has gone" % pid in why
-    switched = cli(device, "model", "activate", "digits", "3.0.0")
+    switched = cli(device, "model", "activate", "digits", "1.0.0")
     assert switched["via"] == "store" and switched["changed"] is True
+    assert ModelStore(str(device.root)).active("digits") == "1.0.0"
     assert device.tripwire.hits == 0
 
 

@@ -112,22 +112,28 @@ def withdraw(root: str) -> bool:
 
 
 def listening() -> Dict[Tuple[str, int], None]:
-    """The TCP addresses (host, port) this process listens on, in the order the OS lists them."""
+    """The TCP addresses (host, port) this process listens on, in the order the OS lists them (none
+    where the OS will not say)."""
     process = psutil.Process()
-    connections = process.net_connections(kind="tcp") if hasattr(process, "net_connections") \
-        else process.connections(kind="tcp")
+    try:
+        connections = process.net_connections(kind="tcp") if hasattr(process, "net_connections") \
+            else process.connections(kind="tcp")
+    except psutil.Error:
+        return {}
     return {(str(c.laddr[0]), int(c.laddr[1])): None for c in connections
             if c.status == psutil.CONN_LISTEN and c.laddr}
 
 
 def bound_address(before: Dict[Tuple[str, int], None], port: int) -> Optional[Tuple[str, int]]:
-    """The address the service's server has bound since ``before`` (what ``listening`` said ahead of
-    it): the one on ``port`` when there is one, else the first new one; None while there is none."""
-    new = [address for address in listening() if address not in before]
-    for address in new:
-        if address[1] == port:
+    """The address the service's server has bound: this process's listening socket on ``port`` (the
+    one ``serve`` was told), else (``port`` 0: any free one) the first that is new since ``before``
+    (what ``listening`` said ahead of it); None while there is none."""
+    now = list(listening())
+    for address in now:
+        if port and address[1] == port:
             return address
-    return new[0] if new else None
+    new = [address for address in now if address not in before]
+    return new[0] if new and not port else None
 
 
 def _read_address(path: str) -> Optional[ServiceAddress]:

@@ -94,6 +94,7 @@ def _dims(shape: Optional[Sequence[Any]]) -> List[int]:
 
 
 def _onnx_tensors(model: bytes, path: str) -> Tuple[List[TensorSignature], List[TensorSignature]]:
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")  # as service.backends.onnx.import_onnxruntime does
     try:
         import onnxruntime as ort
     except ImportError:
@@ -317,7 +318,8 @@ def _same(path: str, data: bytes) -> bool:
 
 def add_init_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments of ``model init`` / ``edgeai-artifact init`` (``init_from_args`` reads them)."""
-    parser.add_argument("model_file", metavar="MODEL_FILE", help="the .onnx or .tflite file; the manifest goes beside it")
+    parser.add_argument("model_file", metavar="MODEL_FILE",
+                        help="the .onnx or .tflite file; the manifest goes beside it")
     parser.add_argument("--name", required=True, help="the model's name")
     parser.add_argument("--version", required=True, help="this build's version")
     parser.add_argument("--golden", metavar="FILE", help="golden samples (.npz: inputs.<input name>, labels)")

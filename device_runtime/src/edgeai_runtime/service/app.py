@@ -502,7 +502,7 @@ def create_app(config: RuntimeConfig, manager: Optional[ModelManager] = None) ->
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        before = listening()  # the server binds after startup: its socket is the one that is new then
+        before = listening()  # port 0: the socket the server binds after startup is the new one
         await service.startup()
         announcing = asyncio.ensure_future(_announce_when_bound(config, before))
         try:
