@@ -209,3 +209,17 @@ def test_bad_arguments_and_gate_data_are_refused_before_writing(tmp_path, digits
         init_model(str(tmp_path / "model.onnx"), "digits", kwargs.pop("version", "1.0.0"), **kwargs)
     assert refused.value.reason == reason and needle in str(refused.value), str(refused.value)
     assert listing(tmp_path) == before
+
+
+def test_an_output_that_is_not_a_tensor_is_refused_by_name(tmp_path, digits):
+    """skl2onnx's default ZipMap output (a sequence of maps) has no v2 datatype: init names it."""
+    from skl2onnx import to_onnx
+    from skl2onnx.common.data_types import FloatTensorType
+    onx = to_onnx(modelgen._unwrap(digits), initial_types=[("input", FloatTensorType([None, 64]))], target_opset=17)
+    (tmp_path / "zipmap.onnx").write_bytes(onx.SerializeToString())
+    before = listing(tmp_path)
+    with pytest.raises(ModelFileError) as refused:
+        init_model(str(tmp_path / "zipmap.onnx"), "digits", "1.0.0")
+    assert refused.value.reason == "unsupported_tensor" and "output 'output_probability' is seq(map(int64," \
+        in str(refused.value), str(refused.value)
+    assert listing(tmp_path) == before
