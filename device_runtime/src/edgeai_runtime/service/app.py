@@ -36,6 +36,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from edgeai_runtime import __version__
 from edgeai_runtime.service.backends import BackendUnavailable, ModelLoadError
 from edgeai_runtime.service.batching import Batcher, Overloaded
+from edgeai_runtime.device.client import address_path, announce, bound_address, listening, withdraw
 from edgeai_runtime.device.config import RuntimeConfig
 from edgeai_runtime.service.gate import GateFailed
 from edgeai_runtime.format.manifest import ManifestError
@@ -460,6 +461,25 @@ async def internal_error(request: Request, exc: Exception) -> Response:
     return error(500, "internal error (request id %s)" % request_id, headers={"x-request-id": request_id})
 
 
+async def _announce_when_bound(config: RuntimeConfig, before: Dict[Tuple[str, int], None]) -> None:
+    """Announce the address the server really bound (device.client.announce) once it listens: the
+    CLI and the OTA installer find the service by it, ``serve --port`` included."""
+    delay, deadline = 0.005, time.monotonic() + 60.0
+    while time.monotonic() < deadline:
+        found = bound_address(before, config.port)
+        if found is not None:
+            try:
+                address = announce(config.root, found[0], found[1])
+            except OSError as exc:
+                log.error("cannot announce the service address in %s: %s", address_path(config.root), exc)
+                return
+            log.info("listening on %s:%d, announced in %s", address.host, address.port, address_path(config.root))
+            return
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.5)
+    log.warning("no listening socket after 60 s: the service address is not announced")
+
+
 def create_app(config: RuntimeConfig, manager: Optional[ModelManager] = None) -> Starlette:
     service = Service(config, manager)
     routes = [
@@ -484,10 +504,15 @@ def create_app(config: RuntimeConfig, manager: Optional[ModelManager] = None) ->
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        before = listening()  # port 0: the socket the server binds after startup is the new one
         await service.startup()
+        announcing = asyncio.ensure_future(_announce_when_bound(config, before))
         try:
             yield
         finally:
+            announcing.cancel()
+            with contextlib.suppress(OSError):
+                withdraw(config.root)
             await service.shutdown()
 
     app = Starlette(routes=routes, lifespan=lifespan,
