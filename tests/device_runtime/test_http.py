@@ -134,9 +134,16 @@ def test_metrics_carry_the_design_notes_names(server, digits):
 
 
 def test_openapi_document(server):
+    """The full checks are in test_openapi.py and test_schema_fuzz.py; here, the document of this server."""
     client = server.client
-    doc = client.get("/openapi.json").json()
-    assert doc["openapi"].startswith("3.") and "/v2/models/{name}/infer" in doc["paths"]
+    reply = client.get("/openapi.json")
+    assert reply.status_code == 200 and reply.headers["content-type"] == "application/json"
+    doc = reply.json()
+    assert doc["openapi"] == "3.1.0" and doc["info"]["version"] == client.get("/v2").json()["version"]
+    infer = doc["paths"]["/v2/models/{name}/infer"]
+    assert infer["parameters"][0]["schema"]["enum"] == ["digits"]
+    example = infer["post"]["requestBody"]["content"]["application/json"]["examples"]["digits"]["value"]
+    assert client.post("/v2/models/digits/infer", json=example).status_code == 200
 
 
 def test_cli_activation_switches_the_running_service(server, digits):

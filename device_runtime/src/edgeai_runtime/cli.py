@@ -1,6 +1,8 @@
 """edgeai-runtime: serve models, and manage the model store with JSON output for Ansible.
 
   edgeai-runtime [--root DIR] serve [--host H] [--port P]
+  edgeai-runtime model init MODEL_FILE --name N --version V [--golden F] [--validation F] [--min-accuracy X]
+                            [--label-output O] [--precision P] [--force]
   edgeai-runtime [--root DIR] model list|status
   edgeai-runtime [--root DIR] model install --manifest M --model FILE [--file NAME=PATH ...] [--activate] [--force]
   edgeai-runtime [--root DIR] model install --artifact A --keyslot S|- [--file NAME=PATH ...] [--activate] [--force]
@@ -25,9 +27,11 @@ a stable ``reason`` code), 2 bad usage. ``changed`` is true only when the device
 command sweeps what killed writers left in the store and lists it in ``swept``. The root must
 exist (``reason: root_missing`` otherwise). A full disk fails with ``reason: disk_full`` and a
 message naming the filesystem, the bytes free and the versions active after the failure.
-Activation and rollback go through the running service's loopback admin endpoint when
-the service is up, so it switches without a restart; otherwise the same load-and-gate
-runs in this process before the store's pointer moves.
+``model init`` reads an .onnx or .tflite file and writes manifest.json beside it (it needs no
+device root). Activation and rollback go through the running service's loopback admin endpoint
+when a service is running (the address it announced in <root>/cache/service.json, see
+device.client), so it switches without a restart; otherwise the same load-and-gate runs in this
+process before the store's pointer moves.
 """
 from __future__ import annotations
 
@@ -41,6 +45,7 @@ from edgeai_runtime.format.errors import EdgeAIError
 from edgeai_runtime import __version__
 from edgeai_runtime.device.config import DEFAULT_ROOT, RuntimeConfig, load_config
 from edgeai_runtime.format.manifest import Manifest
+from edgeai_runtime.format.modelfile import add_init_arguments, init_from_args
 from edgeai_runtime.device.store import DiskFull, ModelStore, StoreError, open_store
 
 if TYPE_CHECKING:  # pragma: no cover - imported where a command needs it
@@ -319,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("probe", help="which runtime backends can load models here, and why not")
     model = sub.add_parser("model", help="manage the model store")
     actions = model.add_subparsers(dest="action", required=True)
+    add_init_arguments(actions.add_parser(
+        "init", help="write manifest.json beside an .onnx or .tflite file, read from the model (needs no root)"))
     actions.add_parser("list")
     actions.add_parser("status")
     install = actions.add_parser("install")
@@ -423,6 +430,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     store: Optional[ModelStore] = None
     try:
+        if args.command == "model" and args.action == "init":  # a file beside a model: no device root
+            print(json.dumps(init_from_args(args), default=str))
+            return 0
         overrides = {"host": getattr(args, "host", None), "port": getattr(args, "port", None)}
         config = load_config(args.root, **overrides)
         if args.command == "serve":

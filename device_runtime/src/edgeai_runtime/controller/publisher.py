@@ -1,6 +1,8 @@
 """The controller's side of the artifact format: fleet keys, packing model directories and
 releases of variants, wrapping data keys for devices, publishing the pull registry. Used by the ``edgeai-artifact`` CLI and the collection's action plugins.
 
+    edgeai-artifact init    MODEL_FILE --name N --version V [--golden F] [--validation F] [--min-accuracy X]
+                            [--label-output O] [--precision P] [--force]
     edgeai-artifact keygen  --keys-dir DIR
     edgeai-artifact pack    --keys-dir DIR --model-dir SRC --out-dir DIR [--cipher C] [--chunk-mib N]
     edgeai-artifact wrap    --keys-dir DIR --artifact A --public-key PEM_FILE
@@ -30,7 +32,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 
-from edgeai_runtime.format import artifact, keys
+from edgeai_runtime.format import artifact, keys, modelfile
 from edgeai_runtime.fsutil import exclusive_lock, write_atomic
 from edgeai_runtime.controller import packing, variants
 from edgeai_runtime.format.keys import ArtifactError
@@ -438,6 +440,8 @@ def wrap_for(path: str, fleet: FleetKeys, public_pem: str, artifact_id: Optional
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgeai-artifact", description="pack, sign and wrap model artifacts")
     sub = parser.add_subparsers(dest="command", required=True)
+    modelfile.add_init_arguments(sub.add_parser(
+        "init", help="write manifest.json beside an .onnx or .tflite file, read from the model (a model directory)"))
     keygen = sub.add_parser("keygen", help="create the fleet signing and escrow keys (never replaces one)")
     keygen.add_argument("--keys-dir", required=True)
     pack = sub.add_parser("pack", help="pack a model directory into a signed, encrypted artifact")
@@ -475,6 +479,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         if args.command == "inspect":
             result: Dict[str, Any] = {"changed": False, "header": artifact.read_header(args.artifact)}
+        elif args.command == "init":
+            result = modelfile.init_from_args(args)
         else:
             fleet = FleetKeys(args.keys_dir, os.environ.get(PASSPHRASE_ENV))
             if args.command == "keygen":
@@ -497,7 +503,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             else:
                 with open(args.public_key, encoding="ascii") as f:
                     result = {"changed": False, "keyslot": wrap_for(args.artifact, fleet, f.read())}
-    except (ArtifactError, OSError) as exc:
+    except (ArtifactError, modelfile.ModelFileError, OSError) as exc:
         print(json.dumps({"failed": True, "changed": False, "msg": str(exc),
                           "reason": getattr(exc, "reason", type(exc).__name__)}))
         return 1

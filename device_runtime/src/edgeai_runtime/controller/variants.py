@@ -2,7 +2,7 @@
 
 Pure rules, no I/O beyond reading a model file's first bytes: what a variant is (its identity),
 which runtimes a class profile can serve, which variant of a release fits a device, and whether
-a model file is in the format its manifest claims.
+a model file is in the format its manifest claims (by format.modelfile.sniff_format).
 
 A variant's identity is (name, version, runtime, precision, plaintext sha256); the controller's
 artifact file names and caches are keyed by it, so two variants never share a file.
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from edgeai_runtime.format.keys import ArtifactError
+from edgeai_runtime.format.modelfile import SNIFF_BYTES, sniff_format
 
 #: The model runtimes a device whose class profile names ``runtime`` can serve, best first. A Jetson
 #: (``tensorrt``) also runs ONNX models through ONNX Runtime (TensorRT / CUDA execution providers); a
@@ -122,21 +123,10 @@ def choose(variants: Sequence[Tuple[str, Mapping[str, object]]], profile: Profil
     return ranked[0][1]
 
 
-def sniff_format(head: bytes) -> str:
-    """The format of a model file from its first bytes: ``tflite`` (a flatbuffer with the TFL3
-    identifier), ``onnx`` (a protobuf ModelProto: its first field is ir_version, tag 0x08), or
-    ``unknown`` (which is what a serialised TensorRT plan is to this check)."""
-    if len(head) >= 8 and head[4:8] == b"TFL3":
-        return "tflite"
-    if head[:1] == b"\x08":
-        return "onnx"
-    return "unknown"
-
-
 def check_format(path: str, runtime: str) -> None:
     """Refuse a model file whose format is not what ``runtime`` loads, naming the file."""
     with open(path, "rb") as f:
-        found = sniff_format(f.read(16))
+        found = sniff_format(f.read(SNIFF_BYTES))
     want = FORMAT_OF_RUNTIME.get(runtime)
     if want == "tensorrt-plan":
         if found != "unknown":

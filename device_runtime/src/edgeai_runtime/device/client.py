@@ -1,15 +1,29 @@
 """The running service's HTTP API as seen from the device itself (loopback): admin calls, readiness,
-a probe inference and the metrics. Used by the CLI and the OTA installer; stdlib only."""
+a probe inference and the metrics. Used by the CLI and the OTA installer.
+
+Where the service is: one source of truth, the address the running service announces. At startup,
+once it listens, the service writes ``<root>/cache/service.json`` (``announce``): the host and port
+it really bound (``serve --port`` included), its pid and that process's create time; a clean
+shutdown removes it (``withdraw``). The client reads it on every call (``announced``) and trusts it
+only while that pid is alive with the same create time, so a file a crashed service left (or a pid
+reused since) is ignored. With no live service announced the client says ServiceDown at once, as
+when nothing answers, and never tries runtime.json's port or a default one.
+"""
 from __future__ import annotations
 
 import json
+import os
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
+
+import psutil
 
 from edgeai_runtime.format.errors import EdgeAIError
 from edgeai_runtime.device.config import RuntimeConfig
+from edgeai_runtime.fsutil import write_atomic
 
 
 class ServiceError(EdgeAIError, RuntimeError):
@@ -29,22 +43,144 @@ class ServiceDown(EdgeAIError, ConnectionError):
     default_reason = "service_down"
 
 
+#: Where the running service announces itself, under the device root.
+ADDRESS_FILE = os.path.join("cache", "service.json")
+#: Two reads of one process's create time agree to far better than this (seconds).
+_SAME_PROCESS_S = 0.01
+
+
+def address_path(root: str) -> str:
+    return os.path.join(root, ADDRESS_FILE)
+
+
+@dataclass(frozen=True)
+class ServiceAddress:
+    """Where the running service listens, as it announced it."""
+    host: str
+    port: int
+    pid: int
+    create_time: float
+
+    @property
+    def connect_host(self) -> str:
+        """The host to connect to: loopback for the wildcard addresses (IPv6's for ``::``, which
+        asyncio binds IPv6-only), else the bound address itself."""
+        if self.host in ("0.0.0.0", "", "localhost"):
+            return "127.0.0.1"
+        if self.host == "::":
+            return "::1"
+        return self.host
+
+    def url(self, path: str) -> str:
+        host = self.connect_host
+        return "http://%s:%d%s" % (host if ":" not in host else "[%s]" % host, self.port, path)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"host": self.host, "port": self.port, "pid": self.pid, "create_time": self.create_time}
+
+
+def _create_time(pid: int) -> Optional[float]:
+    try:
+        return float(psutil.Process(pid).create_time())
+    except (psutil.Error, ValueError):  # gone, a zombie we cannot read, or a pid psutil refuses
+        return None
+
+
+def announce(root: str, host: str, port: int) -> ServiceAddress:
+    """Write this process's address to ``<root>/cache/service.json`` (atomically); the service calls
+    it once it listens."""
+    pid = os.getpid()
+    address = ServiceAddress(host, int(port), pid, _create_time(pid) or 0.0)
+    path = address_path(root)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    write_atomic(path, (json.dumps(address.to_dict(), sort_keys=True) + "\n").encode(), 0o644,
+                 label="service.json")
+    return address
+
+
+def withdraw(root: str) -> bool:
+    """Remove service.json if this process wrote it (a newer service's stays); True when removed."""
+    path = address_path(root)
+    found = _read_address(path)
+    if found is None or found.pid != os.getpid():
+        return False
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def listening() -> Dict[Tuple[str, int], None]:
+    """The TCP addresses (host, port) this process listens on, in the order the OS lists them (none
+    where the OS will not say)."""
+    process = psutil.Process()
+    try:
+        connections = process.net_connections(kind="tcp") if hasattr(process, "net_connections") \
+            else process.connections(kind="tcp")
+    except psutil.Error:
+        return {}
+    return {(str(c.laddr[0]), int(c.laddr[1])): None for c in connections
+            if c.status == psutil.CONN_LISTEN and c.laddr}
+
+
+def bound_address(before: Dict[Tuple[str, int], None], port: int) -> Optional[Tuple[str, int]]:
+    """The address the service's server has bound: this process's listening socket on ``port`` (the
+    one ``serve`` was told), else (``port`` 0: any free one) the first that is new since ``before``
+    (what ``listening`` said ahead of it); None while there is none."""
+    now = list(listening())
+    for address in now:
+        if port and address[1] == port:
+            return address
+    new = [address for address in now if address not in before]
+    return new[0] if new and not port else None
+
+
+def _read_address(path: str) -> Optional[ServiceAddress]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        return ServiceAddress(str(data["host"]), int(data["port"]), int(data["pid"]), float(data["create_time"]))
+    except (OSError, ValueError, TypeError, KeyError):  # none, or half-readable: no service to trust
+        return None
+
+
+def announced(root: str) -> Tuple[Optional[ServiceAddress], str]:
+    """(the live service's address, "") or (None, why there is none)."""
+    path = address_path(root)
+    address = _read_address(path)
+    if address is None:
+        return None, "no inference service is running (%s is %s)" % (
+            path, "unreadable" if os.path.exists(path) else "absent")
+    started = _create_time(address.pid)
+    if started is None or abs(started - address.create_time) > _SAME_PROCESS_S:
+        return None, "no inference service is running (%s names pid %d, which %s: left by a service that " \
+            "did not shut down cleanly)" % (path, address.pid, "has gone" if started is None else "is another process")
+    return address, ""
+
+
 class ServiceClient:
     def __init__(self, config: RuntimeConfig, timeout: float = 300.0) -> None:
         self.config = config
         self.timeout = timeout
 
+    def address(self) -> ServiceAddress:
+        """The running service's address (read afresh: a restarted service announces a new one);
+        ServiceDown when no live service is announced."""
+        address, why = announced(self.config.root)
+        if address is None:
+            raise ServiceDown(why)
+        return address
+
     def url(self, path: str) -> str:
-        config = self.config
-        host = "127.0.0.1" if config.host in ("0.0.0.0", "::", "127.0.0.1", "localhost") or config.loopback_only \
-            else config.host
-        return "http://%s:%d%s" % (host if ":" not in host else "[%s]" % host, config.port, path)
+        return self.address().url(path)
 
     def request(self, method: str, path: str, body: Optional[Dict[str, Any]] = None,
                 timeout: Optional[float] = None) -> Tuple[int, bytes]:
         """(status, body) for any answer, errors included; ServiceDown when nothing answers."""
+        url = self.url(path)
         data = json.dumps(body or {}).encode() if method == "POST" else None
-        request = urllib.request.Request(self.url(path), data=data, method=method,
+        request = urllib.request.Request(url, data=data, method=method,
                                          headers={"content-type": "application/json"})
         if self.config.token:
             request.add_header("authorization", "Bearer %s" % self.config.token)
@@ -55,7 +191,7 @@ class ServiceClient:
             return exc.code, exc.read()
         except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
             raise ServiceDown("the inference service at %s does not answer: %s"
-                              % (self.url(""), getattr(exc, "reason", exc))) from None
+                              % (url, getattr(exc, "reason", exc))) from None
 
     def call(self, method: str, path: str, body: Optional[Dict[str, Any]] = None,
              timeout: Optional[float] = None) -> Dict[str, Any]:

@@ -24,6 +24,7 @@ import os
 import signal
 import sys
 import time
+import uuid
 import weakref
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -34,19 +35,21 @@ import numpy as np
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.schemas import SchemaGenerator
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from edgeai_runtime import __version__
 from edgeai_runtime.service.backends import BackendUnavailable, ModelLoadError
 from edgeai_runtime.service.batching import Batcher, Overloaded
+from edgeai_runtime.device.client import address_path, announce, bound_address, listening, withdraw
 from edgeai_runtime.device.config import RuntimeConfig
 from edgeai_runtime.service.gate import GateFailed
 from edgeai_runtime.format.manifest import Manifest, ManifestError
-from edgeai_runtime.service.metrics import Metrics
+from edgeai_runtime.service.metrics import UNKNOWN_MODEL, Metrics, error_reason
+from edgeai_runtime.service import openapi as openapi_doc
 from edgeai_runtime.service.serving import LoadedModel, ModelManager, ModelNotFound
 from edgeai_runtime.device.store import StoreError, open_store
 from edgeai_runtime.service.v2 import (BINARY_HEADER, V2Error, binary_outputs, decode_request, encode_response,
@@ -66,9 +69,6 @@ PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "tflite": "tensorflow_lite", "ed
 T = TypeVar("T")
 PR_SET_PDEATHSIG = 1  # prctl(2)
 OFFLOAD_NICENESS = 10
-
-schemas = SchemaGenerator({"openapi": "3.0.0",
-                           "info": {"title": "edgeai-runtime (KServe v2)", "version": __version__}})
 
 
 def error(status: int, message: str, headers: Optional[Dict[str, str]] = None) -> JSONResponse:
@@ -140,11 +140,12 @@ def answer(content: bytes, json_length: Optional[int], large: int) -> Response:
 Decoded = Tuple[Dict[str, np.ndarray], Optional[List[str]], Optional[str], List[str]]
 
 
-def decode_body(body: Union[bytes, SpooledBody], json_length: Optional[str], manifest: Manifest) -> Decoded:
+def decode_body(body: Union[bytes, SpooledBody], json_length: Optional[str], manifest: Manifest,
+                max_elements: int) -> Decoded:
     """An infer request body, checked against the manifest; raises V2Error.
     (A SpooledBody comes to the offload worker as bytes.)"""
     data, binary = split_body(bytes(body), json_length)
-    arrays, wanted = decode_request(data, manifest, max_batch=None, binary=binary)
+    arrays, wanted = decode_request(data, manifest, max_batch=None, binary=binary, max_elements=max_elements)
     return arrays, wanted, data.get("id"), binary_outputs(data, manifest)
 
 
@@ -344,37 +345,37 @@ def _service(request: Request) -> Service:
 
 
 async def live(request: Request) -> Response:
-    """
-    summary: Liveness (KServe v2 server live)
-    responses:
-      200: {description: The process is up.}
-    """
+    """Liveness (KServe v2 server live)."""
     return JSONResponse({"live": True})
 
 
 async def ready(request: Request) -> Response:
-    """
-    summary: Readiness (KServe v2 server ready)
-    responses:
-      200: {description: At least one model serves, or a cloud fallback is configured.}
-      503: {description: Nothing can answer an inference request yet.}
-    """
+    """Readiness (KServe v2 server ready): 503 until a model serves or a cloud fallback is configured."""
     service = _service(request)
     is_ready = bool(service.manager.names()) or bool(service.config.cloud_fallback_url)
     return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
 
 
 async def server_metadata(request: Request) -> Response:
-    """
-    summary: Server metadata (KServe v2)
-    responses:
-      200: {description: Name, version and extensions.}
-    """
+    """Server metadata (KServe v2)."""
     return JSONResponse({"name": "edgeai-runtime", "version": __version__, "extensions": ["binary_tensor_data"]})
 
 
 def _model_args(request: Request) -> Tuple[str, Optional[str]]:
     return request.path_params["name"], request.path_params.get("version")
+
+
+def _known_labels(service: Service, name: str, version: Optional[str]) -> Tuple[str, str]:
+    """The metric labels of a request for ``name`` (and ``version``): theirs only when the store has them,
+    else one fixed pair, so that the names clients make up cannot grow /metrics."""
+    if name in service.store.names() and (version is None or version in service.store.versions(name)):
+        return name, version or ""
+    return UNKNOWN_MODEL
+
+
+def _count_error(service: Service, labels: Optional[Tuple[str, str]], name: str, version: Optional[str],
+                 reason: str) -> None:
+    service.metrics.errors.labels(*(labels or _known_labels(service, name, version)), reason).inc()
 
 
 def _acquire(service: Service, name: str, version: Optional[str]) -> LoadedModel:
@@ -392,12 +393,7 @@ def _acquire(service: Service, name: str, version: Optional[str]) -> LoadedModel
 
 
 async def model_metadata_endpoint(request: Request) -> Response:
-    """
-    summary: Model metadata (KServe v2)
-    responses:
-      200: {description: Inputs, outputs and platform of the model version.}
-      404: {description: Unknown model or version.}
-    """
+    """Model metadata (KServe v2)."""
     service = _service(request)
     name, version = _model_args(request)
     try:
@@ -411,13 +407,7 @@ async def model_metadata_endpoint(request: Request) -> Response:
 
 
 async def model_ready(request: Request) -> Response:
-    """
-    summary: Model readiness (KServe v2)
-    responses:
-      200: {description: The model version is loaded and serves.}
-      404: {description: Unknown model or version.}
-      503: {description: Installed but not loaded.}
-    """
+    """Model readiness (KServe v2)."""
     service = _service(request)
     name, version = _model_args(request)
     try:
@@ -430,23 +420,11 @@ async def model_ready(request: Request) -> Response:
 
 
 async def infer(request: Request) -> Response:
-    """
-    summary: Inference (KServe v2, JSON tensors)
-    requestBody:
-      content:
-        application/json:
-          schema: {type: object, required: [inputs]}
-    responses:
-      200: {description: Output tensors.}
-      400: {description: Malformed JSON, or a wrong tensor name, shape or datatype (the field is named).}
-      404: {description: Unknown model or version.}
-      413: {description: The body is over the limit.}
-      503: {description: Queue full (with Retry-After) or the model is not loaded.}
-    """
+    """Inference (KServe v2): JSON tensors, or the binary tensor data extension."""
     service = _service(request)
     name, version = _model_args(request)
     started = time.perf_counter()
-    labels = (name, version or "")
+    labels: Optional[Tuple[str, str]] = None  # the model's, once it is acquired
     try:
         body = await service.read_body(request)
         try:
@@ -457,42 +435,46 @@ async def infer(request: Request) -> Response:
             raise
         labels = (model.name, model.version)
         try:
-            arrays, wanted, request_id, binary = await service.offload(
-                len(body), decode_body, body, request.headers.get(BINARY_HEADER), model.manifest)
+            arrays, wanted, client_id, binary = await service.offload(
+                len(body), decode_body, body, request.headers.get(BINARY_HEADER), model.manifest,
+                service.config.max_body_bytes)
             outputs = await service.batcher(model).submit(arrays)
             content, json_length = await service.offload(
-                json_size(outputs), render_response, model.manifest, outputs, request_id, wanted, binary)
+                json_size(outputs), render_response, model.manifest, outputs, client_id, wanted, binary)
         finally:
             model.release()
     except V2Error as exc:
-        service.metrics.errors.labels(*labels, "bad_request" if exc.status < 500 and exc.status != 404
-                                      else "not_found" if exc.status == 404 else "not_ready").inc()
+        _count_error(service, labels, name, version, error_reason(exc.status))
         return error(exc.status, exc.message)
     except Overloaded as exc:
-        service.metrics.errors.labels(*labels, "overloaded").inc()
+        _count_error(service, labels, name, version, "overloaded")
         return error(503, "the request queue of %s is full; retry later" % name,
                      headers={"Retry-After": str(exc.retry_after)})
     except Exception as exc:  # the backend failed on this input
-        log.exception("inference on %s failed", name)
-        service.metrics.errors.labels(*labels, "backend").inc()
-        return error(500, "inference failed: %s" % str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__)
-    service.metrics.inferences.labels(*labels).inc()
-    service.metrics.duration.labels(*labels).observe(time.perf_counter() - started)
+        request_id = uuid.uuid4().hex
+        log.exception("inference on %s failed (request id %s)", name, request_id)
+        _count_error(service, labels, name, version, "backend")
+        cause = (str(exc).splitlines() or [""])[0][:300] or type(exc).__name__
+        return error(500, "inference failed (request id %s): %s" % (request_id, cause),
+                     headers={"x-request-id": request_id})
+    service.metrics.inferences.labels(model.name, model.version).inc()
+    service.metrics.duration.labels(model.name, model.version).observe(time.perf_counter() - started)
     return answer(content, json_length, service.config.offload_body_bytes)
 
 
 async def metrics_endpoint(request: Request) -> Response:
-    """
-    summary: Prometheus metrics
-    responses:
-      200: {description: Exposition in the format the Accept header asks for.}
-    """
+    """Prometheus metrics, in the format the Accept header asks for."""
     body, content_type = _service(request).metrics.exposition(request.headers.get("accept", ""))
     return Response(body, media_type=None, headers={"content-type": content_type})
 
 
 async def openapi(request: Request) -> Response:
-    return JSONResponse(schemas.get_schema(routes=request.app.routes))
+    """This service's OpenAPI 3.1 document (service/openapi.py), for the models serving now."""
+    service, state = _service(request), request.app.state
+    if not hasattr(state, "openapi"):
+        state.openapi = openapi_doc.DocumentCache(__version__)
+    body = await state.openapi.get(service.manager, token_required=bool(service.config.token))
+    return Response(body, media_type="application/json")
 
 
 # -- admin (loopback only) -----------------------------------------------------------------------
@@ -604,6 +586,48 @@ class Guard:
         await self.app(scope, receive, send)
 
 
+async def http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own errors (no such route, a method the route does not take) as the v2 error object."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code in (204, 304):
+        return Response(status_code=exc.status_code, headers=exc.headers)
+    path = request.url.path if len(request.url.path) <= 200 else request.url.path[:197] + "..."
+    message = {404: "no route %s %s" % (request.method, path),
+               405: "%s is not allowed on %s" % (request.method, path)}.get(exc.status_code, exc.detail)
+    return error(exc.status_code, message, headers=dict(exc.headers) if exc.headers else None)
+
+
+async def internal_error(request: Request, exc: Exception) -> Response:
+    """Any exception no endpoint caught: a JSON 500 that names a request id, logged with the traceback.
+
+    Starlette's ServerErrorMiddleware (the outermost layer) calls this, so exceptions in middleware
+    are answered in JSON too; it re-raises afterwards, and the server logs it once more.
+    """
+    request_id = uuid.uuid4().hex
+    log.error("internal error (request id %s) on %s %s", request_id, request.method, request.url.path,
+              exc_info=(type(exc), exc, exc.__traceback__))
+    return error(500, "internal error (request id %s)" % request_id, headers={"x-request-id": request_id})
+
+
+async def _announce_when_bound(config: RuntimeConfig, before: Dict[Tuple[str, int], None]) -> None:
+    """Announce the address the server really bound (device.client.announce) once it listens: the
+    CLI and the OTA installer find the service by it, ``serve --port`` included."""
+    delay, deadline = 0.005, time.monotonic() + 60.0
+    while time.monotonic() < deadline:
+        found = bound_address(before, config.port)
+        if found is not None:
+            try:
+                address = announce(config.root, found[0], found[1])
+            except OSError as exc:
+                log.error("cannot announce the service address in %s: %s", address_path(config.root), exc)
+                return
+            log.info("listening on %s:%d, announced in %s", address.host, address.port, address_path(config.root))
+            return
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.5)
+    log.warning("no listening socket after 60 s: the service address is not announced")
+
+
 def create_app(config: RuntimeConfig, manager: Optional[ModelManager] = None) -> Starlette:
     service = Service(config, manager)
     routes = [
@@ -628,13 +652,19 @@ def create_app(config: RuntimeConfig, manager: Optional[ModelManager] = None) ->
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        before = listening()  # port 0: the socket the server binds after startup is the new one
         await service.startup()
+        announcing = asyncio.ensure_future(_announce_when_bound(config, before))
         try:
             yield
         finally:
+            announcing.cancel()
+            with contextlib.suppress(OSError):
+                withdraw(config.root)
             await service.shutdown()
 
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan,
+                    exception_handlers={HTTPException: http_error, Exception: internal_error})
     app.state.service = service
     app.add_middleware(Guard)
     return app

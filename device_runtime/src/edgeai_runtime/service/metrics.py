@@ -12,6 +12,20 @@ from prometheus_client.exposition import choose_encoder
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                    2.5, 5.0, 10.0)
 
+#: The labels (model, version) that every request for a model or version missing from the store counts
+#: under. Only models in the store get labels of their own: a client that makes up names cannot grow
+#: the registry (and /metrics) without bound. Store names never start with "_".
+UNKNOWN_MODEL = ("_unknown", "")
+
+
+def error_reason(status: int) -> str:
+    """The ``reason`` label of a failed inference request, from the HTTP status it was answered with."""
+    if status == 404:
+        return "not_found"
+    if status == 503:
+        return "not_ready"
+    return "bad_request" if status < 500 else "backend"
+
 
 class Metrics:
     def __init__(self) -> None:
@@ -20,7 +34,8 @@ class Metrics:
         self.inferences = Counter("edge_ai_inferences", "Inference requests answered, by model and version.",
                                   labels, registry=self.registry)
         self.errors = Counter("edge_ai_inference_errors", "Inference requests that failed, by model, version "
-                              "and reason (bad_request, overloaded, backend, not_found).",
+                              "and reason (bad_request, overloaded, backend, not_found, not_ready); requests "
+                              "for a model or version the store lacks count under model=\"_unknown\".",
                               labels + ("reason",), registry=self.registry)
         self.duration = Histogram("edge_ai_inference_duration_seconds", "Time to answer an inference request, "
                                   "queueing included.", labels, buckets=LATENCY_BUCKETS, registry=self.registry)
