@@ -1,6 +1,7 @@
 """Hostile and malformed input against the real service on 127.0.0.1 (issue 14, builds 2 and 4).
 
-Every case gets a 4xx (or, for what the service itself cannot answer in JSON, a clear 500) with the
+Every case gets a 4xx (a 422 for an output that JSON cannot carry: the same request asking for binary
+output gets it; a JSON 500 with a request id where the service itself fails) with the
 v2 ``{"error": str}`` object naming the field; after each, the service is still ready and still
 answers a valid inference right. Models: the digits MLP, and two graphs built here with
 onnx.helper: ``log`` (y = Log(x), so x <= 0 really gives NaN and -inf) and ``types`` (BOOL and
@@ -261,11 +262,11 @@ def test_valid_values_of_every_kind_still_serve(served, digits):
     np.testing.assert_allclose(np.array(probs["data"]).reshape(3, 10), digits.predict_proba(x), atol=1e-4)
 
 
-def test_nan_output_is_a_clear_json_500_and_binary_data_carries_it(served, digits):
+def test_nan_output_is_a_clear_json_422_and_binary_data_carries_it(served, digits):
     client = served.client
     x = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [-1.0, 0.0, 1.0, 4.0]}]}
     reply = client.post("/v2/models/log/infer", json=x)
-    assert_json_error(reply, 500, "output y holds NaN or infinite values, which JSON cannot carry")
+    assert_json_error(reply, 422, "output y holds NaN or infinite values, which JSON cannot carry")
     assert "binary_data" in reply.json()["error"]
     assert_still_serving(served, digits)
     # The same request asking for y as binary data gets NaN and -inf, bit for bit.

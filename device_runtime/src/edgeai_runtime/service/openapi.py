@@ -118,6 +118,7 @@ def _errors(*codes: int) -> Dict[str, Schema]:
                401: "A bearer token is configured and the request has none, or a wrong one.",
                404: "Unknown model or version.",
                413: "The body is over max_body_bytes.",
+               422: "An output holds NaN or infinity, which JSON cannot carry: ask for it as binary data.",
                500: "The backend failed on this input.",
                502: "No local model is ready and the cloud fallback failed (cloud_fallback_url only).",
                503: "The request queue is full (with Retry-After), or the model is installed but not loaded."}
@@ -244,7 +245,7 @@ def document(server_version: str, manifests: Sequence[Manifest] = (), token_requ
                  "503": _json("Installed but not loaded.", "ModelReady")})}}
         return {base + suffix: {"parameters": params, "post": operation(
             "infer" + tail, "Inference (KServe v2, JSON tensors or the binary tensor data extension)",
-            {"200": infer_ok, **_errors(400, 404, 413, 500, 502),
+            {"200": infer_ok, **_errors(400, 404, 413, 422, 500, 502),
              "503": {**_errors(503)["503"],
                      "headers": {"Retry-After": {"schema": {"type": "integer"},
                                                  "description": "Seconds, when the queue is full."}}}},

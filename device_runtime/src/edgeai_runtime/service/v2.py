@@ -395,7 +395,7 @@ def encode_response(manifest: Manifest, outputs: Mapping[str, np.ndarray], reque
             chunks.append(raw)
         else:
             if value.dtype.kind == "f" and not np.isfinite(value).all():
-                raise V2Error(500, "output %s holds NaN or infinite values, which JSON cannot carry; ask for it "
+                raise V2Error(422, "output %s holds NaN or infinite values, which JSON cannot carry; ask for it "
                               "as binary data (binary tensor extension: \"parameters\": {\"binary_data\": true} on "
                               "the output, or \"binary_data_output\": true on the request)" % name)
             tensor["data"] = value.ravel().tolist()
