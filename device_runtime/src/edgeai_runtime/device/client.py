@@ -111,31 +111,6 @@ def withdraw(root: str) -> bool:
     return True
 
 
-def listening() -> Dict[Tuple[str, int], None]:
-    """The TCP addresses (host, port) this process listens on, in the order the OS lists them (none
-    where the OS will not say)."""
-    process = psutil.Process()
-    try:
-        connections = process.net_connections(kind="tcp") if hasattr(process, "net_connections") \
-            else process.connections(kind="tcp")
-    except psutil.Error:
-        return {}
-    return {(str(c.laddr[0]), int(c.laddr[1])): None for c in connections
-            if c.status == psutil.CONN_LISTEN and c.laddr}
-
-
-def bound_address(before: Dict[Tuple[str, int], None], port: int) -> Optional[Tuple[str, int]]:
-    """The address the service's server has bound: this process's listening socket on ``port`` (the
-    one ``serve`` was told), else (``port`` 0: any free one) the first that is new since ``before``
-    (what ``listening`` said ahead of it); None while there is none."""
-    now = list(listening())
-    for address in now:
-        if port and address[1] == port:
-            return address
-    new = [address for address in now if address not in before]
-    return new[0] if new and not port else None
-
-
 def _read_address(path: str) -> Optional[ServiceAddress]:
     try:
         with open(path, encoding="utf-8") as f:

@@ -44,7 +44,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from edgeai_runtime import __version__
 from edgeai_runtime.service.backends import BackendUnavailable, ModelLoadError
 from edgeai_runtime.service.batching import Batcher, Overloaded
-from edgeai_runtime.device.client import address_path, announce, bound_address, listening, withdraw
+from edgeai_runtime.device.client import address_path, announce, withdraw
 from edgeai_runtime.device.config import RuntimeConfig
 from edgeai_runtime.service.gate import GateFailed
 from edgeai_runtime.format.manifest import Manifest, ManifestError
@@ -609,23 +609,20 @@ async def internal_error(request: Request, exc: Exception) -> Response:
     return error(500, "internal error (request id %s)" % request_id, headers={"x-request-id": request_id})
 
 
-async def _announce_when_bound(config: RuntimeConfig, before: Dict[Tuple[str, int], None]) -> None:
-    """Announce the address the server really bound (device.client.announce) once it listens: the
-    CLI and the OTA installer find the service by it, ``serve --port`` included."""
-    delay, deadline = 0.005, time.monotonic() + 60.0
-    while time.monotonic() < deadline:
-        found = bound_address(before, config.port)
-        if found is not None:
-            try:
-                address = announce(config.root, found[0], found[1])
-            except OSError as exc:
-                log.error("cannot announce the service address in %s: %s", address_path(config.root), exc)
-                return
-            log.info("listening on %s:%d, announced in %s", address.host, address.port, address_path(config.root))
-            return
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 0.5)
-    log.warning("no listening socket after 60 s: the service address is not announced")
+def announce_bound(config: RuntimeConfig, addresses: List[Tuple[str, int]]) -> None:
+    """Announce the address the server really bound (device.client.announce): the CLI and the OTA
+    installer find the service by it, ``serve --port`` and port 0 included. The server calls this
+    once it listens (http_server.serve's ``on_listening``); a clean shutdown withdraws it."""
+    if not addresses:
+        log.warning("the server listens on no TCP socket: the service address is not announced")
+        return
+    host, port = addresses[0]
+    try:
+        announce(config.root, host, port)
+    except OSError as exc:
+        log.error("cannot announce the service address in %s: %s", address_path(config.root), exc)
+        return
+    log.info("listening on %s:%d, announced in %s", host, port, address_path(config.root))
 
 
 def create_app(config: RuntimeConfig, manager: Optional[ModelManager] = None) -> Starlette:
@@ -652,13 +649,10 @@ def create_app(config: RuntimeConfig, manager: Optional[ModelManager] = None) ->
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        before = listening()  # port 0: the socket the server binds after startup is the new one
         await service.startup()
-        announcing = asyncio.ensure_future(_announce_when_bound(config, before))
         try:
             yield
         finally:
-            announcing.cancel()
             with contextlib.suppress(OSError):
                 withdraw(config.root)
             await service.shutdown()

@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from email.utils import formatdate
-from typing import Any, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 import h11
 import uvicorn
@@ -67,7 +68,9 @@ class LazyHeadersState(ServerState):
 class EventDrivenServer(uvicorn.Server):
     """``uvicorn.Server`` whose main loop waits for ``should_exit`` instead of polling it."""
 
-    def __init__(self, config: uvicorn.Config) -> None:
+    def __init__(self, config: uvicorn.Config,
+                 on_listening: Optional[Callable[[List[Tuple[str, int]]], None]] = None) -> None:
+        self._on_listening = on_listening
         self._exit_requested = False
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._exit_event: Optional[asyncio.Event] = None
@@ -86,6 +89,13 @@ class EventDrivenServer(uvicorn.Server):
                 self._loop.call_soon_threadsafe(self._exit_event.set)
             except RuntimeError:  # the loop is closed: nothing waits any more
                 pass
+
+    async def startup(self, sockets: Optional[List[socket.socket]] = None) -> None:
+        """uvicorn's startup (lifespan, then bind); then ``on_listening`` gets the addresses really bound."""
+        await super().startup(sockets)
+        if self.started and self._on_listening is not None:
+            self._on_listening([(str(s.getsockname()[0]), int(s.getsockname()[1]))
+                                for server in self.servers for s in (server.sockets or ())])
 
     async def main_loop(self) -> None:
         if self.config.limit_max_requests is not None or self.config.callback_notify is not None:
@@ -191,14 +201,16 @@ class ServiceConfig(uvicorn.Config):
         self.body_timeout_s = body_timeout_s
 
 
-def serve(app: Any, **settings: Any) -> int:
+def serve(app: Any, on_listening: Optional[Callable[[List[Tuple[str, int]]], None]] = None,
+          **settings: Any) -> int:
     """What ``uvicorn.run(app, **settings)`` does for one worker without reload, on the event-driven server
     with :class:`DeadlineH11Protocol` (``header_timeout_s`` and ``body_timeout_s`` are its settings).
+    ``on_listening`` is called with the (host, port) pairs bound, once the server listens.
 
     Returns the exit status: 0, or uvicorn's startup-failure status when the server never started.
     """
     config = ServiceConfig(app, **settings)
-    server = EventDrivenServer(config)
+    server = EventDrivenServer(config, on_listening)
     try:
         server.run()
     except KeyboardInterrupt:
