@@ -297,12 +297,12 @@ ROUTES = [("/v2/health/live", "GET"), ("/v2/health/ready", "GET"), ("/v2", "GET"
 def test_every_route_is_listed_here(tmp_path):
     """ROUTES covers the app's routes, so that the wrong-method test below covers every one."""
     app = create_app(RuntimeConfig(root=str(tmp_path)))
-    listed = {re.sub(r"/digits|/1\.0\.0", "", path) for path, _ in ROUTES}
+    listed = {re.sub(r"/digits|/1\.0\.0", "", path) for path, _methods in ROUTES}
     app_paths = {re.sub(r"/\{name\}|/\{version\}", "", route.path) for route in app.routes}
     assert listed == app_paths
 
 
-@pytest.mark.parametrize("path,allowed", ROUTES, ids=[p for p, _ in ROUTES])
+@pytest.mark.parametrize("path,allowed", ROUTES, ids=[p for p, _methods in ROUTES])
 def test_a_wrong_method_is_a_json_405(served, path, allowed):
     for method in ("GET", "POST", "PUT", "DELETE", "PATCH"):
         if method == allowed:
@@ -337,7 +337,7 @@ def test_unknown_models_count_under_one_label(served, digits):
     body = digits_body(digits.X_test[:1])
     client.post("/v2/models/never-%s/infer" % uuid.uuid4().hex, json=body)  # the fixed label exists from here on
     before = client.get("/metrics").text
-    names = ["m%s" % uuid.uuid4().hex for _ in range(490)]
+    names = ["m%s" % uuid.uuid4().hex for _name in range(490)]
     for name in names:
         assert client.post("/v2/models/%s/infer" % name, json=body).status_code == 404
     for version in range(10):  # an unknown version of a model that exists counts there too

@@ -199,8 +199,8 @@ def test_an_existing_manifest_is_kept_without_force(tmp_path, digits_onnx, gate_
     ({"label_output": "logits"}, "usage", "'logits' is not an output"),
     ({"version": "1/2"}, "usage", "version '1/2' must be"),
 ])
-def test_bad_arguments_and_gate_data_are_refused_before_writing(tmp_path, digits_onnx, gate_data, kwargs, reason,
-                                                                 needle):
+def test_bad_arguments_and_gate_data_are_refused_before_writing(tmp_path, digits_onnx, gate_data, kwargs,
+                                                                reason, needle):
     (tmp_path / "model.onnx").write_bytes(digits_onnx)
     kwargs = {k: str(gate_data[v]) if v in gate_data else str(tmp_path / v) if v == "missing" else v
               for k, v in kwargs.items()}

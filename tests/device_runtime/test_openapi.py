@@ -170,7 +170,7 @@ def test_example_request_covers_datatypes_and_free_dimensions():
     body = openapi.example_request(manifest)
     assert body["inputs"][1] == {"name": "mask", "shape": [1, 2, 3], "datatype": "BOOL", "data": [False] * 6}
     assert body["inputs"][2] == {"name": "ids", "shape": [4], "datatype": "INT64", "data": [0, 0, 0, 0]}
-    assert all(type(v) is float for v in body["inputs"][0]["data"])
+    assert all(isinstance(v, float) and not isinstance(v, bool) for v in body["inputs"][0]["data"])
 
 
 def test_each_served_model_has_a_body_schema_the_fuzzer_can_fill(doc):

@@ -124,8 +124,8 @@ def storm(port: int, large_request: bytes, idle: int = 100, slow: int = 100, unt
 
     All connect first; one probe answered on the last connection shows the server has taken them all."""
     sel = selectors.DefaultSelector()
-    clients = [Client("idle", connect(port), time.monotonic()) for _ in range(idle)]
-    clients += [Client("slow", connect(port), 0.0, out=SLOW_HEAD) for _ in range(slow)]
+    clients = [Client("idle", connect(port), time.monotonic()) for _idle in range(idle)]
+    clients += [Client("slow", connect(port), 0.0, out=SLOW_HEAD) for _slow in range(slow)]
     big = Client("large", connect(port), 0.0, out=large_request)
     probe = Client("probe", connect(port), 0.0)
     probe.sock.setblocking(True)
@@ -197,7 +197,7 @@ def storm(port: int, large_request: bytes, idle: int = 100, slow: int = 100, unt
 
 
 def check_answer(response: bytes, expected: np.ndarray) -> None:
-    head, _, body = response.partition(b"\r\n\r\n")
+    head, _sep, body = response.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200 "), response[:300]
     outputs = {o["name"]: o for o in json.loads(body)["outputs"]}
     probs = np.array(outputs["probabilities"]["data"], dtype=np.float32).reshape(outputs["probabilities"]["shape"])
@@ -207,7 +207,7 @@ def check_answer(response: bytes, expected: np.ndarray) -> None:
 
 def ms(seconds: List[float]) -> str:
     return "p50 %.1f ms, max %.1f ms over %d probes" % (1000 * statistics.median(seconds), 1000 * max(seconds),
-                                                          len(seconds))
+                                                        len(seconds))
 
 
 # -- tests -------------------------------------------------------------------------------------------------------
@@ -305,7 +305,7 @@ def test_a_dead_offload_worker_is_replaced(offloaded, large):
 def test_connections_beyond_the_cap_get_503(inline):
     _proc, port, _root = inline
     base = "http://127.0.0.1:%d" % port
-    clients = [httpx.Client(base_url=base) for _ in range(4)]
+    clients = [httpx.Client(base_url=base) for _client in range(4)]
     try:
         assert all(c.get("/v2/health/live").status_code == 200 for c in clients)  # 4 kept open: the cap
         with httpx.Client(base_url=base) as fifth:

@@ -157,8 +157,8 @@ def _tflite_tensors(model: bytes, path: str) -> Tuple[List[TensorSignature], Lis
                                  reason="unsupported_tensor") from None
         shape = [int(d) for d in detail["shape"]]
         signature = [int(d) for d in detail.get("shape_signature", shape)]
-        return TensorSignature(str(detail["name"]), datatype, _dims(signature if len(signature) == len(shape)
-                                                                   else shape))
+        dims = signature if len(signature) == len(shape) else shape
+        return TensorSignature(str(detail["name"]), datatype, _dims(dims))
 
     return [tensor(d, "input") for d in details[0]], [tensor(d, "output") for d in details[1]]
 
@@ -336,4 +336,3 @@ def init_from_args(args: argparse.Namespace) -> Dict[str, Any]:
     return init_model(args.model_file, args.name, args.version, golden=args.golden, validation=args.validation,
                       min_accuracy=args.min_accuracy, label_output=args.label_output, precision=args.precision,
                       force=args.force)
-
