@@ -13,6 +13,7 @@ class                             default ``reason``      raised for
 ================================  ======================  =========================================
 ``keys.ArtifactError``            (always given)          an artifact, key or key slot refused
 ``manifest.ManifestError``        ``bad_manifest``        a manifest that does not parse or check
+``modelfile.ModelFileError``      ``bad_model``           a model file ``model init`` cannot describe
 ``config.ConfigError``            ``bad_config``          a runtime.json that does not parse or check
 ``config.RootMissing``            ``root_missing``        a device root that does not exist
 ``store.StoreError``              ``store``               the model store refuses or fails
