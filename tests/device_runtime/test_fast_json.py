@@ -25,8 +25,9 @@ MANIFEST = Manifest(name="m", version="1", runtime="onnxruntime", precision="fp3
 
 
 def request(x="[[1, 2, 3, 4]]", n="[[1, 2]]", x_shape="[1, 4]", n_shape="[1, 2]", extra="") -> bytes:
-    return ('{"inputs": [{"name": "x", "datatype": "FP32", "shape": %s, "data": %s}, '
-            '{"name": "n", "datatype": "INT64", "shape": %s, "data": %s}]%s}' % (x_shape, x, n_shape, n, extra)).encode()
+    text = ('{"inputs": [{"name": "x", "datatype": "FP32", "shape": %s, "data": %s}, '
+            '{"name": "n", "datatype": "INT64", "shape": %s, "data": %s}]%s}' % (x_shape, x, n_shape, n, extra))
+    return text.encode()
 
 
 def reading(body: bytes, fast: bool):
