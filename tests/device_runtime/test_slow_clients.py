@@ -35,13 +35,37 @@ PROBE = b"GET /v2/health/live HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n"
 SLOW_HEAD = b"GET /v2/health/live HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n"
 
 
-def start_digits_service(root, digits, **settings):
+def start_digits_service(root, digits, env=None, **settings):
     store = ModelStore(str(root))
     install_digits(store, "1.0.0", modelgen.digits_onnx(digits), digits)
     store.activate("digits", "1.0.0")
     write_config(root, max_body_bytes=64 * 1024 ** 2, threads=1, **settings)
-    proc, base = start_service(root)
+    proc, base = start_service(root, env=env)
     return proc, int(base.rsplit(":", 1)[1])
+
+
+def without_fast_stack(root):
+    """An environment in which uvloop and httptools do not import (a package of each name that raises
+    ImportError, first on the path): the service falls back to asyncio and h11."""
+    blocker = root / "no-fast-stack"
+    for name in ("uvloop", "httptools"):
+        (blocker / name).mkdir(parents=True)
+        (blocker / name / "__init__.py").write_text("raise ImportError('%s is blocked for this test')\n" % name)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(blocker)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    return env
+
+
+def loaded_parser(proc, root):
+    """Which HTTP parser the service process really runs: its native module in /proc/PID/maps, and its log line."""
+    with open("/proc/%d/maps" % proc.pid, encoding="ascii", errors="replace") as f:
+        httptools_mapped = "httptools" in f.read()
+    log = (root / "service.log").read_text()
+    if httptools_mapped:
+        assert "HTTP on uvloop and httptools" in log
+        return "httptools"
+    assert "HTTP on asyncio and h11: httptools does not import" in log, log
+    return "h11"
 
 
 def stop(proc):
@@ -49,14 +73,38 @@ def stop(proc):
     proc.wait(timeout=30)
 
 
+def start_offloaded(tmp_path_factory, digits, parser):
+    root = tmp_path_factory.mktemp("offloaded-" + parser)
+    env = without_fast_stack(root) if parser == "h11" else None
+    proc, port = start_digits_service(root, digits, env=env, header_timeout_s=HEADER_TIMEOUT_S,
+                                      body_timeout_s=BODY_TIMEOUT_S, keep_alive_timeout_s=KEEP_ALIVE_TIMEOUT_S)
+    assert loaded_parser(proc, root) == parser
+    return proc, port, root
+
+
 @pytest.fixture(scope="module")
 def offloaded(tmp_path_factory, digits):
-    """The service with the defaults for offloading (256 KiB) and the cap, and short timeouts."""
-    root = tmp_path_factory.mktemp("offloaded")
-    proc, port = start_digits_service(root, digits, header_timeout_s=HEADER_TIMEOUT_S, body_timeout_s=BODY_TIMEOUT_S,
-                                      keep_alive_timeout_s=KEEP_ALIVE_TIMEOUT_S)
+    """The service with the defaults for offloading (256 KiB) and the cap, and short timeouts: on httptools,
+    the parser it serves with when uvloop and httptools are installed (as the runtime requires)."""
+    pytest.importorskip("httptools")
+    pytest.importorskip("uvloop")
+    proc, port, root = start_offloaded(tmp_path_factory, digits, "httptools")
     yield proc, port, root
     stop(proc)
+
+
+@pytest.fixture(scope="module")
+def offloaded_h11(tmp_path_factory, digits):
+    """The same service where uvloop and httptools do not import: on asyncio and h11."""
+    proc, port, root = start_offloaded(tmp_path_factory, digits, "h11")
+    yield proc, port, root
+    stop(proc)
+
+
+@pytest.fixture(params=["httptools", "h11"])
+def deadlines(request):
+    """The offloaded service on each HTTP parser: the deadlines are the same on both."""
+    return request.getfixturevalue("offloaded" if request.param == "httptools" else "offloaded_h11")
 
 
 @pytest.fixture(scope="module")
@@ -212,14 +260,14 @@ def ms(seconds: List[float]) -> str:
 
 # -- tests -------------------------------------------------------------------------------------------------------
 
-def test_health_stays_fast_among_200_slow_clients_and_a_large_request(offloaded, large):
+def test_health_stays_fast_among_200_slow_clients_and_a_large_request(deadlines, large):
     """The issue's case: 100 idle and 100 slow-header connections and a ROWS-row request in flight at once."""
-    _proc, port, root = offloaded
+    proc, port, root = deadlines
     request, expected = large
     result = storm(port, request)
     check_answer(result.large.response(), expected)
-    print("\noffloaded: %.1f MB request answered in %.2f s; health %s"
-          % (len(request) / 1e6, result.large_s, ms(result.probes)))
+    print("\noffloaded (%s): %.1f MB request answered in %.2f s; health %s"
+          % (loaded_parser(proc, root), len(request) / 1e6, result.large_s, ms(result.probes)))
     assert len(result.probes) >= 10
     assert max(result.probes) < PROBE_BOUND_S, ms(result.probes)
     idle = [c.closed_after for c in result.clients if c.kind == "idle"]
@@ -245,8 +293,8 @@ def test_without_offloading_the_large_request_stalls_health(inline, large):
           % (len(request) / 1e6, result.large_s, ms(result.probes)))
 
 
-def test_a_slow_body_is_cut_off(offloaded):
-    _proc, port, root = offloaded
+def test_a_slow_body_is_cut_off(deadlines):
+    _proc, port, root = deadlines
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(b"POST /v2/models/digits/infer HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
                      b"content-length: 1000\r\n\r\n{\"inputs\": ")

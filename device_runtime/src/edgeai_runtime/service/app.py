@@ -17,7 +17,6 @@ import contextlib
 import ctypes
 import hmac
 import ipaddress
-import json
 import logging
 import multiprocessing
 import os
@@ -52,8 +51,8 @@ from edgeai_runtime.service.metrics import UNKNOWN_MODEL, Metrics, error_reason
 from edgeai_runtime.service import openapi as openapi_doc
 from edgeai_runtime.service.serving import LoadedModel, ModelManager, ModelNotFound
 from edgeai_runtime.device.store import StoreError, open_store
-from edgeai_runtime.service.v2 import (BINARY_HEADER, V2Error, binary_outputs, decode_request, encode_response,
-                                       model_metadata, parse_json, split_body)
+from edgeai_runtime.service.v2 import (BINARY_HEADER, FAST_JSON, V2Error, binary_outputs, decode_request, dumps,
+                                       encode_response, model_metadata, parse_json, split_body)
 
 if TYPE_CHECKING:  # httpx is imported when a cloud fallback URL is configured, not before
     import httpx
@@ -143,17 +142,33 @@ Decoded = Tuple[Dict[str, np.ndarray], Optional[List[str]], Optional[str], List[
 def decode_body(body: Union[bytes, SpooledBody], json_length: Optional[str], manifest: Manifest,
                 max_elements: int) -> Decoded:
     """An infer request body, checked against the manifest; raises V2Error.
-    (A SpooledBody comes to the offload worker as bytes.)"""
-    data, binary = split_body(bytes(body), json_length)
+    (A SpooledBody comes to the offload worker as bytes.)
+
+    orjson (when installed) reads it first; a request refused on that reading is read again by the json module,
+    so that what is refused, and how the error says it, never depend on orjson (which reads an integer beyond
+    64 bits as a float, for one).
+    """
+    raw = bytes(body)
+    try:
+        return _decode_body(raw, json_length, manifest, max_elements, FAST_JSON)
+    except V2Error:
+        if not FAST_JSON:
+            raise
+    return _decode_body(raw, json_length, manifest, max_elements, False)
+
+
+def _decode_body(body: bytes, json_length: Optional[str], manifest: Manifest, max_elements: int,
+                 fast: bool) -> Decoded:
+    data, binary = split_body(body, json_length, fast)
     arrays, wanted = decode_request(data, manifest, max_batch=None, binary=binary, max_elements=max_elements)
     return arrays, wanted, data.get("id"), binary_outputs(data, manifest)
 
 
 def render_response(manifest: Manifest, outputs: Mapping[str, np.ndarray], request_id: Optional[str],
                     wanted: Optional[List[str]], binary: Sequence[str]) -> Tuple[bytes, Optional[int]]:
-    """The response body (rendered as JSONResponse does), and the length of its JSON part when binary data follows."""
+    """The response body (v2.dumps), and the length of its JSON part when binary data follows."""
     payload, raw = encode_response(manifest, outputs, request_id, wanted, binary)
-    content = json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
+    content = dumps(payload)
     return (content + raw, len(content)) if raw else (content, None)
 
 
@@ -184,6 +199,7 @@ class Service:
         self.manager.on_change = self._on_change
         self.executor = ThreadPoolExecutor(max_workers=max(2, config.threads or 2), thread_name_prefix="infer")
         self._batchers: Dict[Tuple[str, str, int], Batcher] = {}
+        self._answered: Dict[Tuple[str, str], Tuple[Any, Any]] = {}  # served_metrics' children
         self._offloader: Optional[ProcessPoolExecutor] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._http: Optional[httpx.AsyncClient] = None
@@ -228,8 +244,13 @@ class Service:
             self._loop.call_soon_threadsafe(self._drop_stale_batchers)
 
     def _drop_stale_batchers(self) -> None:
-        """Close the batchers of unloaded versions once their last request is answered."""
-        live = {id(m) for m in self.manager.loaded()}
+        """Close the batchers of unloaded versions once their last request is answered; forget their cached
+        metric children (the series stay in /metrics)."""
+        loaded = self.manager.loaded()
+        versions = {(m.name, m.version) for m in loaded}
+        for labels in [k for k in self._answered if k not in versions]:
+            del self._answered[labels]
+        live = {id(m) for m in loaded}
         stale = [k for k in self._batchers if k[2] not in live]
         for key in stale:
             if self._batchers[key].idle:
@@ -242,13 +263,22 @@ class Service:
         batcher = self._batchers.get(key)
         if batcher is None:
             batchable = all(t.shape and t.shape[0] == -1 for t in model.manifest.inputs)
-            labels = (model.name, model.version)
             batcher = Batcher(model.infer, self.executor,
                               max_batch=self.config.max_batch_size if batchable else 1,
                               max_delay_s=self.config.max_delay_ms / 1000.0, max_queue=self.config.max_queue,
-                              on_batch=lambda rows: self.metrics.batch_size.labels(*labels).observe(rows))
+                              on_batch=self.metrics.batch_size.labels(model.name, model.version).observe)
             self._batchers[key] = batcher
         return batcher
+
+    def served_metrics(self, model: LoadedModel) -> Tuple[Any, Any]:
+        """The (inferences, duration) metric children of a loaded version, made once: ``labels()`` costs more
+        than the update. Only versions the manager has loaded come here, so the cache is as bounded as they are."""
+        labels = (model.name, model.version)
+        children = self._answered.get(labels)
+        if children is None:
+            children = self._answered[labels] = (self.metrics.inferences.labels(*labels),
+                                                  self.metrics.duration.labels(*labels))
+        return children
 
     # -- large requests off the event loop ---------------------------------------------------
 
@@ -282,7 +312,7 @@ class Service:
     # -- auth ------------------------------------------------------------------------------
 
     def authorized(self, request: Request) -> bool:
-        if not self.config.token or request.url.path in PUBLIC_PATHS:
+        if not self.config.token or request.scope["path"] in PUBLIC_PATHS:
             return True
         header = request.headers.get("authorization", "")
         scheme, token = (header.split(" ", 1) + [""])[:2]
@@ -300,7 +330,8 @@ class Service:
         """The body; one that says it is larger than offload_body_bytes spooled for the offload worker."""
         length = request.headers.get("content-length")
         if length and length.isdigit() and int(length) > self.config.max_body_bytes:
-            raise V2Error(413, "request body of %s bytes exceeds the limit of %d" % (length, self.config.max_body_bytes))
+            raise V2Error(413, "request body of %s bytes exceeds the limit of %d"
+                          % (length, self.config.max_body_bytes))
         large = bool(length and length.isdigit() and int(length) > self.config.offload_body_bytes)
         spool = SpooledBody() if large and SpooledBody.available else None
         chunks, size = [], 0
@@ -457,8 +488,9 @@ async def infer(request: Request) -> Response:
         cause = (str(exc).splitlines() or [""])[0][:300] or type(exc).__name__
         return error(500, "inference failed (request id %s): %s" % (request_id, cause),
                      headers={"x-request-id": request_id})
-    service.metrics.inferences.labels(model.name, model.version).inc()
-    service.metrics.duration.labels(model.name, model.version).observe(time.perf_counter() - started)
+    answered, duration = service.served_metrics(model)
+    answered.inc()
+    duration.observe(time.perf_counter() - started)
     return answer(content, json_length, service.config.offload_body_bytes)
 
 
@@ -573,16 +605,20 @@ class Guard:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # scope["path"], and a Request only when a token or an admin route needs one: building the URL cost
+        # more than the rest of the check (bench/bench_kserve.py).
         if scope["type"] == "http":
-            request = Request(scope)
             service: Service = scope["app"].state.service
-            if not service.authorized(request):
-                await error(401, "a valid bearer token is required",
-                            headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)
-                return
-            if request.url.path.startswith("/v2/admin/") and not service.from_loopback(request):
-                await error(403, "admin endpoints answer loopback clients only")(scope, receive, send)
-                return
+            admin = scope["path"].startswith("/v2/admin/")
+            if admin or service.config.token:
+                request = Request(scope)
+                if not service.authorized(request):
+                    await error(401, "a valid bearer token is required",
+                                headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)
+                    return
+                if admin and not service.from_loopback(request):
+                    await error(403, "admin endpoints answer loopback clients only")(scope, receive, send)
+                    return
         await self.app(scope, receive, send)
 
 
@@ -627,7 +663,9 @@ def announce_bound(config: RuntimeConfig, addresses: List[Tuple[str, int]]) -> N
 
 def create_app(config: RuntimeConfig, manager: Optional[ModelManager] = None) -> Starlette:
     service = Service(config, manager)
-    routes = [
+    routes = [  # Starlette tries them in order: inference, the hot path, first
+        Route("/v2/models/{name}/infer", infer, methods=["POST"]),
+        Route("/v2/models/{name}/versions/{version}/infer", infer, methods=["POST"]),
         Route("/v2/health/live", live, methods=["GET"]),
         Route("/v2/health/ready", ready, methods=["GET"]),
         Route("/v2", server_metadata, methods=["GET"]),
@@ -635,8 +673,6 @@ def create_app(config: RuntimeConfig, manager: Optional[ModelManager] = None) ->
         Route("/v2/models/{name}/versions/{version}", model_metadata_endpoint, methods=["GET"]),
         Route("/v2/models/{name}/ready", model_ready, methods=["GET"]),
         Route("/v2/models/{name}/versions/{version}/ready", model_ready, methods=["GET"]),
-        Route("/v2/models/{name}/infer", infer, methods=["POST"]),
-        Route("/v2/models/{name}/versions/{version}/infer", infer, methods=["POST"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"], include_in_schema=False),
         Route("/v2/admin/status", admin_status, methods=["GET"], include_in_schema=False),

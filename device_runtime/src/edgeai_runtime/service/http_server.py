@@ -15,18 +15,23 @@ more, the idle arm64 sim devices' services took 17-24 % of a core each.
 uvicorn's other tick jobs, ``limit_max_requests`` and ``callback_notify`` (gunicorn workers), are
 not used by the runtime; with either configured the stock loop runs.
 
-:class:`DeadlineH11Protocol` adds the deadlines uvicorn lacks: its ``timeout_keep_alive`` closes a
-connection that sends nothing between requests, but one that sends a request head or body slowly
+:class:`RequestDeadlines` adds the deadlines uvicorn lacks, to both of its HTTP parsers
+(:class:`DeadlineHttpToolsProtocol`, :class:`DeadlineH11Protocol`): its ``timeout_keep_alive`` closes
+a connection that sends nothing between requests, but one that sends a request head or body slowly
 (a byte a second) was kept open, and held its place under ``limit_concurrency``, for ever.
+:func:`serve` runs on uvloop and httptools when both are installed, else on asyncio and h11: never
+on a parser without the deadlines.
 """
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
+import logging
 import socket
 import time
 from email.utils import formatdate
-from typing import Any, Callable, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Tuple, Type
 
 import h11
 import uvicorn
@@ -35,6 +40,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.server import ServerState
 
 Headers = List[Tuple[bytes, bytes]]
+log = logging.getLogger(__name__)
 
 
 class LazyHeadersState(ServerState):
@@ -107,8 +113,29 @@ class EventDrivenServer(uvicorn.Server):
             await self._exit_event.wait()
 
 
-class DeadlineH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol with deadlines for the request head and body, and for a new connection.
+if TYPE_CHECKING:
+    class _UvicornProtocol(asyncio.Protocol):
+        """What the deadlines use of uvicorn's HTTP protocols (H11Protocol, HttpToolsProtocol)."""
+
+        loop: asyncio.AbstractEventLoop
+        transport: asyncio.Transport
+        timeout_keep_alive: int
+        timeout_keep_alive_task: Optional[asyncio.TimerHandle]
+
+        def __init__(self, config: uvicorn.Config, server_state: ServerState, app_state: dict[str, Any],
+                     _loop: Optional[asyncio.AbstractEventLoop] = None) -> None: ...
+
+        def connection_made(self, transport: asyncio.Transport) -> None: ...  # type: ignore[override]
+
+        def on_response_complete(self) -> None: ...
+
+        def timeout_keep_alive_handler(self) -> None: ...
+else:  # at run time the protocol class the deadlines are mixed into comes next in the MRO
+    _UvicornProtocol = asyncio.Protocol
+
+
+class RequestDeadlines(_UvicornProtocol):
+    """Deadlines for the request head and body, and for a new connection, mixed into a uvicorn HTTP protocol.
 
     * A new connection that sends nothing is closed after ``timeout_keep_alive``, like one that is
       idle between requests (uvicorn arms that timer only after a response).
@@ -119,6 +146,8 @@ class DeadlineH11Protocol(H11Protocol):
       connection is closed; an app waiting for the body sees the client disconnect.
 
     The two timeouts are read from the config (:class:`ServiceConfig`), else the defaults here.
+    A parser's subclass says which part of a request is coming (``_waiting_for``) and writes the
+    408 (``_answer_timeout``); the rest is here, once for both parsers.
     """
 
     header_timeout_s = 10.0
@@ -149,15 +178,12 @@ class DeadlineH11Protocol(H11Protocol):
         self._watch(self._waiting_for())
 
     def _waiting_for(self) -> Optional[str]:
-        """The part of a request that has begun to come and is not complete yet, if any."""
-        if self.transport.is_closing():
-            return None
-        state = self.conn.their_state
-        if state is h11.SEND_BODY:
-            return "body"
-        if state is h11.IDLE and self.conn.trailing_data[0]:
-            return "head"
-        return None
+        """The part of a request that has begun to come and is not complete yet ("head", "body"), if any."""
+        raise NotImplementedError
+
+    def _answer_timeout(self, phase: str, body: bytes) -> None:
+        """Write a 408 with this JSON ``body``, unless an answer to the request has started."""
+        raise NotImplementedError
 
     def _watch(self, phase: Optional[str]) -> None:
         """Keep one deadline, for ``phase``: left running while the phase lasts, replaced when it changes."""
@@ -168,48 +194,136 @@ class DeadlineH11Protocol(H11Protocol):
             self._deadline = None
         self._phase = phase
         if phase is not None:
-            timeout = self.header_timeout_s if phase == "head" else self.body_timeout_s
-            self._deadline = self.loop.call_later(timeout, self._expired)
+            self._deadline = self.loop.call_later(self._timeout(phase), self._expired)
+
+    def _timeout(self, phase: str) -> float:
+        return self.header_timeout_s if phase == "head" else self.body_timeout_s
 
     def _expired(self) -> None:
         phase, self._deadline, self._phase = self._phase, None, None
-        if self.transport.is_closing():
+        if self.transport.is_closing() or phase is None:
             return
-        answering = self.cycle is not None and self.cycle.response_started and not self.cycle.response_complete
-        if not answering:
-            timeout = self.header_timeout_s if phase == "head" else self.body_timeout_s
-            body = json.dumps({"error": "the request %s did not arrive within %g s" % (phase, timeout)}).encode()
-            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                       (b"connection", b"close")]
-            try:
-                for event in (h11.Response(status_code=408, reason=b"Request Timeout", headers=headers),
-                              h11.Data(data=body), h11.EndOfMessage()):
-                    self.transport.write(self.conn.send(event) or b"")
-            except h11.LocalProtocolError:  # the answer to this request is already out: just close
-                pass
+        message = "the request %s did not arrive within %g s" % (phase, self._timeout(phase))
+        self._answer_timeout(phase, json.dumps({"error": message}).encode())
         self.transport.close()
 
 
-class ServiceConfig(uvicorn.Config):
-    """``uvicorn.Config`` with the request head and body deadlines of :class:`DeadlineH11Protocol` (its default)."""
+def _timeout_headers(body: bytes) -> Headers:
+    return [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close")]
 
-    def __init__(self, app: Any, header_timeout_s: float = DeadlineH11Protocol.header_timeout_s,
-                 body_timeout_s: float = DeadlineH11Protocol.body_timeout_s, **settings: Any) -> None:
+
+class DeadlineH11Protocol(RequestDeadlines, H11Protocol):
+    """uvicorn's h11 protocol with the :class:`RequestDeadlines`: what serves when httptools or uvloop is missing."""
+
+    def _waiting_for(self) -> Optional[str]:
+        if self.transport.is_closing():
+            return None
+        state = self.conn.their_state
+        if state is h11.SEND_BODY:
+            return "body"
+        if state is h11.IDLE and self.conn.trailing_data[0]:
+            return "head"
+        return None
+
+    def _answer_timeout(self, phase: str, body: bytes) -> None:
+        if self.cycle is not None and self.cycle.response_started and not self.cycle.response_complete:
+            return
+        try:
+            for event in (h11.Response(status_code=408, reason=b"Request Timeout", headers=_timeout_headers(body)),
+                          h11.Data(data=body), h11.EndOfMessage()):
+                self.transport.write(self.conn.send(event) or b"")
+        except h11.LocalProtocolError:  # the answer to this request is already out: just close
+            pass
+
+
+try:
+    from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+except ImportError as exc:  # httptools is not installed: serve() takes DeadlineH11Protocol
+    HTTPTOOLS_MISSING: Optional[str] = str(exc)
+else:
+    HTTPTOOLS_MISSING = None
+
+    class DeadlineHttpToolsProtocol(RequestDeadlines, HttpToolsProtocol):
+        """uvicorn's httptools protocol with the :class:`RequestDeadlines`: what serves when uvloop and httptools
+        are installed (bench/bench_kserve.py: about 0.7x the CPU per request of asyncio and h11).
+
+        httptools parses in callbacks; the request part that is coming is noted from them. A request that
+        begins while an earlier one on the connection is still being answered waits its turn (uvicorn
+        stops reading), as h11 makes it wait: its deadlines start once it is the one being served.
+        """
+
+        def __init__(self, config: uvicorn.Config, server_state: ServerState, app_state: dict[str, Any],
+                     _loop: Optional[asyncio.AbstractEventLoop] = None) -> None:
+            self._message: Optional[str] = None  # "head", "body": what the parser has begun and not finished
+            super().__init__(config, server_state, app_state, _loop)
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._message = "head"
+
+        def on_headers_complete(self) -> None:
+            super().on_headers_complete()
+            self._message = "body"
+
+        def on_message_complete(self) -> None:
+            super().on_message_complete()
+            self._message = None
+
+        def _waiting_for(self) -> Optional[str]:
+            if self.transport.is_closing() or self.pipeline:
+                return None
+            if self._message == "head" and (self.cycle is None or self.cycle.response_complete):
+                return "head"
+            return "body" if self._message == "body" else None
+
+        def _answer_timeout(self, phase: str, body: bytes) -> None:
+            if phase == "body" and self.cycle.response_started:  # the cycle is this request's
+                return
+            content = [STATUS_LINE[408]]
+            for name, value in self.server_state.default_headers + _timeout_headers(body):
+                content.extend([name, b": ", value, b"\r\n"])
+            self.transport.write(b"".join(content + [b"\r\n", body]))
+
+
+class ServiceConfig(uvicorn.Config):
+    """``uvicorn.Config`` with the request head and body deadlines of :class:`RequestDeadlines`
+    (protocol :class:`DeadlineH11Protocol` unless ``http`` says otherwise)."""
+
+    def __init__(self, app: Any, header_timeout_s: float = RequestDeadlines.header_timeout_s,
+                 body_timeout_s: float = RequestDeadlines.body_timeout_s, **settings: Any) -> None:
         settings.setdefault("http", DeadlineH11Protocol)
         super().__init__(app, **settings)
         self.header_timeout_s = header_timeout_s
         self.body_timeout_s = body_timeout_s
 
 
+def fastest_stack() -> Tuple[str, Type[RequestDeadlines], Optional[str]]:
+    """The event loop and HTTP protocol to serve with, and why not the fast pair when it is not:
+    uvloop and httptools when both import, else asyncio and h11. Either protocol has the deadlines."""
+    if HTTPTOOLS_MISSING is not None:
+        return "asyncio", DeadlineH11Protocol, "httptools does not import (%s)" % HTTPTOOLS_MISSING
+    try:
+        importlib.import_module("uvloop")
+    except ImportError as exc:
+        return "asyncio", DeadlineH11Protocol, "uvloop does not import (%s)" % exc
+    return "uvloop", DeadlineHttpToolsProtocol, None
+
+
 def serve(app: Any, on_listening: Optional[Callable[[List[Tuple[str, int]]], None]] = None,
           **settings: Any) -> int:
     """What ``uvicorn.run(app, **settings)`` does for one worker without reload, on the event-driven server
-    with :class:`DeadlineH11Protocol` (``header_timeout_s`` and ``body_timeout_s`` are its settings).
-    ``on_listening`` is called with the (host, port) pairs bound, once the server listens.
+    with the loop and protocol :func:`fastest_stack` picks (``header_timeout_s`` and ``body_timeout_s`` are
+    its settings). ``on_listening`` is called with the (host, port) pairs bound, once the server listens.
 
     Returns the exit status: 0, or uvicorn's startup-failure status when the server never started.
     """
-    config = ServiceConfig(app, **settings)
+    loop, protocol, missing = fastest_stack()
+    if missing:
+        log.info("HTTP on asyncio and h11: %s; uvloop and httptools take about 0.7x the CPU per request", missing)
+    else:
+        log.info("HTTP on uvloop and httptools")
+    config = ServiceConfig(app, loop=loop, http=protocol, **settings)
     server = EventDrivenServer(config, on_listening)
     try:
         server.run()

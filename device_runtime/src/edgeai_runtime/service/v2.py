@@ -5,6 +5,7 @@ message naming the offending field, as the protocol's ``{"error": ...}`` body.
 """
 from __future__ import annotations
 
+import importlib
 import json
 import math
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
@@ -102,8 +103,34 @@ def _reject_constant(literal: str) -> Any:
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 
 
-def parse_json(body: bytes) -> Dict[str, Any]:
-    """A JSON object from a request body (UTF-8, as RFC 8259 requires), nesting checked before it is parsed."""
+def _optional(module: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        return None
+
+
+#: orjson, when installed: it reads and writes v2 bodies 3-6x faster than the json module (bench/bench_kserve.py).
+_orjson = _optional("orjson")
+#: Whether ``fast`` parsing and :func:`dumps` use orjson.
+FAST_JSON = _orjson is not None
+
+
+def parse_json(body: bytes, fast: bool = False) -> Dict[str, Any]:
+    """A JSON object from a request body (UTF-8, as RFC 8259 requires), nesting checked before it is parsed.
+
+    With ``fast``, orjson (when installed) parses a body it accepts; anything else, and every refusal with its
+    message, is the json module's. orjson refuses all the json module does (NaN and Infinity included) and
+    more (integers beyond 64 bits, lone surrogates, 1e400), so a body is never accepted only because of it.
+    """
+    if fast and _orjson is not None and json_depth(body, stop=MAX_JSON_DEPTH) <= MAX_JSON_DEPTH:
+        try:
+            fast_data = _orjson.loads(body)
+        except _orjson.JSONDecodeError:
+            pass  # read below: the json module's answer, or its error message
+        else:
+            if isinstance(fast_data, dict):
+                return fast_data
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -123,14 +150,15 @@ def parse_json(body: bytes) -> Dict[str, Any]:
 BINARY_HEADER = "inference-header-content-length"
 
 
-def split_body(body: bytes, json_length: Optional[str]) -> Tuple[Dict[str, Any], bytes]:
-    """The JSON request and, with the binary tensor data extension, the raw tensor bytes after it."""
+def split_body(body: bytes, json_length: Optional[str], fast: bool = False) -> Tuple[Dict[str, Any], bytes]:
+    """The JSON request and, with the binary tensor data extension, the raw tensor bytes after it
+    (``fast`` as for :func:`parse_json`)."""
     if json_length is None:
-        return parse_json(body), b""
+        return parse_json(body, fast), b""
     if not (json_length.isascii() and json_length.isdigit()) or int(json_length) > len(body):
         raise V2Error(400, "Inference-Header-Content-Length: %s does not fit a body of %d bytes"
                       % (_show(json_length), len(body)))
-    return parse_json(body[:int(json_length)]), body[int(json_length):]
+    return parse_json(body[:int(json_length)], fast), body[int(json_length):]
 
 
 def _show(value: Any) -> str:
@@ -404,6 +432,14 @@ def encode_response(manifest: Manifest, outputs: Mapping[str, np.ndarray], reque
     if request_id is not None:
         body["id"] = request_id
     return body, b"".join(chunks)
+
+
+def dumps(payload: Mapping[str, Any]) -> bytes:
+    """A response body: orjson when installed, else what Starlette's JSONResponse writes. The payload holds no
+    NaN or infinity (encode_response refuses them; orjson would write null, the json module raise)."""
+    if _orjson is not None:
+        return bytes(_orjson.dumps(payload))
+    return json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
 
 
 def model_metadata(manifest: Manifest, platform: str) -> Dict[str, Any]:
