@@ -105,7 +105,7 @@ def raw_child(model: str, body: str, seconds: float) -> int:
     request = json.loads(Path(body).read_text())["inputs"][0]
     x = np.asarray(request["data"], dtype=np.float32).reshape(request["shape"])
     session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
-    for _ in range(200):
+    for _attempt in range(200):
         session.run(None, {"input": x})
     times: List[float] = []
     cpu0, began = time.process_time(), time.perf_counter()
@@ -170,8 +170,8 @@ def post(url: str, body: bytes) -> Dict[str, Any]:
 def check_answer(server: Server, body: bytes, expected: Dict[str, List[Any]]) -> None:
     """The server answers the bench's request with what raw onnxruntime computes, before it is timed."""
     outputs = {o["name"]: o["data"] for o in post(server.base + "/v2/models/digits/infer", body)["outputs"]}
-    if outputs["label"] != expected["label"] or any(abs(a - b) > 1e-6 for a, b in zip(outputs["probabilities"],
-                                                                                     expected["probabilities"])):
+    pairs = zip(outputs["probabilities"], expected["probabilities"])
+    if outputs["label"] != expected["label"] or any(abs(a - b) > 1e-6 for a, b in pairs):
         raise SystemExit("%s answered %r, raw onnxruntime %r" % (server.name, outputs, expected))
 
 
@@ -453,7 +453,7 @@ def main() -> int:  # pylint: disable=too-many-locals,too-many-statements,too-ma
                                         ("cpu_per_req_c8", "c8", "cpu_ms_per_req"), ("p50_c1", "c1", "p50_ms"))}
     print("orjson (ours-orjson / ours-uvloop): throughput c1 x%s, c8 x%s; CPU/req c1 x%s, c8 x%s; p50 c1 x%s"
           % tuple(orjson_vs_uvloop[k] for k in ("throughput_c1", "throughput_c8", "cpu_per_req_c1",
-                                                 "cpu_per_req_c8", "p50_c1")))
+                                                "cpu_per_req_c8", "p50_c1")))
     micro = json_micro(digits, profile["micro_number"], args.orjson_path)
     print("\nJSON path, us per call (best of 5), orjson %s:" % micro["orjson"])
     for batch in ("batch1", "batch32"):

@@ -43,12 +43,12 @@ def reading(body: bytes, fast: bool):
 def test_orjson_reads_every_number_as_the_json_module_does():
     """Random doubles written at every precision and exponent, and integers up to 64 bits: the same arrays."""
     rng = random.Random(14)
-    floats = [struct.unpack("<d", struct.pack("<Q", rng.getrandbits(64)))[0] for _ in range(4000)]
-    floats = [f for f in floats if np.isfinite(f) and abs(f) < 3e38] + [rng.uniform(-1, 1) for _ in range(4000)]
+    floats = [struct.unpack("<d", struct.pack("<Q", rng.getrandbits(64)))[0] for _draw in range(4000)]
+    floats = [f for f in floats if np.isfinite(f) and abs(f) < 3e38] + [rng.uniform(-1, 1) for _draw in range(4000)]
     texts = [repr(f) for f in floats] + ["%.*g" % (rng.randint(1, 25), f) for f in floats] + ["-0", "0.0", "1E5"]
     rows = len(texts) // 4
     x = "[%s]" % ", ".join(texts[:rows * 4])
-    ints = [rng.randint(-2 ** 63, 2 ** 63 - 1) for _ in range(rows * 2 - 2)] + [2 ** 63 - 1, -2 ** 63]
+    ints = [rng.randint(-2 ** 63, 2 ** 63 - 1) for _draw in range(rows * 2 - 2)] + [2 ** 63 - 1, -2 ** 63]
     body = request(x=x, n=json.dumps(ints), x_shape="[%d, 4]" % rows, n_shape="[%d, 2]" % rows)
     assert v2.parse_json(body, fast=True) == v2.parse_json(body, fast=False)
     fast, plain = reading(body, True), reading(body, False)

@@ -276,8 +276,8 @@ class Service:
         labels = (model.name, model.version)
         children = self._answered.get(labels)
         if children is None:
-            children = self._answered[labels] = (self.metrics.inferences.labels(*labels),
-                                                  self.metrics.duration.labels(*labels))
+            children = (self.metrics.inferences.labels(*labels), self.metrics.duration.labels(*labels))
+            self._answered[labels] = children
         return children
 
     # -- large requests off the event loop ---------------------------------------------------
