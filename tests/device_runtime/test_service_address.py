@@ -113,8 +113,9 @@ def cli(device, *args):
 
 def test_the_service_announces_the_port_it_bound(device):
     data = json.loads(open(address_path(str(device.root)), encoding="utf-8").read())
-    assert data == {"host": "127.0.0.1", "port": device.serve_port, "pid": device.proc.pid,
-                    "create_time": psutil.Process(device.proc.pid).create_time()}
+    assert {k: v for k, v in data.items() if k != "create_time"} == {
+        "host": "127.0.0.1", "port": device.serve_port, "pid": device.proc.pid}
+    assert abs(data["create_time"] - psutil.Process(device.proc.pid).create_time()) < 0.5
     assert data["port"] != json.loads((device.root / "etc" / "runtime.json").read_text())["port"]
 
 
@@ -174,7 +175,7 @@ def test_a_reused_pid_is_not_taken_for_the_service(tmp_path):
     (tmp_path / "cache").mkdir()
     me = psutil.Process()
     (tmp_path / "cache" / "service.json").write_text(json.dumps(
-        {"host": "127.0.0.1", "port": 1, "pid": me.pid, "create_time": me.create_time() - 60}))
+        {"host": "127.0.0.1", "port": 1, "pid": me.pid, "create_time": me.create_time() - 60}))  # over _SAME_PROCESS_S
     address, why = announced(str(tmp_path))
     assert address is None and "is another process" in why
     (tmp_path / "cache" / "service.json").write_text(json.dumps(
