@@ -13,9 +13,8 @@ import httpx
 import numpy as np
 import pytest
 
-from edgeai_runtime.device.store import ModelStore
 from support import modelgen
-from support.digits_store import install_digits
+from support.digits_store import serving_store
 from support.service import free_port, runtime, start_service, voluntary_switches, write_config
 
 BODY_LIMIT = 256 * 1024
@@ -36,10 +35,7 @@ def digits():
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, digits):
     root = tmp_path_factory.mktemp("device")
-    store = ModelStore(str(root))
-    install_digits(store, "1.0.0", modelgen.digits_onnx(digits), digits)
-    install_digits(store, "2.0.0", modelgen.digits_onnx(modelgen.train_digits_mlp(seed=3)), digits)
-    store.activate("digits", "1.0.0")
+    serving_store(root, digits, ("1.0.0", "2.0.0"))
     write_config(root, max_batch_size=8, max_body_bytes=BODY_LIMIT, max_queue=64)
     proc, base = start_service(root)
     with httpx.Client(base_url=base, timeout=30) as client:
@@ -167,9 +163,7 @@ def test_admin_needs_loopback_and_non_loopback_needs_a_token(tmp_path):
 
 
 def test_token_is_required_when_configured(tmp_path, digits):
-    store = ModelStore(str(tmp_path))
-    install_digits(store, "1.0.0", modelgen.digits_onnx(digits), digits)
-    store.activate("digits", "1.0.0")
+    serving_store(tmp_path, digits)
     write_config(tmp_path)
     proc, base = start_service(tmp_path, env=dict(os.environ, EDGEAI_RUNTIME_TOKEN="s3cret-token"))
     try:

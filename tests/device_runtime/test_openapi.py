@@ -14,12 +14,10 @@ from openapi_spec_validator import OpenAPIV31SpecValidator
 from starlette.routing import Route
 
 from edgeai_runtime.device.config import load_config
-from edgeai_runtime.device.store import ModelStore
 from edgeai_runtime.format.manifest import Manifest
 from edgeai_runtime.service import openapi
 from edgeai_runtime.service.app import create_app
-from support import modelgen
-from support.digits_store import ONNX_INPUTS, ONNX_OUTPUTS, install_digits
+from support.digits_store import ONNX_INPUTS, ONNX_OUTPUTS, serving_store
 from support.service import start_service, write_config
 
 #: Put first on the service's PYTHONPATH: site imports it at start-up, before anything else runs.
@@ -47,10 +45,7 @@ def no_yaml_env(tmp_path_factory):
 @pytest.fixture(scope="module")
 def client(tmp_path_factory, digits, no_yaml_env):
     root = tmp_path_factory.mktemp("device")
-    store = ModelStore(str(root))
-    install_digits(store, "1.0.0", modelgen.digits_onnx(digits), digits)
-    install_digits(store, "2.0.0", modelgen.digits_onnx(modelgen.train_digits_mlp(seed=3)), digits)
-    store.activate("digits", "1.0.0")
+    serving_store(root, digits, ("1.0.0", "2.0.0"))
     write_config(root)
     proc, base = start_service(root, env=no_yaml_env)
     with httpx.Client(base_url=base, timeout=30) as http:

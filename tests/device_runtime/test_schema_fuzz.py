@@ -16,9 +16,7 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (content_type_conformance, response_headers_conformance,
                                                response_schema_conformance, status_code_conformance)
 
-from edgeai_runtime.device.store import ModelStore
-from support import modelgen
-from support.digits_store import install_digits
+from support.digits_store import serving_store
 from support.service import start_service, write_config
 
 MAX_EXAMPLES = 50
@@ -37,9 +35,7 @@ TRAFFIC: "collections.defaultdict[str, collections.Counter]" = collections.defau
 @pytest.fixture(scope="module")
 def base_url(tmp_path_factory, digits):
     root = tmp_path_factory.mktemp("device")
-    store = ModelStore(str(root))
-    install_digits(store, "1.0.0", modelgen.digits_onnx(digits), digits)
-    store.activate("digits", "1.0.0")
+    serving_store(root, digits)
     write_config(root, max_queue=64)
     proc, base = start_service(root)
     yield base

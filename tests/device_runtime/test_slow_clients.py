@@ -21,9 +21,7 @@ import numpy as np
 import pytest
 
 from edgeai_runtime.device.config import ConfigError, RuntimeConfig
-from edgeai_runtime.device.store import ModelStore
-from support import modelgen
-from support.digits_store import install_digits
+from support.digits_store import serving_store
 from support.service import start_service, write_config
 
 HEADER_TIMEOUT_S = 1.5
@@ -36,9 +34,7 @@ SLOW_HEAD = b"GET /v2/health/live HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n"
 
 
 def start_digits_service(root, digits, env=None, **settings):
-    store = ModelStore(str(root))
-    install_digits(store, "1.0.0", modelgen.digits_onnx(digits), digits)
-    store.activate("digits", "1.0.0")
+    serving_store(root, digits)
     write_config(root, max_body_bytes=64 * 1024 ** 2, threads=1, **settings)
     proc, base = start_service(root, env=env)
     return proc, int(base.rsplit(":", 1)[1])

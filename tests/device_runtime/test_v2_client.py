@@ -9,9 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgeai_runtime.device.store import ModelStore
-from support import modelgen
-from support.digits_store import install_digits
+from support.digits_store import serving_store
 from test_http import start_service, write_config
 
 httpclient = pytest.importorskip("tritonclient.http", reason="tritonclient[http] is in requirements-dev.txt")
@@ -20,9 +18,7 @@ httpclient = pytest.importorskip("tritonclient.http", reason="tritonclient[http]
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, digits):
     root = tmp_path_factory.mktemp("v2client")
-    store = ModelStore(str(root))
-    install_digits(store, "1.0.0", modelgen.digits_onnx(digits), digits)
-    store.activate("digits", "1.0.0")
+    serving_store(root, digits)
     write_config(root, max_batch_size=8, max_queue=64)
     proc, base = start_service(root)
     client = httpclient.InferenceServerClient(base[len("http://"):])

@@ -55,3 +55,14 @@ def untrained_digits(seed: int = 1) -> modelgen.DigitsModel:
         bad.fit(good.X_train, rng.permutation(good.y_train))
     return modelgen.DigitsModel(bad, good.X_train, good.y_train, good.X_test, good.y_test,
                                 float((bad.predict(good.X_test) == good.y_test).mean()), seed)
+
+
+def serving_store(root, digits: modelgen.DigitsModel, versions=("1.0.0",)) -> ModelStore:
+    """A model store under ``root`` holding the digits versions, the first active: 1.0.0 is ``digits``
+    itself, 2.0.0 the MLP trained with seed 3 (another model, same interface); gate data from ``digits``."""
+    store = ModelStore(str(root))
+    for version in versions:
+        model = digits if version == "1.0.0" else modelgen.train_digits_mlp(seed=3)
+        install_digits(store, version, modelgen.digits_onnx(model), digits)
+    store.activate("digits", versions[0])
+    return store
