@@ -24,6 +24,7 @@ on a parser without the deadlines.
 """
 from __future__ import annotations
 
+import abc
 import asyncio
 import importlib
 import json
@@ -134,7 +135,7 @@ else:  # at run time the protocol class the deadlines are mixed into comes next 
     _UvicornProtocol = asyncio.Protocol
 
 
-class RequestDeadlines(_UvicornProtocol):
+class RequestDeadlines(_UvicornProtocol, metaclass=abc.ABCMeta):
     """Deadlines for the request head and body, and for a new connection, mixed into a uvicorn HTTP protocol.
 
     * A new connection that sends nothing is closed after ``timeout_keep_alive``, like one that is
@@ -177,13 +178,15 @@ class RequestDeadlines(_UvicornProtocol):
         super().on_response_complete()  # which may start on a pipelined request already received
         self._watch(self._waiting_for())
 
+    @abc.abstractmethod
     def _waiting_for(self) -> Optional[str]:
-        """The part of a request that has begun to come and is not complete yet ("head", "body"), if any."""
-        raise NotImplementedError
+        """The part of a request that has begun to come and is not complete yet ("head", "body"), if any:
+        what each parser's protocol says from its own state."""
 
+    @abc.abstractmethod
     def _answer_timeout(self, phase: str, body: bytes) -> None:
-        """Write a 408 with this JSON ``body``, unless an answer to the request has started."""
-        raise NotImplementedError
+        """Write a 408 with this JSON ``body``, unless an answer to the request has started (each parser
+        writes it its own way)."""
 
     def _watch(self, phase: Optional[str]) -> None:
         """Keep one deadline, for ``phase``: left running while the phase lasts, replaced when it changes."""
