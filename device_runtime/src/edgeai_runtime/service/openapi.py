@@ -46,6 +46,10 @@ def _components() -> Schema:
                    "items": {"type": ["number", "boolean", "array"]}}
     parameters = {"type": "object", "description": "Protocol parameters (e.g. binary_data_size, binary_data, "
                   "binary_data_output).", "additionalProperties": True}
+    #: The properties of a tensor, the same in a request's inputs and a response's outputs.
+    tensor: Schema = {"name": {"type": "string"},
+                      "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                      "datatype": _ref("Datatype"), "parameters": _ref("Parameters"), "data": tensor_data}
     schemas: Dict[str, Schema] = {
         "Error": {"type": "object", "required": ["error"],
                   "properties": {"error": {"type": "string", "description": "What is wrong, and where."}}},
@@ -53,11 +57,7 @@ def _components() -> Schema:
         "Parameters": parameters,
         "RequestInput": {
             "type": "object", "required": ["name", "shape", "datatype"],
-            "properties": {"name": {"type": "string"},
-                           "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
-                           "datatype": _ref("Datatype"),
-                           "parameters": _ref("Parameters"),
-                           "data": tensor_data},
+            "properties": dict(tensor),
             "description": "An input tensor; `data` is left out when its bytes follow the JSON "
                            "(binary tensor data extension, `parameters.binary_data_size`)."},
         "RequestOutput": {"type": "object", "required": ["name"],
@@ -70,11 +70,7 @@ def _components() -> Schema:
                            "outputs": {"type": "array", "items": _ref("RequestOutput")}}},
         "ResponseOutput": {
             "type": "object", "required": ["name", "shape", "datatype"],
-            "properties": {"name": {"type": "string"},
-                           "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
-                           "datatype": _ref("Datatype"),
-                           "parameters": _ref("Parameters"),
-                           "data": tensor_data}},
+            "properties": dict(tensor)},
         "InferenceResponse": {
             "type": "object", "required": ["model_name", "outputs"],
             "properties": {"model_name": {"type": "string"}, "model_version": {"type": "string"},
