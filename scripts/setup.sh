@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up everything this checkout needs, on Debian as root. Idempotent, and quick
 # when everything is in place:
-#   - Debian packages: podman, runc, debootstrap, qemu-user-static + binfmt (arm64 targets)
+#   - Debian packages: podman, runc, debootstrap, qemu-user-static + binfmt (arm64 targets),
+#     prometheus (promtool) and mosquitto (the MQTT broker the telemetry tests start)
 #   - .venv with the pinned controller/test toolchain (requirements-dev.txt)
 #   - the target images, amd64 and arm64 (debootstrap + podman import; no registry)
 #   - the .collections link that lets ansible find this collection
@@ -9,7 +10,7 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 cd "$EDGEAI_ROOT"
 
-APT_PACKAGES=(podman runc debootstrap qemu-user-static binfmt-support uidmap rsync python3 python3-venv ca-certificates git shellcheck prometheus)
+APT_PACKAGES=(podman runc debootstrap qemu-user-static binfmt-support uidmap rsync python3 python3-venv ca-certificates git shellcheck prometheus mosquitto mosquitto-clients)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
