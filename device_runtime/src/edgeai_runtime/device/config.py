@@ -4,7 +4,8 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-from dataclasses import dataclass, fields, replace
+import socket
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Dict, Optional
 
 from edgeai_runtime.format.errors import EdgeAIError
@@ -136,3 +137,93 @@ def load_config(root: str = DEFAULT_ROOT, **overrides: Any) -> RuntimeConfig:
     except TypeError as exc:
         raise ConfigError(str(exc)) from None
     return config.with_overrides(**overrides).check()
+
+
+INFERENCE_RESULT_MODES = ("all", "sample", "below_confidence")
+OUTBOX_SYNCHRONOUS = ("FULL", "NORMAL")
+
+
+@dataclass(frozen=True)
+class TelemetryConfig:
+    """Telemetry, the outbox and its MQTT sync: ``<root>/etc/telemetry.json`` (the inference_service
+    role writes it). Without ``mqtt_host`` records are queued and kept (up to the byte cap), never sent."""
+
+    root: str = DEFAULT_ROOT
+    device_id: str = ""                    # default: the host name; also the certificate's CN and the topic
+    interval_s: float = 60.0               # one telemetry sample this often (the daemon)
+    stats_window_s: float = 300.0          # inference p50/p95 over this window
+    evidence_root: str = "/"               # where sysfs/procfs sensor files are read (sim devices: their evidence)
+    textfile_dir: Optional[str] = None     # node_exporter's textfile collector directory, when it runs here
+    outbox_max_bytes: int = 64 * 1024 ** 2
+    outbox_synchronous: str = "FULL"       # SQLite PRAGMA synchronous for the outbox (docs/telemetry.md)
+    mqtt_host: Optional[str] = None
+    mqtt_port: int = 8883
+    mqtt_topic_prefix: str = "edgeai"      # topics are <prefix>/<device id>/<kind>
+    mqtt_ca_file: Optional[str] = None     # default <root>/keys/tls/ca.crt
+    mqtt_cert_file: Optional[str] = None   # default <root>/keys/tls/device.crt
+    mqtt_key_file: Optional[str] = None    # default <root>/keys/tls/device.key
+    mqtt_keepalive_s: int = 30
+    sync_batch: int = 100                  # records read from the outbox, and in flight, at a time
+    backoff_initial_s: float = 1.0         # reconnect backoff: full jitter, doubling up to backoff_max_s
+    backoff_max_s: float = 300.0
+    # model name -> {"mode": "all" | "sample" | "below_confidence", "sample_rate": 0..1, "confidence_below": 0..1}
+    inference_results: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def outbox_path(self) -> str:
+        return os.path.join(self.root, "outbox", "outbox.sqlite3")
+
+    def tls_file(self, which: str) -> str:
+        """``ca``, ``cert`` or ``key``: the configured path, or the identity role's default."""
+        configured = {"ca": self.mqtt_ca_file, "cert": self.mqtt_cert_file, "key": self.mqtt_key_file}[which]
+        default = {"ca": "ca.crt", "cert": "device.crt", "key": "device.key"}[which]
+        return configured or os.path.join(self.root, "keys", "tls", default)
+
+    def check(self) -> "TelemetryConfig":
+        for name in ("interval_s", "stats_window_s", "backoff_initial_s", "backoff_max_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+                raise ConfigError("%s must be a positive number of seconds, not %r" % (name, value))
+        if self.backoff_max_s < self.backoff_initial_s:
+            raise ConfigError("backoff_max_s (%s) is below backoff_initial_s (%s)"
+                              % (self.backoff_max_s, self.backoff_initial_s))
+        if self.outbox_max_bytes < 1024 ** 2:
+            raise ConfigError("outbox_max_bytes must be at least 1 MiB, not %r" % self.outbox_max_bytes)
+        if self.outbox_synchronous not in OUTBOX_SYNCHRONOUS:
+            raise ConfigError("outbox_synchronous must be one of %s, not %r"
+                              % (", ".join(OUTBOX_SYNCHRONOUS), self.outbox_synchronous))
+        if not 0 < self.mqtt_port < 65536 or self.sync_batch < 1 or self.mqtt_keepalive_s < 1:
+            raise ConfigError("mqtt_port must be 1-65535, sync_batch and mqtt_keepalive_s at least 1")
+        if not self.device_id or "/" in self.device_id or "+" in self.device_id or "#" in self.device_id:
+            raise ConfigError("device_id %r must be non-empty and hold no MQTT topic characters (/ + #)"
+                              % self.device_id)
+        for model, policy in self.inference_results.items():
+            if not isinstance(policy, dict) or policy.get("mode") not in INFERENCE_RESULT_MODES:
+                raise ConfigError("inference_results[%s].mode must be one of %s"
+                                  % (model, ", ".join(INFERENCE_RESULT_MODES)))
+            for key in ("sample_rate", "confidence_below"):
+                value = policy.get(key, 1.0)
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                    raise ConfigError("inference_results[%s].%s must be between 0 and 1, not %r" % (model, key, value))
+        return self
+
+
+def load_telemetry_config(root: str = DEFAULT_ROOT, **overrides: Any) -> TelemetryConfig:
+    """Defaults, then ``<root>/etc/telemetry.json``, then ``overrides``; the device id defaults to the host name."""
+    if not os.path.isdir(root):
+        raise RootMissing("the device root %s does not exist; provision the device first" % root)
+    path = os.path.join(root, "etc", "telemetry.json")
+    values: Dict[str, Any] = _read_json(path)
+    unknown = sorted(set(values) - {f.name for f in fields(TelemetryConfig)} - {"root"})
+    if unknown:
+        raise ConfigError("%s: unknown settings %s" % (path, ", ".join(unknown)))
+    values["root"] = root
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    values.setdefault("device_id", socket.gethostname())
+    if not values["device_id"]:
+        values["device_id"] = socket.gethostname()
+    try:
+        config = TelemetryConfig(**values)
+    except TypeError as exc:
+        raise ConfigError(str(exc)) from None
+    return config.check()
