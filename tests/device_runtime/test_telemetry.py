@@ -9,15 +9,25 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
+import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from edgeai_runtime.device import sensors
 from edgeai_runtime.device.config import RuntimeConfig, TelemetryConfig
 from edgeai_runtime.device.journal import History
+from edgeai_runtime.device.exposition import TEXTFILE_NAME, render, write_textfile
 from edgeai_runtime.device.telemetry import Collector
+from edgeai_runtime.service.stats import InferenceStats
 from support.digits_store import serving_store
+from support.service import start_service, write_config
 
 REPO = Path(__file__).resolve().parents[2]
 EVIDENCE = REPO / "sim" / "evidence"
@@ -276,4 +286,193 @@ def test_inference_from_an_in_process_source(device_root):
     sample = collector(device_root, stats=lambda: stats).sample()
     assert sample["inference"] == [{"model": "digits", "version": "1.0.0", "window_seconds": 300.0, "requests": 10,
                                     "errors": 1, "latency_p50_seconds": 0.002, "latency_p95_seconds": 0.004,
-                                    "requests_total": 10, "errors_total": 1}]
+                                    "requests_total": 10, "errors_total": 1, "success_total": 9,
+                                    "success_seconds_total": 1e-9}]
+
+
+# -- the window (service/stats.py) ------------------------------------------------------------------------------
+
+def test_window_percentiles_and_expiry():
+    now = [1000.0]
+    stats = InferenceStats(window_s=60.0, max_samples=1000, clock=lambda: now[0])
+    for ms in range(1, 101):  # 1..100 ms
+        stats.record("digits", "1.0.0", ms / 1000.0, True)
+    stats.record("digits", "1.0.0", 0.5, False)
+    entry = stats.snapshot()["model_stats"][0]
+    assert entry["window"]["requests"] == 101 and entry["window"]["errors"] == 1
+    assert entry["window"]["latency_p50_seconds"] == pytest.approx(0.050)  # nearest rank: the 50th of 100
+    assert entry["window"]["latency_p95_seconds"] == pytest.approx(0.095)
+    assert entry["inference_count"] == 100 and entry["inference_stats"]["fail"] == {"count": 1, "ns": 500000000}
+    now[0] += 61  # the window has passed; the totals stay
+    entry = stats.snapshot()["model_stats"][0]
+    assert entry["window"]["requests"] == 0 and entry["window"]["latency_p95_seconds"] is None
+    assert entry["inference_count"] == 100
+
+
+def test_window_is_bounded_and_forgets_unloaded_versions():
+    stats = InferenceStats(window_s=60.0, max_samples=10)
+    for _ in range(25):
+        stats.record("digits", "1.0.0", 0.001, True)
+    stats.track("digits", "2.0.0")
+    snap = {e["version"]: e for e in stats.snapshot()["model_stats"]}
+    assert snap["1.0.0"]["window"]["requests"] == 10 and snap["1.0.0"]["window"]["truncated"] is True
+    assert snap["1.0.0"]["inference_count"] == 25
+    assert snap["2.0.0"]["window"] == {"requests": 0, "errors": 0, "latency_p50_seconds": None,
+                                       "latency_p95_seconds": None, "covered_seconds": 0.0, "truncated": False}
+    stats.retain([("digits", "2.0.0")])
+    assert [e["version"] for e in stats.snapshot()["model_stats"]] == ["2.0.0"]
+
+
+# -- the outputs: the service's /metrics and /v2/models/stats, the textfile --------------------------------------
+
+def promtool_check(data: bytes) -> None:
+    """``promtool check metrics`` (Debian's prometheus package): the exposition parses and passes its lint."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (apt install prometheus)")
+    done = subprocess.run([promtool, "check", "metrics"], input=data, capture_output=True, timeout=60, check=False)
+    assert done.returncode == 0, (done.stdout + done.stderr).decode()
+
+
+def test_promtool_refuses_what_it_should():
+    """The check can fail: a counter without _total and a gauge named like a summary's count are lint errors."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed")
+    bad = b"# HELP edgeai_x_count x\n# TYPE edgeai_x_count gauge\nedgeai_x_count 1\n"
+    assert subprocess.run([promtool, "check", "metrics"], input=bad, capture_output=True, check=False).returncode != 0
+
+
+@dataclass
+class Served:
+    client: httpx.Client
+    root: Path
+    proc: subprocess.Popen
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, digits):
+    root = tmp_path_factory.mktemp("device")
+    serving_store(root, digits)
+    write_config(root, hardware_class="jetson_orin")
+    (root / "etc" / "telemetry.json").write_text(json.dumps(
+        {"device_id": "orin-7", "evidence_root": str(EVIDENCE / "jetson_orin"), "stats_window_s": 120}))
+    proc, base = start_service(root)
+    with httpx.Client(base_url=base, timeout=30) as client:
+        yield Served(client, root, proc)
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def infer(client, x):
+    return client.post("/v2/models/digits/infer", json={"inputs": [
+        {"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]})
+
+
+def test_models_stats_counts_the_window(served, digits):
+    for row in digits.X_test[:12]:
+        assert infer(served.client, row.reshape(1, 64).astype("float32")).status_code == 200
+    assert infer(served.client, np.zeros((1, 63), dtype="float32")).status_code == 400  # wrong shape
+    answer = served.client.get("/v2/models/stats")
+    assert answer.status_code == 200
+    body = answer.json()
+    assert body["window_seconds"] == 120
+    entry = next(e for e in body["model_stats"] if (e["name"], e["version"]) == ("digits", "1.0.0"))
+    assert entry["inference_count"] >= 12 and entry["inference_stats"]["fail"]["count"] >= 1
+    window = entry["window"]
+    assert window["requests"] >= 13 and window["errors"] >= 1
+    assert 0 < window["latency_p50_seconds"] <= window["latency_p95_seconds"] < 10
+    assert entry["last_inference"] > 0
+
+
+def test_metrics_carry_the_telemetry_and_pass_promtool(served, digits):
+    assert infer(served.client, digits.X_test[:1].astype("float32")).status_code == 200
+    answer = served.client.get("/metrics")
+    assert answer.status_code == 200
+    promtool_check(answer.content)
+    text = answer.text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    # node_exporter's names, from the Orin's evidence tree
+    zones = {s.labels["type"]: s.value for s in families["node_thermal_zone_temp"].samples}
+    assert zones["cpu-thermal"] == pytest.approx(45.5) and zones["tj-thermal"] == pytest.approx(45.5)
+    assert any(s.labels == {"chip": "hwmon1", "sensor": "in1"} for s in families["node_hwmon_in_volts"].samples)
+    rails = {s.labels["rail"]: s.value for s in families["edgeai_jetson_rail_power_watts"].samples}
+    assert rails["VDD_IN"] == pytest.approx(5.072 * 1.136)
+    assert families["edgeai_device_info"].samples[0].labels == {"device_id": "orin-7", "hardware_class": "jetson_orin"}
+    assert families["edgeai_service_up"].samples[0].value == 1
+    assert families["edgeai_service_resident_memory_bytes"].samples[0].value > 10 * 1024 ** 2
+    latency = [s for s in families["edgeai_inference_latency_seconds"].samples if s.labels["model"] == "digits"]
+    assert {s.labels.get("quantile") for s in latency if s.name == "edgeai_inference_latency_seconds"} == {"0.5", "0.95"}
+    assert next(s.value for s in latency if s.name == "edgeai_inference_latency_seconds_count") >= 1
+    versions = [s.labels for s in families["edgeai_model_version_info"].samples]
+    assert {"model": "digits", "version": "1.0.0", "role": "active"} in versions
+    # what was there before stays
+    assert "edge_ai_inferences" in families and "edge_ai_inference_duration_seconds" in families
+
+
+def test_a_scrape_is_cheap(served):
+    """Sampling on each scrape (there is no timer): the scrape stays in the milliseconds."""
+    served.client.get("/metrics")
+    took = []
+    for _ in range(20):
+        started = time.perf_counter()
+        assert served.client.get("/metrics").status_code == 200
+        took.append(time.perf_counter() - started)
+    took.sort()
+    assert took[len(took) // 2] < 0.25, "median scrape %.1f ms" % (took[len(took) // 2] * 1000)
+
+
+def test_stats_are_token_guarded_and_bad_telemetry_settings_never_stop_the_service(tmp_path):
+    root = tmp_path / "device"
+    (root / "models").mkdir(parents=True)
+    write_config(root, token="s3cret")
+    (root / "etc" / "telemetry.json").write_text('{"stats_window_s": -1}')
+    proc, base = _start_unready(root)
+    try:
+        assert httpx.get(base + "/v2/models/stats", timeout=10).status_code == 401
+        answer = httpx.get(base + "/v2/models/stats", headers={"authorization": "Bearer s3cret"}, timeout=10)
+        assert answer.status_code == 200
+        assert answer.json() == {"window_seconds": 300.0, "max_samples": 4096, "model_stats": []}
+        assert httpx.get(base + "/metrics", headers={"authorization": "Bearer s3cret"}, timeout=10).status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert "telemetry settings ignored, using the defaults" in (root / "service.log").read_text()
+
+
+def _start_unready(root):
+    """A service with no model (never ready): wait until it is live instead."""
+    config = json.loads((root / "etc" / "runtime.json").read_text())
+    log = open(root / "service.log", "a")
+    proc = subprocess.Popen([sys.executable, "-m", "edgeai_runtime.cli", "--root", str(root), "serve"],
+                            stdout=log, stderr=subprocess.STDOUT)
+    base = "http://127.0.0.1:%d" % config["port"]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if httpx.get(base + "/v2/health/live", timeout=1).status_code == 200:
+                return proc, base
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    pytest.fail("service never came up:\n" + (root / "service.log").read_text())
+
+
+def test_textfile_has_only_the_edge_series_and_passes_promtool(tmp_path, device_root):
+    sample = collector(device_root, EVIDENCE / "raspberry_pi").sample()
+    tmp_path = tmp_path / "textfile"
+    tmp_path.mkdir()
+    assert write_textfile(str(tmp_path), sample) is True
+    data = (tmp_path / TEXTFILE_NAME).read_bytes()
+    promtool_check(data)
+    names = {f.name for f in text_string_to_metric_families(data.decode())}
+    assert names and not [n for n in names if n.startswith("node_")], names
+    assert "edgeai_rpi_throttled" in names and "edgeai_cpu_use_ratio" in names
+    assert write_textfile(str(tmp_path), sample) is False  # the same sample: the file is left alone
+    assert [p.name for p in tmp_path.iterdir()] == [TEXTFILE_NAME]  # no temp file left behind
+
+
+def test_every_class_renders_valid_exposition(evidence, device_root):
+    for cls in ("raspberry_pi", "coral", "jetson_nano", "jetson_orin", "generic"):
+        promtool_check(render(collector(device_root, evidence / cls).sample()))
+    promtool_check(render(collector(device_root, LAPTOP).sample()))

@@ -179,7 +179,8 @@ class Collector:
                           "latency_p50_seconds": recent.get("latency_p50_seconds"),
                           "latency_p95_seconds": recent.get("latency_p95_seconds"),
                           "requests_total": _count(totals, "success") + _count(totals, "fail"),
-                          "errors_total": _count(totals, "fail")})
+                          "errors_total": _count(totals, "fail"), "success_total": _count(totals, "success"),
+                          "success_seconds_total": _count(totals, "success", "ns") / 1e9})
         return found
 
     def _stats_from_service(self) -> Optional[Dict[str, Any]]:
@@ -212,8 +213,8 @@ class Collector:
             "name", "version", "from_version", "outcome", "reason", "phase", "started", "finished", "duration_s")}}
 
 
-def _count(totals: Dict[str, Any], which: str) -> int:
-    value = (totals.get(which) or {}).get("count")
+def _count(totals: Dict[str, Any], which: str, field: str = "count") -> int:
+    value = (totals.get(which) or {}).get(field)
     return int(value) if isinstance(value, (int, float)) else 0
 
 
