@@ -27,7 +27,7 @@ from edgeai_runtime.device.exposition import TEXTFILE_NAME, render, write_textfi
 from edgeai_runtime.device.telemetry import Collector
 from edgeai_runtime.service.stats import InferenceStats
 from support.digits_store import serving_store
-from support.service import start_service, write_config
+from support.service import runtime, start_service, write_config
 
 REPO = Path(__file__).resolve().parents[2]
 EVIDENCE = REPO / "sim" / "evidence"
@@ -311,7 +311,7 @@ def test_window_percentiles_and_expiry():
 
 def test_window_is_bounded_and_forgets_unloaded_versions():
     stats = InferenceStats(window_s=60.0, max_samples=10)
-    for _ in range(25):
+    for _request in range(25):
         stats.record("digits", "1.0.0", 0.001, True)
     stats.track("digits", "2.0.0")
     snap = {e["version"]: e for e in stats.snapshot()["model_stats"]}
@@ -414,7 +414,7 @@ def test_a_scrape_is_cheap(served):
     """Sampling on each scrape (there is no timer): the scrape stays in the milliseconds."""
     served.client.get("/metrics")
     took = []
-    for _ in range(20):
+    for _scrape in range(20):
         started = time.perf_counter()
         assert served.client.get("/metrics").status_code == 200
         took.append(time.perf_counter() - started)
@@ -476,3 +476,37 @@ def test_every_class_renders_valid_exposition(evidence, device_root):
     for cls in ("raspberry_pi", "coral", "jetson_nano", "jetson_orin", "generic"):
         promtool_check(render(collector(device_root, evidence / cls).sample()))
     promtool_check(render(collector(device_root, LAPTOP).sample()))
+
+
+# -- the command line --------------------------------------------------------------------------------------------
+
+def test_cli_collect_finds_the_running_service(served, digits, tmp_path):
+    assert infer(served.client, digits.X_test[:1].astype("float32")).status_code == 200
+    textfile = tmp_path / "textfile"
+    textfile.mkdir()
+    done = runtime(served.root, "telemetry", "collect", "--textfile", str(textfile))
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result["changed"] is True
+    sample = result["telemetry"]
+    assert set(sample) == SAMPLE_KEYS and sample["device_id"] == "orin-7"
+    service = sample["service"]
+    assert service["running"] is True and service["pid"] == served.proc.pid
+    assert service["cpu_seconds"] > 0 and service["resident_bytes"] > 10 * 1024 ** 2 and service["open_fds"] > 3
+    entry = next(e for e in sample["inference"] if e["model"] == "digits")
+    assert entry["version"] == "1.0.0" and entry["requests"] >= 1 and entry["window_seconds"] == 120
+    assert sample["models"] == [{"name": "digits", "active": "1.0.0", "previous": None}]
+    assert sample["sensors"]["jetson_rails"][0]["rail"] == "VDD_IN"
+    promtool_check((textfile / TEXTFILE_NAME).read_bytes())
+
+
+def test_cli_collect_without_a_service_and_a_bad_textfile_dir(device_root, tmp_path):
+    done = runtime(device_root, "telemetry", "collect")
+    assert done.returncode == 0, done.stderr
+    sample = json.loads(done.stdout.splitlines()[-1])["telemetry"]
+    assert sample["service"]["running"] is False and sample["inference"] is None
+    done = runtime(device_root, "telemetry", "collect", "--textfile", str(tmp_path / "missing"))
+    assert done.returncode == 1
+    failure = json.loads(done.stdout.splitlines()[-1])
+    assert failure["failed"] is True and failure["reason"] == "textfile_failed"
+    assert str(tmp_path / "missing") in failure["msg"] and "No such file or directory" in failure["msg"]

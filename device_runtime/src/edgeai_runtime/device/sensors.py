@@ -194,16 +194,16 @@ def rpi_throttled(view: SysView, chips: Optional[List[Reading]] = None) -> Optio
             value = int(text, 16)
         except ValueError:
             return {"source": "get_throttled", "raw": None,
-                    "now": {name: None for name, _ in THROTTLED_BITS},
-                    "since_boot": {name: None for name, _ in THROTTLED_BITS}}
+                    "now": {name: None for name, _bit in THROTTLED_BITS},
+                    "since_boot": {name: None for name, _bit in THROTTLED_BITS}}
         return dict(decode_throttled(value), source="get_throttled", raw=value)
     for chip in (hwmon(view) or []) if chips is None else chips:
         if chip.get("name") != RPI_HWMON_NAME:
             continue
         lcrit = next((s.get("alarms", {}).get("lcrit") for s in chip["sensors"] if s["sensor"] == "in0"), None)
-        since: Dict[str, Optional[bool]] = {name: None for name, _ in THROTTLED_BITS}
+        since: Dict[str, Optional[bool]] = {name: None for name, _bit in THROTTLED_BITS}
         since["under_voltage"] = lcrit
-        return {"source": RPI_HWMON_NAME, "raw": None, "now": {name: None for name, _ in THROTTLED_BITS},
+        return {"source": RPI_HWMON_NAME, "raw": None, "now": {name: None for name, _bit in THROTTLED_BITS},
                 "since_boot": since}
     return None
 
