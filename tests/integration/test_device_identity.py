@@ -1,5 +1,6 @@
 """roles/device_identity against a real simulated device: the fleet CA on the controller, the key made on
-the device, the certificate signed by the controller; four runs, rotation and revocation (the CRL).
+the device, the certificate signed by the controller; four runs, rotation and revocation (the CRL); then the
+same certificate against a real mosquitto in a container (the broker proofs of issue 15).
 
 One amd64 device (a podman container from the target image) on a podman network this module creates
 (--internal), deployed once by deploy.yml so that its venv holds cryptography (without the identity,
@@ -8,6 +9,9 @@ which the role's own runs then give it). Real ansible-playbook runs; certificate
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import time
 import uuid
 
 import pytest
@@ -17,6 +21,8 @@ from cryptography.x509.oid import NameOID
 
 from conftest import (NAME_PREFIX, PODMAN, REPO, podman, remove_containers, run_ansible_playbook,
                       start_device, write_inventory)
+from support.mqtt_broker import SUBSCRIBER, acl_text, broker_config
+from support.pki import make_ca, make_cert, write_pem
 
 TLS = '/opt/edgeai/keys/tls'
 CRL_TASK = "edgeai.fleet.device_identity : The fleet CA's CRL"
@@ -175,3 +181,151 @@ def test_bad_device_id_fails_before_any_change(device):
     assert any('MQTT topic characters' in (msg or '') for _name, msg in bad.failures(host)), bad.failures(host)
     assert sorted(p.name for p in ca_dir.rglob('*')) == before
 
+
+# --- The same certificate authenticates the device to the fleet's broker -------------------------------------
+# Debian's mosquitto in a container of scripts/build-broker-image.sh's image, on this module's --internal
+# network, addressed by its container name; configured by tests/support/mqtt_broker.py. The publishing happens
+# inside the device (its venv's paho-mqtt, tests/support/mqtt_probe.py): nothing outside the network reaches it.
+
+BROKER_PORT = 8883
+PREFIX = 'edgeai'
+PROBE_DIR = '/root/probe'
+
+
+def broker_image():
+    image = subprocess.run(['bash', '-c', '. scripts/lib.sh && broker_image'], cwd=REPO, capture_output=True,
+                           text=True, check=True).stdout.strip()
+    if podman('image', 'exists', image, check=False).returncode != 0:
+        pytest.skip('needs the broker image %s (scripts/build-broker-image.sh, run by setup.sh)' % image)
+    return image
+
+
+class ContainerBroker(object):
+    """mosquitto in a container: every file it reads in ``directory``, mounted at /mosquitto."""
+
+    def __init__(self, network, directory):
+        self.name = '%sbroker-%s' % (NAME_PREFIX, uuid.uuid4().hex[:8])
+        self.network, self.dir = network, directory
+
+    def write(self, ca_dir, server_cert, server_key):
+        self.dir.mkdir(exist_ok=True)
+        shutil.copyfile(ca_dir / 'ca.crt', self.dir / 'ca.crt')
+        shutil.copyfile(ca_dir / 'crl.pem', self.dir / 'crl.pem')
+        write_pem(self.dir / 'broker.crt', server_cert)
+        write_pem(self.dir / 'broker.key', server_key)
+        (self.dir / 'acl').write_text(acl_text(PREFIX))
+        (self.dir / 'mosquitto.conf').write_text(broker_config(
+            port=BROKER_PORT, bind_address=None, cafile='/mosquitto/ca.crt', certfile='/mosquitto/broker.crt',
+            keyfile='/mosquitto/broker.key', aclfile='/mosquitto/acl', crlfile='/mosquitto/crl.pem', user='root'))
+        for path in self.dir.iterdir():
+            path.chmod(0o644)
+
+    def start(self, image):
+        podman('run', '-d', '--name', self.name, '--network', self.network, '--label', 'org.edgeai.test=integration',
+               '-v', '%s:/mosquitto:ro' % self.dir, image, '/usr/sbin/mosquitto', '-c', '/mosquitto/mosquitto.conf')
+        self.wait_running(0)
+
+    def restart(self):
+        runs = self.log().count(' running')
+        podman('restart', '-t', '5', self.name)
+        self.wait_running(runs)
+
+    def log(self):
+        out = podman('logs', self.name, check=False)
+        return out.stdout + out.stderr
+
+    def wait_running(self, runs_before):
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.log().count(' running') > runs_before:
+                return
+            time.sleep(0.2)
+        raise AssertionError('mosquitto in %s did not start:\n%s' % (self.name, self.log()))
+
+    def remove(self):
+        podman('rm', '-f', '-t', '0', self.name, check=False)
+
+
+def probe(host, broker, subscriber, attempts):
+    """Run tests/support/mqtt_probe.py in the device: {attempt: result}, [[topic, attempt], ...] received."""
+    args = {'host': broker.name, 'port': BROKER_PORT, 'subscriber': subscriber, 'attempts': attempts}
+    out = podman('exec', host, '/opt/edgeai/venv/bin/python', PROBE_DIR + '/mqtt_probe.py', json.dumps(args),
+                 check=False)
+    assert out.returncode == 0, out.stdout + out.stderr + broker.log()
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    return result['attempts'], [tuple(item) for item in result['received']]
+
+
+def fleet_files(tmp, name, ca_key, ca_cert, cn):
+    """A client's key, certificate and CA file (PEM) in tmp/name/, as the device will see them under PROBE_DIR."""
+    where = tmp / name
+    where.mkdir()
+    key, cert = make_cert(ca_key, ca_cert, cn)
+    write_pem(where / 'device.key', key)
+    write_pem(where / 'device.crt', cert)
+    return {'cert': '%s/%s/device.crt' % (PROBE_DIR, name), 'key': '%s/%s/device.key' % (PROBE_DIR, name)}
+
+
+def test_broker_accepts_own_certificate_only(device, network, tmp_path):
+    """The device's own certificate connects and publishes to its own topic; another device's certificate, none,
+    another CA's and a revoked one are refused, and so is publishing to another device's topic."""
+    host, _inventory, ca_dir, run = device
+    image = broker_image()
+    assert run().rc == 0  # not revoked (any more): its certificate is valid again, as the CRL says
+    ca_cert = x509.load_pem_x509_certificate((ca_dir / 'ca.crt').read_bytes())
+    ca_key = serialization.load_pem_private_key((ca_dir / 'ca.key').read_bytes(), None)
+    assert device_cert(host).serial_number not in crl_entries(ca_dir)
+
+    broker = ContainerBroker(network, tmp_path / 'broker')
+    server_key, server_cert = make_cert(ca_key, ca_cert, 'mqtt-broker', dns_names=[broker.name])
+    broker.write(ca_dir, server_cert, server_key)
+    # The other clients' files: a reader of every topic, another fleet device, and an impostor CA's device.
+    files = tmp_path / 'probe'
+    files.mkdir()
+    shutil.copyfile(REPO / 'tests' / 'support' / 'mqtt_probe.py', files / 'mqtt_probe.py')
+    ca = TLS + '/ca.crt'
+    subscriber = dict(fleet_files(files, 'subscriber', ca_key, ca_cert, SUBSCRIBER), ca=ca, topic=PREFIX + '/#')
+    other = fleet_files(files, 'other', ca_key, ca_cert, 'other-device')
+    impostor_key, impostor_ca = make_ca('some other fleet CA')
+    impostor = fleet_files(files, 'impostor', impostor_key, impostor_ca, host)
+    podman('cp', str(files), '%s:%s' % (host, PROBE_DIR))
+    own = {'ca': ca, 'cert': TLS + '/device.crt', 'key': TLS + '/device.key'}
+    mine, theirs = '%s/%s/telemetry' % (PREFIX, host), '%s/other-device/telemetry' % PREFIX
+
+    try:
+        broker.start(image)
+        results, received = probe(host, broker, subscriber, [
+            dict(own, name='own', topic=mine),
+            dict(own, name='own_to_other_topic', topic=theirs),
+            dict(other, ca=ca, name='other_device_cert', topic=mine),
+            dict(ca=ca, cert=None, key=None, name='no_cert', topic=mine),
+            dict(impostor, ca=ca, name='other_ca', topic=mine),
+        ])
+        assert results['own']['connected'] and results['own']['puback_reason'] == 0, results['own']
+        assert (mine, 'own') in received, received
+        # Another device's topic: the ACL (pattern write <prefix>/%u/#, %u = the certificate's CN) refuses it.
+        assert results['own_to_other_topic']['connected'], results
+        assert results['own_to_other_topic']['puback_reason'] == 135, results  # 0x87 Not authorized
+        assert results['other_device_cert']['connected'], results
+        assert results['other_device_cert']['puback_reason'] == 135, results
+        assert not results['no_cert']['connected'], results
+        assert not results['other_ca']['connected'], results
+        assert sorted(received) == [(mine, 'own')], received  # nothing else got through
+        assert 'other-device' in broker.log()  # it was that device's CN the broker saw, not this one's
+
+        # Revoked: the role lists the device's current certificate in the CRL; the broker, given the new CRL,
+        # refuses it while the other fleet devices still connect.
+        revoked = run('-e', json.dumps({'device_identity_revoked': [host]}))
+        assert revoked.rc == 0, revoked.failures(host)
+        assert device_cert(host).serial_number in crl_entries(ca_dir)
+        shutil.copyfile(ca_dir / 'crl.pem', broker.dir / 'crl.pem')
+        broker.restart()
+        results, received = probe(host, broker, subscriber, [
+            dict(own, name='revoked', topic=mine),
+            dict(other, ca=ca, name='other_device_own_topic', topic=theirs),
+        ])
+        assert not results['revoked']['connected'], results
+        assert results['other_device_own_topic']['puback_reason'] == 0, results
+        assert sorted(received) == [(theirs, 'other_device_own_topic')], received
+    finally:
+        broker.remove()
