@@ -336,15 +336,17 @@ def cmd_telemetry(args: argparse.Namespace, config: RuntimeConfig, store: ModelS
 
 def cmd_serve(args: argparse.Namespace, config: RuntimeConfig) -> int:
     from edgeai_runtime.service.app import announce_bound, create_app
-    from edgeai_runtime.service.http_server import serve
+    from edgeai_runtime.service.http_server import mtls_settings, serve
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    tls = mtls_settings(str(config.tls_cert_file), str(config.tls_key_file), str(config.tls_client_ca_file)) \
+        if config.tls else {}
     # uvicorn answers 503 once its connections reach limit_concurrency, counting the one asking:
     # + 1 serves max_connections of them.
     return serve(create_app(config), lambda addresses: announce_bound(config, addresses),
                  host=config.host, port=config.port, log_level="info", access_log=False,
                  timeout_graceful_shutdown=int(config.drain_timeout_s), header_timeout_s=config.header_timeout_s,
                  body_timeout_s=config.body_timeout_s, timeout_keep_alive=config.keep_alive_timeout_s,
-                 limit_concurrency=config.max_connections + 1)
+                 limit_concurrency=config.max_connections + 1, **tls)
 
 
 def build_parser() -> argparse.ArgumentParser:
