@@ -335,8 +335,8 @@ def try_connect(broker: Broker, identity: Optional[Identity], ca_file: Optional[
     except (OSError, ssl.SSLError) as exc:
         outcome.append("refused: %s" % exc)
     finally:
-        client.loop_stop()
         client.disconnect()
+        client.loop_stop()
     return outcome[0] if outcome else "refused: the connection closed before CONNACK"
 
 
