@@ -19,6 +19,7 @@
                                         [--key-id K|--current-key]
   edgeai-runtime [--root DIR] ota rollback NAME [--version V] [--reason R]
   edgeai-runtime [--root DIR] ota recover|history [--name N]
+  edgeai-runtime [--root DIR] outbox status
   edgeai-runtime probe
 
 Every command but ``serve`` prints one JSON object. Exit status 0 means success,
@@ -301,6 +302,23 @@ def cmd_probe(args: argparse.Namespace, config: RuntimeConfig, store: ModelStore
     return {"changed": False, "runtimes": {k: {"available": v is None, "reason": v} for k, v in probe_all().items()}}
 
 
+# -- the outbox (issue 15: records waiting for the fleet's MQTT broker; edgeai_runtime.device.outbox) -------------
+
+def cmd_outbox(args: argparse.Namespace, config: RuntimeConfig, store: ModelStore) -> Dict[str, Any]:
+    """``outbox status``: records and bytes per kind, the oldest record's age, evictions and refusals."""
+    from edgeai_runtime.device.config import load_telemetry_config
+    from edgeai_runtime.device.outbox import Outbox
+    telemetry = load_telemetry_config(config.root)
+    return {"changed": False, "outbox": Outbox.from_config(telemetry).status()}
+
+
+def add_outbox_parser(sub: Any) -> None:
+    outbox = sub.add_parser("outbox", help="the telemetry outbox: records waiting for the fleet's MQTT broker")
+    outbox.add_argument("action", choices=["status"])
+
+# -- end of the outbox -------------------------------------------------------------------------------------------
+
+
 def cmd_serve(args: argparse.Namespace, config: RuntimeConfig) -> int:
     from edgeai_runtime.service.app import announce_bound, create_app
     from edgeai_runtime.service.http_server import serve
@@ -396,6 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--interval", type=float, default=300.0, help="seconds between polls without --once")
     agent.add_argument("--watch", type=float, default=10.0, help="seconds to watch each new version")
     agent.add_argument("--retries", type=int, default=5, help="attempts per download before giving up this run")
+    add_outbox_parser(sub)
     art = sub.add_parser("artifact", help="check a signed artifact against this device's trusted signers")
     art.add_argument("action", choices=["verify"])
     art.add_argument("artifact")
@@ -440,7 +459,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             return cmd_serve(args, config)
         store = open_store(config)  # sweeps what dead writers left; every command reports it in "swept"
         commands = {"probe": cmd_probe, "model": cmd_model, "keys": cmd_keys, "artifact": cmd_artifact,
-                    "ota": cmd_ota, "agent": cmd_agent}
+                    "ota": cmd_ota, "agent": cmd_agent, "outbox": cmd_outbox}
         result = commands[args.command](args, config, store)
     except Exception as exc:  # CommandFailed, ConfigError, StoreError, UpdateFailed, OSError ...: one line each
         print(json.dumps(_failure(exc, args, store), default=str))
