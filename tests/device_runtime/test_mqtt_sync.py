@@ -189,7 +189,8 @@ def test_a_refused_record_stays_queued_and_its_kind_is_held_back(tmp_path, pki, 
     with caplog.at_level(logging.ERROR, logger="edgeai_runtime.device.mqtt_sync"):
         stop, thread = run_in_thread(sync)
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not all(box.status()["refused"][k]["broker"] for k in ("ota", "telemetry")):
+        while time.monotonic() < deadline and not all(box.status()["refused"][k]["broker"]
+                                                      for k in ("ota", "telemetry")):
             time.sleep(0.02)
         held = sorted(sync.held)
         stop.set()

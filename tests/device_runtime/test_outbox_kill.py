@@ -117,7 +117,8 @@ def test_kill_9_during_enqueue_and_sync_loses_no_acknowledged_record(tmp_path):
         # a duplicate is the same record again, never another record under its seq
         assert by_seq.setdefault((message["boot_id"], message["seq"]), payload) == payload
     arrived = {seq for _boot, seq in by_seq}
-    assert len(enqueued) > 5 * CYCLES and len(pubacked) > 2 * CYCLES, (len(enqueued), len(pubacked))  # the kills found work
+    # the kills found work to interrupt
+    assert len(enqueued) > 5 * CYCLES and len(pubacked) > 2 * CYCLES, (len(enqueued), len(pubacked))
     lost = (enqueued | pubacked) - arrived
     assert not lost, "acknowledged but never delivered: %s" % sorted(lost)[:20]
     assert arrived <= set(range(1, last_seq + 1))

@@ -114,7 +114,8 @@ def test_sigterm_ends_the_daemon_cleanly(tmp_path, pki, broker, subscriber):
         from edgeai_runtime.device.config import load_telemetry_config
         from edgeai_runtime.device.telemetry_daemon import run
         logging.basicConfig(level=logging.INFO)
-        sys.exit(run(load_telemetry_config(sys.argv[1]), lambda: {"memory_available_bytes": psutil.virtual_memory().available}))
+        sample = lambda: {"memory_available_bytes": psutil.virtual_memory().available}
+        sys.exit(run(load_telemetry_config(sys.argv[1]), sample))
     """)
     log_path = tmp_path / "daemon.log"
     with open(log_path, "w") as log:

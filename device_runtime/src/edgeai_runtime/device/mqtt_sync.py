@@ -221,8 +221,8 @@ class MqttSync:
         for record in records:
             info = conn.client.publish(self.topic(record.kind), record.message, qos=1)
             if info.rc != mqtt.MQTT_ERR_SUCCESS:
-                failure = SyncFailed("publishing to %s failed: %s" % (self.topic(record.kind), mqtt.error_string(info.rc)),
-                                     "dropped")
+                failure = SyncFailed("publishing to %s failed: %s"
+                                     % (self.topic(record.kind), mqtt.error_string(info.rc)), "dropped")
                 break
             by_mid[info.mid] = record
             result.sent += 1
