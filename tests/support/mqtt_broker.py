@@ -159,6 +159,7 @@ def broker_config(*, port: int, cafile: str, certfile: str, keyfile: str, aclfil
         lines.append("crlfile %s" % crlfile)
     lines += ["acl_file %s" % aclfile,
               "max_inflight_messages 0",
+              "set_tcp_nodelay true",
               "max_queued_messages 0"]
     if persistence_dir:
         lines += ["persistence true", "persistence_location %s/" % persistence_dir.rstrip("/"),
@@ -335,8 +336,8 @@ def try_connect(broker: Broker, identity: Optional[Identity], ca_file: Optional[
     except (OSError, ssl.SSLError) as exc:
         outcome.append("refused: %s" % exc)
     finally:
-        client.loop_stop()
         client.disconnect()
+        client.loop_stop()
     return outcome[0] if outcome else "refused: the connection closed before CONNACK"
 
 

@@ -19,8 +19,10 @@
                                         [--key-id K|--current-key]
   edgeai-runtime [--root DIR] ota rollback NAME [--version V] [--reason R]
   edgeai-runtime [--root DIR] ota recover|history [--name N]
+  edgeai-runtime [--root DIR] outbox status
   edgeai-runtime probe
   edgeai-runtime [--root DIR] telemetry collect [--textfile DIR]
+  edgeai-runtime [--root DIR] telemetry run
 
 Every command but ``serve`` prints one JSON object. Exit status 0 means success,
 1 a refused or failed operation (the JSON has ``failed: true``, ``msg`` and, where there is one,
@@ -312,6 +314,8 @@ def add_telemetry_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParse
     collect = actions.add_parser("collect", help="print one telemetry sample (docs/telemetry.md)")
     collect.add_argument("--textfile", metavar="DIR", help="also write DIR/edgeai.prom for node_exporter's textfile "
                                                            "collector (changed: true when it differs)")
+    actions.add_parser("run", help="the telemetry daemon (edgeai-telemetry.service): a sample into the outbox every "
+                                   "interval_s, the outbox synced to the MQTT broker (telemetry.json)")
 
 
 def cmd_telemetry(args: argparse.Namespace, config: RuntimeConfig, store: ModelStore) -> Dict[str, Any]:
@@ -330,6 +334,36 @@ def cmd_telemetry(args: argparse.Namespace, config: RuntimeConfig, store: ModelS
             raise CommandFailed("writing the node_exporter textfile in %s: %s" % (args.textfile, exc.strerror or exc),
                                 reason="textfile_failed") from None
     return {"changed": changed, "telemetry": sample}
+
+
+def cmd_telemetry_run(config: RuntimeConfig) -> int:
+    """``telemetry run``: runs until SIGTERM; logs, prints no JSON (like ``serve``)."""
+    from edgeai_runtime.device import telemetry_daemon
+    from edgeai_runtime.device.config import load_telemetry_config
+    from edgeai_runtime.device.exposition import write_textfile
+    from edgeai_runtime.device.telemetry import Collector
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    telemetry = load_telemetry_config(config.root)
+    textfile_dir = telemetry.textfile_dir
+    textfile = (lambda sample: write_textfile(textfile_dir, sample)) if textfile_dir else None
+    return telemetry_daemon.run(telemetry, Collector(telemetry, config).sample, textfile)
+
+
+# -- the outbox (issue 15: records waiting for the fleet's MQTT broker; edgeai_runtime.device.outbox) -------------
+
+def cmd_outbox(args: argparse.Namespace, config: RuntimeConfig, store: ModelStore) -> Dict[str, Any]:
+    """``outbox status``: records and bytes per kind, the oldest record's age, evictions and refusals."""
+    from edgeai_runtime.device.config import load_telemetry_config
+    from edgeai_runtime.device.outbox import Outbox
+    telemetry = load_telemetry_config(config.root)
+    return {"changed": False, "outbox": Outbox.from_config(telemetry).status()}
+
+
+def add_outbox_parser(sub: Any) -> None:
+    outbox = sub.add_parser("outbox", help="the telemetry outbox: records waiting for the fleet's MQTT broker")
+    outbox.add_argument("action", choices=["status"])
+
+# -- end of the outbox -------------------------------------------------------------------------------------------
 
 
 # -- serving ------------------------------------------------------------------------------------------------------
@@ -431,6 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--interval", type=float, default=300.0, help="seconds between polls without --once")
     agent.add_argument("--watch", type=float, default=10.0, help="seconds to watch each new version")
     agent.add_argument("--retries", type=int, default=5, help="attempts per download before giving up this run")
+    add_outbox_parser(sub)
     art = sub.add_parser("artifact", help="check a signed artifact against this device's trusted signers")
     art.add_argument("action", choices=["verify"])
     art.add_argument("artifact")
@@ -474,9 +509,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         config = load_config(args.root, **overrides)
         if args.command == "serve":
             return cmd_serve(args, config)
+        if args.command == "telemetry" and args.action == "run":
+            return cmd_telemetry_run(config)
         store = open_store(config)  # sweeps what dead writers left; every command reports it in "swept"
         commands = {"probe": cmd_probe, "model": cmd_model, "keys": cmd_keys, "artifact": cmd_artifact,
-                    "ota": cmd_ota, "agent": cmd_agent, "telemetry": cmd_telemetry}
+                    "ota": cmd_ota, "agent": cmd_agent, "telemetry": cmd_telemetry, "outbox": cmd_outbox}
         result = commands[args.command](args, config, store)
     except Exception as exc:  # CommandFailed, ConfigError, StoreError, UpdateFailed, OSError ...: one line each
         print(json.dumps(_failure(exc, args, store), default=str))

@@ -10,7 +10,7 @@ import sqlite3
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 from edgeai_runtime import fsutil
 from edgeai_runtime.device.store import DiskFull, StoreError
@@ -58,8 +58,10 @@ class History:
     that finds no room is raised as a DiskFull naming the filesystem. Any other SQLite failure is a
     HistoryError naming the database."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, on_outcome: Optional[Callable[[Dict[str, Any]], None]] = None) -> None:
         self.path = path
+        #: Called with each ended row, once it is committed (the OTA installer reports it to the outbox).
+        self.on_outcome = on_outcome
 
     @contextlib.contextmanager
     def _db(self, doing: str) -> Iterator[sqlite3.Connection]:
@@ -113,13 +115,28 @@ class History:
             done = db.execute("UPDATE deployments SET finished = ?, duration_s = round(? - started, 4), outcome = ?,"
                               " phase = ?, reason = ?, timings = ?, bytes_transferred = ?, bytes_saved = ?"
                               " WHERE txid = ?", (now, now) + values + (txid,))
-            if done.rowcount == 1 or row is None:
-                return done.rowcount == 1
-            db.execute("INSERT INTO deployments (txid, name, version, from_version, mode, started, finished,"
-                       " duration_s, outcome, phase, reason, timings, bytes_transferred, bytes_saved)"
-                       " VALUES (?, ?, ?, ?, ?, ?, ?, round(? - ?, 4), ?, ?, ?, ?, ?, ?)",
-                       (txid,) + tuple(row) + (now, now, row[4]) + values)
-            return True
+            if done.rowcount != 1 and row is not None:
+                db.execute("INSERT INTO deployments (txid, name, version, from_version, mode, started, finished,"
+                           " duration_s, outcome, phase, reason, timings, bytes_transferred, bytes_saved)"
+                           " VALUES (?, ?, ?, ?, ?, ?, ?, round(? - ?, 4), ?, ?, ?, ?, ?, ?)",
+                           (txid,) + tuple(row) + (now, now, row[4]) + values)
+            elif done.rowcount != 1:
+                return False
+            ended = self._row(db, txid) if self.on_outcome is not None else None
+        if ended is not None and self.on_outcome is not None:
+            self.on_outcome(ended)
+        return True
+
+    @staticmethod
+    def _row(db: sqlite3.Connection, txid: str) -> Optional[Dict[str, Any]]:
+        db.row_factory = sqlite3.Row
+        found = db.execute("SELECT * FROM deployments WHERE txid = ?", (txid,)).fetchone()
+        db.row_factory = None
+        if found is None:
+            return None
+        item = dict(found)
+        item["timings"] = json.loads(item["timings"] or "{}")
+        return item
 
     def sweep(self, reason: str) -> int:
         """Close rows left ``in_progress`` by an installer that died (call with the OTA lock held)."""

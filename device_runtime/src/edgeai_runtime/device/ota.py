@@ -33,6 +33,7 @@ edgeai_runtime.device.health, and rebuilding an artifact from a delta is edgeai_
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
 import uuid
@@ -48,6 +49,8 @@ from edgeai_runtime.device.plan import PlanRefused, Want, plan
 from edgeai_runtime.device.rebuild import rebuild
 from edgeai_runtime.format.artifact import read_header as artifact_header
 from edgeai_runtime.device.store import DiskFull, ModelStore, StoreError, open_store
+
+log = logging.getLogger(__name__)
 
 PHASES = ("stage", "verify", "load", "gate", "activate", "watch", "commit")
 #: Phases after which the service may be serving the new version: a failure there needs a switch back.
@@ -104,10 +107,25 @@ class Updater:
         self.store = store or open_store(config)
         self.client = client or ServiceClient(config)
         self.state_dir = os.path.join(config.root, "state")
-        self.history = History(os.path.join(self.state_dir, "history.sqlite"))
+        self.history = History(os.path.join(self.state_dir, "history.sqlite"), on_outcome=self._report)
         self.journal = Journal(self.state_dir)
         self.health = Health(self.client, self.store, self.config, restart_grace_s)
         self._reported = 0  # how much of store.swept _recover has reported
+
+    def _report(self, row: Dict[str, Any]) -> None:
+        """Queue an ended transaction's history row for the fleet's broker (the outbox's ``ota`` kind),
+        where telemetry is configured (``etc/telemetry.json``). Never fails the update: a failure is logged."""
+        if not os.path.exists(os.path.join(self.config.root, "etc", "telemetry.json")):
+            return
+        try:
+            from edgeai_runtime.device.config import load_telemetry_config
+            from edgeai_runtime.device.outbox import Outbox
+            with Outbox.from_config(load_telemetry_config(self.config.root), timeout=2.0) as outbox:
+                outbox.enqueue("ota", row)
+        except Exception as exc:  # noqa: BLE001 - the outcome stands in the history; only its report is lost
+            log.warning("the outcome %s of %s %s (transaction %s) is recorded in the history but not queued for "
+                        "the broker: %s", row.get("outcome"), row.get("name"), row.get("version"), row.get("txid"),
+                        exc)
 
     # -- entry points ----------------------------------------------------------------------
 

@@ -52,6 +52,9 @@ MiB = 1024 ** 2
 #: results are refused first, then telemetry; an OTA outcome only needs room for itself.
 DISK_RESERVE: Dict[int, int] = {1: 16 * MiB, 2: 4 * MiB, 3: 64 * 1024}
 BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
+#: SQLite's page size for a new outbox: a 4 KiB page holds one 2 KiB record and wastes the rest
+#: (the file grew to 1.8 times the records' bytes); at 16 KiB it stays within 3-8 % of them.
+PAGE_SIZE = 16384
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -170,6 +173,7 @@ class Outbox:
             os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
             db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
             try:
+                db.execute("PRAGMA page_size=%d" % PAGE_SIZE)  # a new database only (before WAL): else a no-op
                 if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                     db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=%s" % self.synchronous)
@@ -263,7 +267,8 @@ class Outbox:
             total = int(db.execute("SELECT value FROM counters WHERE name = 'bytes'").fetchone()[0])
             if total + size > self.max_bytes:
                 total -= self._evict(db, priority, total + size - self.max_bytes, doing)
-            db.executemany("INSERT INTO records (seq, priority, kind, created, size, message) VALUES (?, ?, ?, ?, ?, ?)",
+            db.executemany("INSERT INTO records (seq, priority, kind, created, size, message)"
+                           " VALUES (?, ?, ?, ?, ?, ?)",
                            rows)
             db.execute("UPDATE counters SET value = ? WHERE name = 'seq'", (first + len(rows) - 1,))
             db.execute("UPDATE counters SET value = ? WHERE name = 'bytes'", (total + size,))
@@ -349,7 +354,8 @@ class Outbox:
 
     # -- sending (the sync) ------------------------------------------------------------------
 
-    def pending(self, limit: int, skip_kinds: Sequence[str] = (), after: Optional[Mapping[int, int]] = None) -> List[Record]:
+    def pending(self, limit: int, skip_kinds: Sequence[str] = (),
+                after: Optional[Mapping[int, int]] = None) -> List[Record]:
         """Up to ``limit`` records in the order they are sent: highest priority first, oldest first.
         Only these are read into memory. ``after``: {priority: seq} to start past (records in flight)."""
         out: List[Record] = []

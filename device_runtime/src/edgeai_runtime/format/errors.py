@@ -22,6 +22,11 @@ class                             default ``reason``      raised for
 ``ota.UpdateFailed``              ``update_failed``       an update ended with the previous state back
 ``ota.DeltaFailed``               (always given)          a delta gives no artifact
 ``journal.HistoryError``          ``history_failed``      the history database fails
+``outbox.OutboxError``            ``outbox``              the telemetry outbox fails (or ``bad_record``)
+``outbox.OutboxRefused``          ``outbox_refused``      a record not queued: ``disk_low``, ``disk_full``,
+                                                          ``outbox_full``, ``record_too_large``
+``mqtt_sync.SyncFailed``          ``sync``                the broker unreachable, refusing or dropping
+                                                          (``tls``, ``connect``, ``dropped``, ``ack_timeout``)
 ``gate.GateFailed``               ``gate``                a version fails its gate
 ``agent.RegistryError``           (always given)          the pull registry fails or is refused
 ``client.ServiceError``           ``service``             the service answers with an error

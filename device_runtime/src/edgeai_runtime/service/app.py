@@ -53,6 +53,7 @@ from edgeai_runtime.device.telemetry import Collector
 from edgeai_runtime.service.gate import GateFailed
 from edgeai_runtime.format.manifest import Manifest, ManifestError
 from edgeai_runtime.service.metrics import UNKNOWN_MODEL, Metrics, error_reason
+from edgeai_runtime.service.results import ResultRecorder
 from edgeai_runtime.service import openapi as openapi_doc
 from edgeai_runtime.service.serving import LoadedModel, ModelManager, ModelNotFound
 from edgeai_runtime.service.stats import InferenceStats
@@ -194,6 +195,14 @@ def json_size(outputs: Mapping[str, np.ndarray]) -> int:
     return 8 * sum(int(value.size) for value in outputs.values())
 
 
+def _result_recorder(config: RuntimeConfig) -> Optional[ResultRecorder]:
+    try:
+        return ResultRecorder.for_root(config.root)
+    except Exception:  # noqa: BLE001 - the service serves without queuing results rather than not at all
+        log.exception("inference results are not queued")
+        return None
+
+
 class Service:
     """Everything one process serves with: config, store, manager, metrics, batchers."""
 
@@ -214,6 +223,7 @@ class Service:
         self._offloader: Optional[ProcessPoolExecutor] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._http: Optional[httpx.AsyncClient] = None
+        self.results = _result_recorder(config)  # inference results into the outbox, when telemetry asks
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -242,6 +252,8 @@ class Service:
             await run_in_threadpool(self._offloader.shutdown, wait=True, cancel_futures=True)
         if self._http is not None:
             await self._http.aclose()
+        if self.results is not None:
+            await run_in_threadpool(self.results.close)
 
     def _on_change(self, model: LoadedModel) -> None:
         """Called after a switch (from a worker thread): refresh gauges, drop batchers of unloaded versions."""
@@ -485,6 +497,9 @@ async def infer(request: Request) -> Response:
                 len(body), decode_body, body, request.headers.get(BINARY_HEADER), model.manifest,
                 service.config.max_body_bytes)
             outputs = await service.batcher(model).submit(arrays)
+            if service.results is not None and service.results.wants(model.name):
+                service.results.offer(model.name, model.version, outputs, [t.name for t in model.manifest.outputs],
+                                      client_id, time.perf_counter() - started)
             content, json_length = await service.offload(
                 json_size(outputs), render_response, model.manifest, outputs, client_id, wanted, binary)
         finally:
