@@ -11,8 +11,8 @@ paho acknowledges it), and stops
   device and boot is in --received (or --timeout passes).
 
 It prints one JSON line: what this run received, and, with --expect-*, the report over everything ever
-received: records, duplicates before deduplication, unique ids (device id, boot id, seq), the missing and
-the unexpected sequence numbers, messages on the wrong topic.
+received: records, duplicates before deduplication, unique ids (device id, boot id, seq), those among
+1..last-seq, the missing sequence numbers and those past last-seq (sent since), messages on the wrong topic.
 """
 from __future__ import annotations
 
@@ -152,6 +152,7 @@ def report(lines: List[Dict[str, Any]], device: str, boot: str, last_seq: int, p
             wrong_topic.append(line["topic"])
     seqs = {k[2] for k in ids}
     return {"records": sum(ids.values()), "unique": len(ids), "duplicates": sum(ids.values()) - len(ids),
+            "unique_through_last_seq": len([s for s in seqs if 1 <= s <= last_seq]),
             "redelivered_by_broker": redelivered, "by_kind": dict(kinds),
             "missing": sorted(set(range(1, last_seq + 1)) - seqs),
             "beyond_last_seq": sorted(s for s in seqs if s > last_seq),
