@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite: set everything up, then ansible-lint, changelog lint, mypy and
-# import-linter on the device runtime, ansible-test sanity, the Molecule default and ota
+# import-linter on the device runtime, ansible-test sanity, the Molecule default, ota and offline
 # scenarios, and pytest (collection unit tests, the device runtime against real ONNX
 # Runtime/LiteRT and a real HTTP server, integration tests against fresh containers).
 # Exits non-zero on the first failing stage.
@@ -56,6 +56,9 @@ molecule test --scenario-name default
 
 stage "molecule test (ota: the fault matrix of model updates, generic amd64)"
 molecule test --scenario-name ota
+
+stage "molecule test (offline: network cut, queued, synced, deduplicated at the subscriber; generic amd64)"
+molecule test --scenario-name offline
 
 stage "pytest: unit and integration"
 # Exit code 5 (no tests collected) is a failure here: the suite must never be empty.
