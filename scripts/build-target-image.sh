@@ -29,13 +29,7 @@ fi
 work=$(mktemp -d "${TMPDIR:-/var/tmp}/edgeai-rootfs-$arch.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 log "debootstrap $EDGEAI_IMAGE_SUITE/$arch into $work (amd64 ~1 min, arm64 under qemu ~3-4 min)"
-debootstrap --arch="$arch" --variant=minbase --include="$EDGEAI_IMAGE_PACKAGES" \
-  "$EDGEAI_IMAGE_SUITE" "$work/rootfs" "$EDGEAI_IMAGE_MIRROR" > "$work/debootstrap.log" 2>&1 \
-  || { tail -20 "$work/debootstrap.log" >&2; die "debootstrap for $arch failed"; }
-
-# Slim the image: package lists and docs are not needed on a simulated device.
-rm -rf "$work/rootfs"/var/lib/apt/lists/* "$work/rootfs"/var/cache/apt/*.bin \
-       "$work/rootfs"/usr/share/doc/* "$work/rootfs"/usr/share/man/*
+bootstrap_rootfs "$arch" "$EDGEAI_IMAGE_PACKAGES" "$work"
 # systemd in a container: no getty or udev-settle waits at boot.
 ln -sf /dev/null "$work/rootfs/etc/systemd/system/getty@tty1.service"
 ln -sf /dev/null "$work/rootfs/etc/systemd/system/systemd-udevd.service"
@@ -48,11 +42,5 @@ for unit in systemd-tmpfiles-setup systemd-tmpfiles-setup-dev systemd-sysusers; 
   printf '[Service]\nLoadCredential=\n' > "$work/rootfs/etc/systemd/system/$unit.service.d/no-credentials.conf"
 done
 
-log "podman import -> $image"
-tar -C "$work/rootfs" -c . | podman import --quiet --arch "$arch" \
-  --change 'CMD ["/sbin/init"]' --change 'STOPSIGNAL SIGRTMIN+3' \
-  --change "LABEL org.edgeai.recipe=$(image_recipe_hash)" - "$image" >/dev/null
-log "built $image"
-# Images of older recipes are dead weight; those still used by a container stay.
-podman images --format '{{.Repository}}:{{.Tag}}' | grep "^localhost/edgeai-target:$arch-" | grep -vxF "$image" \
-  | xargs -r podman rmi >/dev/null 2>&1 || true
+import_rootfs "$work" "$arch" "$image" "$(image_recipe_hash)" "localhost/edgeai-target:$arch-" \
+  --change 'CMD ["/sbin/init"]' --change 'STOPSIGNAL SIGRTMIN+3'

@@ -2,15 +2,16 @@
 # Set up everything this checkout needs, on Debian as root. Idempotent, and quick
 # when everything is in place:
 #   - Debian packages: podman, runc, debootstrap, qemu-user-static + binfmt (arm64 targets),
-#     prometheus (promtool) and mosquitto (the MQTT broker the telemetry tests start)
+#     prometheus (promtool), mosquitto (the MQTT broker the telemetry tests start), netavark and
+#     aardvark-dns (containers on a test network, --internal too, reach each other by name)
 #   - .venv with the pinned controller/test toolchain (requirements-dev.txt)
-#   - the target images, amd64 and arm64 (debootstrap + podman import; no registry)
+#   - the target images, amd64 and arm64, and the MQTT broker image (debootstrap + podman import; no registry)
 #   - the .collections link that lets ansible find this collection
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 cd "$EDGEAI_ROOT"
 
-APT_PACKAGES=(podman runc debootstrap qemu-user-static binfmt-support uidmap rsync python3 python3-venv ca-certificates git shellcheck prometheus mosquitto mosquitto-clients)
+APT_PACKAGES=(podman runc debootstrap qemu-user-static binfmt-support uidmap rsync python3 python3-venv ca-certificates git shellcheck prometheus mosquitto mosquitto-clients netavark aardvark-dns)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -47,8 +48,9 @@ if [ "$(readlink "$link" 2>/dev/null)" != "../../.." ]; then
 fi
 
 mkdir -p "$ANSIBLE_HOME"
-# Both images at once: the arm64 debootstrap runs under qemu and takes longest.
-bash scripts/build-target-image.sh amd64 & amd64_build=$!
+# The target images at once: the arm64 debootstrap runs under qemu and takes longest; the broker image
+# (mosquitto, for the container tests) is built after the amd64 one, meanwhile.
+{ bash scripts/build-target-image.sh amd64 && bash scripts/build-broker-image.sh; } & amd64_build=$!
 bash scripts/build-target-image.sh arm64 || die "building the arm64 target image failed"
-wait "$amd64_build" || die "building the amd64 target image failed"
+wait "$amd64_build" || die "building the amd64 target image or the broker image failed"
 log "setup complete"

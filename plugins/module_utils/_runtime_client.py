@@ -160,6 +160,12 @@ class RuntimeClient(object):
         """``keys retire [--dry-run]``: remove the pairs no installed model's key slot needs."""
         return self._run(('keys', 'retire'), ['--dry-run'] if dry_run else [])
 
+    # -- telemetry -----------------------------------------------------------------------------------
+
+    def telemetry_collect(self):
+        """``telemetry collect``: one telemetry sample (``telemetry``), read-only (no ``--textfile``)."""
+        return self._run(('telemetry', 'collect'))
+
     # -- running it ----------------------------------------------------------------------------------
 
     @contextlib.contextmanager

@@ -50,23 +50,37 @@ def _image(arch):
     return image
 
 
+# Containers (and networks) the tests start are named with this prefix and a random suffix.
+NAME_PREFIX = os.environ.get('EDGEAI_IT_PREFIX', 'edgeai-it-')
+
+
+def start_device(hardware_class, arch='amd64', network='none'):
+    """A fresh simulated device (systemd, the class's sim evidence mounted); returns its container name,
+    which is also its host name. ``network``: none, or a podman network the test created."""
+    name = '%s%s-%s' % (NAME_PREFIX, hardware_class.replace('_', '-'), uuid.uuid4().hex[:8])
+    podman('run', '-d', '--name', name, '--hostname', name, '--network', network, '--systemd', 'always',
+           '--arch', arch, '--label', 'org.edgeai.test=integration',
+           '-v', '%s/sim/evidence/%s:/var/lib/edgeai-sim:ro' % (REPO, hardware_class),
+           _image(arch), '/sbin/init')
+    return name
+
+
+def remove_containers(names):
+    for name in names:
+        podman('rm', '-f', '-t', '0', name, check=False)
+
+
 @pytest.fixture
 def make_device(tmp_path):
     """Start fresh simulated devices; returns a function (hardware_class, arch='amd64') -> container name."""
     started = []
 
-    def start(hardware_class, arch='amd64'):
-        name = 'edgeai-it-%s-%s' % (hardware_class.replace('_', '-'), uuid.uuid4().hex[:8])
-        podman('run', '-d', '--name', name, '--hostname', name, '--network', 'none', '--systemd', 'always',
-               '--arch', arch, '--label', 'org.edgeai.test=integration',
-               '-v', '%s/sim/evidence/%s:/var/lib/edgeai-sim:ro' % (REPO, hardware_class),
-               _image(arch), '/sbin/init')
-        started.append(name)
-        return name
+    def start(hardware_class, arch='amd64', network='none'):
+        started.append(start_device(hardware_class, arch, network))
+        return started[-1]
 
     yield start
-    for name in started:
-        podman('rm', '-f', '-t', '0', name, check=False)
+    remove_containers(started)
 
 
 def write_inventory(path, hosts, **group_vars):
@@ -111,16 +125,19 @@ class PlaybookRun(object):
                  else r.get('msg')) for name, r in self.tasks(host) if r.get('failed') or r.get('unreachable')]
 
 
+def run_ansible_playbook(playbook, inventory, *args):
+    """Run ansible-playbook with the JSON callback; returns a PlaybookRun."""
+    env = dict(os.environ, ANSIBLE_STDOUT_CALLBACK='ansible.posix.json', ANSIBLE_CONFIG=str(REPO / 'ansible.cfg'),
+               ANSIBLE_NOCOLOR='1')
+    proc = subprocess.run(['ansible-playbook', '-i', str(inventory), str(playbook), *args],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900, check=False)
+    return PlaybookRun(proc)
+
+
 @pytest.fixture
 def run_playbook():
     """Run ansible-playbook with the JSON callback; returns a PlaybookRun."""
-    def run(playbook, inventory, *args):
-        env = dict(os.environ, ANSIBLE_STDOUT_CALLBACK='ansible.posix.json', ANSIBLE_CONFIG=str(REPO / 'ansible.cfg'),
-                   ANSIBLE_NOCOLOR='1')
-        proc = subprocess.run(['ansible-playbook', '-i', str(inventory), str(playbook), *args],
-                              cwd=REPO, env=env, capture_output=True, text=True, timeout=900, check=False)
-        return PlaybookRun(proc)
-    return run
+    return run_ansible_playbook
 
 
 def device_json(host, *args):

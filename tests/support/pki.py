@@ -45,3 +45,16 @@ def write_pem(path, *objs):
                                       serialization.NoEncryption())
     path.write_bytes(data)
     return str(path)
+
+
+def make_cert(ca_key, ca_cert, cn, dns_names=()):
+    """A key and a certificate (CN ``cn``, SAN ``dns_names``) signed by the CA: a device's or a broker's."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(ca_cert.subject)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=30)))
+    if dns_names:
+        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in dns_names]),
+                                        critical=False)
+    return key, builder.sign(ca_key, hashes.SHA256())

@@ -21,6 +21,7 @@
   edgeai-runtime [--root DIR] ota recover|history [--name N]
   edgeai-runtime [--root DIR] outbox status
   edgeai-runtime probe
+  edgeai-runtime [--root DIR] telemetry collect [--textfile DIR]
 
 Every command but ``serve`` prints one JSON object. Exit status 0 means success,
 1 a refused or failed operation (the JSON has ``failed: true``, ``msg`` and, where there is one,
@@ -37,6 +38,7 @@ process before the store's pointer moves.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import sys
@@ -302,6 +304,35 @@ def cmd_probe(args: argparse.Namespace, config: RuntimeConfig, store: ModelStore
     return {"changed": False, "runtimes": {k: {"available": v is None, "reason": v} for k, v in probe_all().items()}}
 
 
+# -- telemetry (issue 15) ----------------------------------------------------------------------------------------
+
+def add_telemetry_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    telemetry = sub.add_parser("telemetry", help="the device's health: one sample of CPU, memory, sensors, "
+                                                 "inference stats, models and the last OTA outcome")
+    actions = telemetry.add_subparsers(dest="action", required=True)
+    collect = actions.add_parser("collect", help="print one telemetry sample (docs/telemetry.md)")
+    collect.add_argument("--textfile", metavar="DIR", help="also write DIR/edgeai.prom for node_exporter's textfile "
+                                                           "collector (changed: true when it differs)")
+
+
+def cmd_telemetry(args: argparse.Namespace, config: RuntimeConfig, store: ModelStore) -> Dict[str, Any]:
+    """``telemetry collect``: {"changed": false, "telemetry": <sample>}; changed only when --textfile wrote a new file."""
+    from edgeai_runtime.device.config import load_telemetry_config
+    from edgeai_runtime.device.exposition import write_textfile
+    from edgeai_runtime.device.telemetry import Collector
+    sample = Collector(load_telemetry_config(config.root), config).sample()
+    changed = False
+    if args.textfile:
+        try:
+            changed = write_textfile(args.textfile, sample)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:  # reported as disk_full, naming the filesystem
+                raise
+            raise CommandFailed("writing the node_exporter textfile in %s: %s" % (args.textfile, exc.strerror or exc),
+                                reason="textfile_failed") from None
+    return {"changed": changed, "telemetry": sample}
+
+
 # -- the outbox (issue 15: records waiting for the fleet's MQTT broker; edgeai_runtime.device.outbox) -------------
 
 def cmd_outbox(args: argparse.Namespace, config: RuntimeConfig, store: ModelStore) -> Dict[str, Any]:
@@ -319,17 +350,21 @@ def add_outbox_parser(sub: Any) -> None:
 # -- end of the outbox -------------------------------------------------------------------------------------------
 
 
+# -- serving ------------------------------------------------------------------------------------------------------
+
 def cmd_serve(args: argparse.Namespace, config: RuntimeConfig) -> int:
     from edgeai_runtime.service.app import announce_bound, create_app
-    from edgeai_runtime.service.http_server import serve
+    from edgeai_runtime.service.http_server import mtls_settings, serve
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    tls = mtls_settings(str(config.tls_cert_file), str(config.tls_key_file), str(config.tls_client_ca_file)) \
+        if config.tls else {}
     # uvicorn answers 503 once its connections reach limit_concurrency, counting the one asking:
     # + 1 serves max_connections of them.
     return serve(create_app(config), lambda addresses: announce_bound(config, addresses),
                  host=config.host, port=config.port, log_level="info", access_log=False,
                  timeout_graceful_shutdown=int(config.drain_timeout_s), header_timeout_s=config.header_timeout_s,
                  body_timeout_s=config.body_timeout_s, timeout_keep_alive=config.keep_alive_timeout_s,
-                 limit_concurrency=config.max_connections + 1)
+                 limit_concurrency=config.max_connections + 1, **tls)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -418,6 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     art = sub.add_parser("artifact", help="check a signed artifact against this device's trusted signers")
     art.add_argument("action", choices=["verify"])
     art.add_argument("artifact")
+    add_telemetry_parser(sub)
     return parser
 
 
@@ -459,7 +495,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             return cmd_serve(args, config)
         store = open_store(config)  # sweeps what dead writers left; every command reports it in "swept"
         commands = {"probe": cmd_probe, "model": cmd_model, "keys": cmd_keys, "artifact": cmd_artifact,
-                    "ota": cmd_ota, "agent": cmd_agent, "outbox": cmd_outbox}
+                    "ota": cmd_ota, "agent": cmd_agent, "telemetry": cmd_telemetry, "outbox": cmd_outbox}
         result = commands[args.command](args, config, store)
     except Exception as exc:  # CommandFailed, ConfigError, StoreError, UpdateFailed, OSError ...: one line each
         print(json.dumps(_failure(exc, args, store), default=str))

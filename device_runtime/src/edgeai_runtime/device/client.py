@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -75,9 +76,9 @@ class ServiceAddress:
             return "::1"
         return self.host
 
-    def url(self, path: str) -> str:
+    def url(self, path: str, scheme: str = "http") -> str:
         host = self.connect_host
-        return "http://%s:%d%s" % (host if ":" not in host else "[%s]" % host, self.port, path)
+        return "%s://%s:%d%s" % (scheme, host if ":" not in host else "[%s]" % host, self.port, path)
 
     def to_dict(self) -> Dict[str, Any]:
         return {"host": self.host, "port": self.port, "pid": self.pid, "create_time": self.create_time}
@@ -152,7 +153,18 @@ class ServiceClient:
         return address
 
     def url(self, path: str) -> str:
-        return self.address().url(path)
+        return self.address().url(path, "https" if self.config.tls else "http")
+
+    def _tls_context(self) -> Optional[ssl.SSLContext]:
+        """For a service with mTLS: the device's own fleet certificate as the client's, and the fleet CA as the
+        only one trusted. Its host name is not checked: this is the device's own service on loopback, and its
+        certificate names the device id, not 127.0.0.1; the CA check is what proves it the fleet's."""
+        if not self.config.tls:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self.config.tls_client_ca_file)
+        context.check_hostname = False
+        context.load_cert_chain(str(self.config.tls_cert_file), self.config.tls_key_file)
+        return context
 
     def request(self, method: str, path: str, body: Optional[Dict[str, Any]] = None,
                 timeout: Optional[float] = None) -> Tuple[int, bytes]:
@@ -164,7 +176,8 @@ class ServiceClient:
         if self.config.token:
             request.add_header("authorization", "Bearer %s" % self.config.token)
         try:
-            with urllib.request.urlopen(request, timeout=timeout or self.timeout) as response:
+            with urllib.request.urlopen(request, timeout=timeout or self.timeout,
+                                        context=self._tls_context()) as response:
                 return response.status, response.read()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read()

@@ -52,6 +52,11 @@ class RuntimeConfig:
     require_signed: bool = False           # load and install signed artifacts only (the roles set true)
     registry_url: Optional[str] = None     # pull mode: the https:// model registry the agent polls
     registry_ca_file: Optional[str] = None  # CA bundle for the registry's certificate (default: the system's)
+    # mTLS of the service (all three, or none): its certificate and key (the device's fleet identity, in
+    # <root>/keys/tls) and the CA whose certificates clients must present; the device's own clients use the same.
+    tls_cert_file: Optional[str] = None
+    tls_key_file: Optional[str] = None
+    tls_client_ca_file: Optional[str] = None
 
     @property
     def loopback_only(self) -> bool:
@@ -79,7 +84,23 @@ class RuntimeConfig:
             raise ConfigError("max_connections must be at least 1")
         if self.offload_body_bytes < 0:
             raise ConfigError("offload_body_bytes must not be negative")
+        tls = {"tls_cert_file": self.tls_cert_file, "tls_key_file": self.tls_key_file,
+               "tls_client_ca_file": self.tls_client_ca_file}
+        if any(tls.values()):
+            missing = sorted(name for name, path in tls.items() if not path)
+            if missing:
+                raise ConfigError("mTLS needs tls_cert_file, tls_key_file and tls_client_ca_file together; %s %s unset"
+                                  % (", ".join(missing), "is" if len(missing) == 1 else "are"))
+            for name, path in tls.items():
+                if not os.path.isfile(str(path)):
+                    raise ConfigError("%s %s is not a file (the device's TLS identity: edgeai.fleet.device_identity)"
+                                      % (name, path))
         return self
+
+    @property
+    def tls(self) -> bool:
+        """Whether the service speaks mTLS (and its own clients on the device must, too)."""
+        return bool(self.tls_cert_file)
 
     def profile(self) -> Dict[str, str]:
         """The class profile, as the controller chooses model variants by it."""

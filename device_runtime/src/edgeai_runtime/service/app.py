@@ -5,7 +5,8 @@ Routes (all JSON):
   GET  /v2/models/{name}[/versions/{version}]            model metadata
   GET  /v2/models/{name}[/versions/{version}]/ready
   POST /v2/models/{name}[/versions/{version}]/infer
-  GET  /metrics                                           Prometheus
+  GET  /v2/models/stats                                  per model version statistics (Triton's, and a window)
+  GET  /metrics                                           Prometheus, with the device's telemetry series
   GET  /openapi.json
   GET  /v2/admin/status, POST /v2/admin/reload,           loopback clients only
        POST /v2/admin/models/{name}/activate|rollback
@@ -21,6 +22,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import socket
 import sys
 import time
 import uuid
@@ -31,6 +33,7 @@ from typing import (TYPE_CHECKING, Any, AsyncIterator, Callable, Dict, List, Map
                     TypeVar, Union)
 
 import numpy as np
+import psutil
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -44,13 +47,16 @@ from edgeai_runtime import __version__
 from edgeai_runtime.service.backends import BackendUnavailable, ModelLoadError
 from edgeai_runtime.service.batching import Batcher, Overloaded
 from edgeai_runtime.device.client import address_path, announce, withdraw
-from edgeai_runtime.device.config import RuntimeConfig
+from edgeai_runtime.device.config import ConfigError, RuntimeConfig, TelemetryConfig, load_telemetry_config
+from edgeai_runtime.device.exposition import TelemetryCollector
+from edgeai_runtime.device.telemetry import Collector
 from edgeai_runtime.service.gate import GateFailed
 from edgeai_runtime.format.manifest import Manifest, ManifestError
 from edgeai_runtime.service.metrics import UNKNOWN_MODEL, Metrics, error_reason
 from edgeai_runtime.service.results import ResultRecorder
 from edgeai_runtime.service import openapi as openapi_doc
 from edgeai_runtime.service.serving import LoadedModel, ModelManager, ModelNotFound
+from edgeai_runtime.service.stats import InferenceStats
 from edgeai_runtime.device.store import StoreError, open_store
 from edgeai_runtime.service.v2 import (BINARY_HEADER, FAST_JSON, V2Error, binary_outputs, decode_request, dumps,
                                        encode_response, model_metadata, parse_json, split_body)
@@ -204,6 +210,11 @@ class Service:
         self.config = config
         self.store = open_store(config)
         self.metrics = Metrics()
+        telemetry = telemetry_config(config)
+        self.stats = InferenceStats(window_s=telemetry.stats_window_s)
+        # The device's telemetry on /metrics: sampled when scraped (no timer), stats and process from here.
+        self.telemetry = Collector(telemetry, config, stats=self.stats.snapshot, process=psutil.Process())
+        self.metrics.registry.register(TelemetryCollector(self.telemetry.sample))
         self.manager = manager or ModelManager(self.store, config)
         self.manager.on_change = self._on_change
         self.executor = ThreadPoolExecutor(max_workers=max(2, config.threads or 2), thread_name_prefix="infer")
@@ -250,6 +261,7 @@ class Service:
         for loaded in self.manager.loaded():
             if loaded.name == model.name:
                 self.metrics.active.labels(loaded.name, loaded.version).set(1 if loaded is model else 0)
+                self.stats.track(loaded.name, loaded.version)
         if model.gate.accuracy is not None:
             self.metrics.accuracy.labels(model.name, model.version).set(model.gate.accuracy)
         if self._loop is not None:
@@ -262,6 +274,7 @@ class Service:
         versions = {(m.name, m.version) for m in loaded}
         for labels in [k for k in self._answered if k not in versions]:
             del self._answered[labels]
+        self.stats.retain(versions)
         live = {id(m) for m in loaded}
         stale = [k for k in self._batchers if k[2] not in live]
         for key in stale:
@@ -417,8 +430,10 @@ def _known_labels(service: Service, name: str, version: Optional[str]) -> Tuple[
 
 
 def _count_error(service: Service, labels: Optional[Tuple[str, str]], name: str, version: Optional[str],
-                 reason: str) -> None:
+                 reason: str, started: float) -> None:
     service.metrics.errors.labels(*(labels or _known_labels(service, name, version)), reason).inc()
+    if labels is not None:  # a loaded version's failure (the window keeps loaded versions only)
+        service.stats.record(labels[0], labels[1], time.perf_counter() - started, False)
 
 
 def _acquire(service: Service, name: str, version: Optional[str]) -> LoadedModel:
@@ -490,28 +505,37 @@ async def infer(request: Request) -> Response:
         finally:
             model.release()
     except V2Error as exc:
-        _count_error(service, labels, name, version, error_reason(exc.status))
+        _count_error(service, labels, name, version, error_reason(exc.status), started)
         return error(exc.status, exc.message)
     except Overloaded as exc:
-        _count_error(service, labels, name, version, "overloaded")
+        _count_error(service, labels, name, version, "overloaded", started)
         return error(503, "the request queue of %s is full; retry later" % name,
                      headers={"Retry-After": str(exc.retry_after)})
     except Exception as exc:  # the backend failed on this input
         request_id = uuid.uuid4().hex
         log.exception("inference on %s failed (request id %s)", name, request_id)
-        _count_error(service, labels, name, version, "backend")
+        _count_error(service, labels, name, version, "backend", started)
         cause = (str(exc).splitlines() or [""])[0][:300] or type(exc).__name__
         return error(500, "inference failed (request id %s): %s" % (request_id, cause),
                      headers={"x-request-id": request_id})
     answered, duration = service.served_metrics(model)
+    elapsed = time.perf_counter() - started
     answered.inc()
-    duration.observe(time.perf_counter() - started)
+    duration.observe(elapsed)
+    service.stats.record(model.name, model.version, elapsed, True)
     return answer(content, json_length, service.config.offload_body_bytes)
 
 
+async def model_statistics(request: Request) -> Response:
+    """Per model version statistics: Triton's statistics extension's fields, plus the window (service/stats.py)."""
+    return JSONResponse(_service(request).stats.snapshot())
+
+
 async def metrics_endpoint(request: Request) -> Response:
-    """Prometheus metrics, in the format the Accept header asks for."""
-    body, content_type = _service(request).metrics.exposition(request.headers.get("accept", ""))
+    """Prometheus metrics, in the format the Accept header asks for. Rendered in a worker thread: the telemetry
+    series read sensor files, which on a Jetson are i2c reads."""
+    body, content_type = await run_in_threadpool(_service(request).metrics.exposition,
+                                                 request.headers.get("accept", ""))
     return Response(body, media_type=None, headers={"content-type": content_type})
 
 
@@ -676,6 +700,16 @@ def announce_bound(config: RuntimeConfig, addresses: List[Tuple[str, int]]) -> N
     log.info("listening on %s:%d, announced in %s", host, port, address_path(config.root))
 
 
+def telemetry_config(config: RuntimeConfig) -> TelemetryConfig:
+    """The device's telemetry settings (<root>/etc/telemetry.json); the defaults, logged, when that is unusable:
+    a telemetry setting never keeps the service from serving."""
+    try:
+        return load_telemetry_config(config.root)
+    except ConfigError as exc:
+        log.error("telemetry settings ignored, using the defaults: %s", exc)
+        return TelemetryConfig(root=config.root, device_id=socket.gethostname() or "device")
+
+
 def create_app(config: RuntimeConfig, manager: Optional[ModelManager] = None) -> Starlette:
     service = Service(config, manager)
     routes = [  # Starlette tries them in order: inference, the hot path, first
@@ -684,6 +718,7 @@ def create_app(config: RuntimeConfig, manager: Optional[ModelManager] = None) ->
         Route("/v2/health/live", live, methods=["GET"]),
         Route("/v2/health/ready", ready, methods=["GET"]),
         Route("/v2", server_metadata, methods=["GET"]),
+        Route("/v2/models/stats", model_statistics, methods=["GET"]),  # before /v2/models/{name}
         Route("/v2/models/{name}", model_metadata_endpoint, methods=["GET"]),
         Route("/v2/models/{name}/versions/{version}", model_metadata_endpoint, methods=["GET"]),
         Route("/v2/models/{name}/ready", model_ready, methods=["GET"]),

@@ -30,9 +30,10 @@ import importlib
 import json
 import logging
 import socket
+import ssl
 import time
 from email.utils import formatdate
-from typing import TYPE_CHECKING, Any, Callable, List, Optional, Tuple, Type
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, Type
 
 import h11
 import uvicorn
@@ -299,6 +300,13 @@ class ServiceConfig(uvicorn.Config):
         super().__init__(app, **settings)
         self.header_timeout_s = header_timeout_s
         self.body_timeout_s = body_timeout_s
+
+
+def mtls_settings(cert_file: str, key_file: str, client_ca_file: str) -> Dict[str, Any]:
+    """uvicorn's settings for mutual TLS: the server presents ``cert_file`` (its key ``key_file``) and refuses,
+    in the handshake, every client that presents no certificate signed by ``client_ca_file``'s CA."""
+    return {"ssl_certfile": cert_file, "ssl_keyfile": key_file, "ssl_ca_certs": client_ca_file,
+            "ssl_cert_reqs": ssl.CERT_REQUIRED}
 
 
 def fastest_stack() -> Tuple[str, Type[RequestDeadlines], Optional[str]]:

@@ -92,6 +92,40 @@ def _components() -> Schema:
             "type": "object", "required": ["name", "version", "extensions"],
             "properties": {"name": {"type": "string"}, "version": {"type": "string"},
                            "extensions": {"type": "array", "items": {"type": "string"}}}},
+        "StatDuration": {
+            "type": "object", "required": ["count", "ns"],
+            "properties": {"count": {"type": "integer", "minimum": 0},
+                           "ns": {"type": "integer", "minimum": 0, "description": "Total time, nanoseconds."}}},
+        "ModelStat": {
+            "type": "object", "required": ["name", "version", "last_inference", "inference_count", "inference_stats",
+                                           "window"],
+            "properties": {
+                "name": {"type": "string"}, "version": {"type": "string"},
+                "last_inference": {"type": "integer", "minimum": 0,
+                                   "description": "Milliseconds since the epoch of the last answer (0: none yet)."},
+                "inference_count": {"type": "integer", "minimum": 0,
+                                    "description": "Successful requests since the service started."},
+                "inference_stats": {"type": "object", "required": ["success", "fail"],
+                                    "properties": {"success": _ref("StatDuration"), "fail": _ref("StatDuration")}},
+                "window": {
+                    "type": "object", "description": "The requests answered in the last window_seconds.",
+                    "required": ["requests", "errors", "latency_p50_seconds", "latency_p95_seconds",
+                                 "covered_seconds", "truncated"],
+                    "properties": {
+                        "requests": {"type": "integer", "minimum": 0},
+                        "errors": {"type": "integer", "minimum": 0},
+                        "latency_p50_seconds": {"type": ["number", "null"], "minimum": 0,
+                                                "description": "Of the successful requests; null without any."},
+                        "latency_p95_seconds": {"type": ["number", "null"], "minimum": 0},
+                        "covered_seconds": {"type": "number", "minimum": 0,
+                                            "description": "How far back the oldest request in the window is."},
+                        "truncated": {"type": "boolean", "description": "The window holds max_samples requests "
+                                                                        "and older ones in it were dropped."}}}}},
+        "ModelStatistics": {
+            "type": "object", "required": ["window_seconds", "max_samples", "model_stats"],
+            "properties": {"window_seconds": {"type": "number", "exclusiveMinimum": 0},
+                           "max_samples": {"type": "integer", "minimum": 1},
+                           "model_stats": {"type": "array", "items": _ref("ModelStat")}}},
         "Live": {"type": "object", "required": ["live"], "properties": {"live": {"type": "boolean"}}},
         "Ready": {"type": "object", "required": ["ready"], "properties": {"ready": {"type": "boolean"}}},
         "ModelReady": {
@@ -260,6 +294,11 @@ def document(server_version: str, manifests: Sequence[Manifest] = (), token_requ
     for with_version in (False, True):
         for suffix in ("", "/ready", "/infer"):
             paths.update(model_paths(suffix, with_version))
+    paths["/v2/models/stats"] = {"get": operation(
+        "model_statistics", "Inference statistics per loaded model version (Triton's statistics extension's "
+        "fields, plus p50/p95 latency over a window)",
+        {"200": _json("Counts since the service started, and the window's requests, errors and latencies.",
+                      "ModelStatistics")})}
     paths["/metrics"] = {"get": operation("metrics", "Prometheus metrics", {"200": {
         "description": "Exposition in the format the Accept header asks for.",
         "content": {"text/plain": {"schema": {"type": "string"}},
