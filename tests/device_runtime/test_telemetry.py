@@ -259,7 +259,7 @@ def test_the_outbox_backlog_and_its_evictions_are_in_the_sample_and_the_series(d
     config = TelemetryConfig(root=str(device_root), device_id="dev-1", outbox_max_bytes=1024 ** 2)
     outbox = Outbox.from_config(config)
     big = {"blob": "x" * 100_000}
-    for _ in range(12):  # 1.2 MB of inference results into a 1 MiB cap: the oldest are evicted
+    for _record in range(12):  # 1.2 MB of inference results into a 1 MiB cap: the oldest are evicted
         outbox.enqueue("inference", big)
     outbox.enqueue("ota", {"outcome": "succeeded"})
     sample = Collector(config, RuntimeConfig(root=str(device_root))).sample()
