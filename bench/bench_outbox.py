@@ -62,7 +62,7 @@ def bare_inserts(path: str, n: int, synchronous: str) -> float:
     db.execute("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, body BLOB NOT NULL)")
     body = encode_message("bench", "boot", 1, "telemetry", time.time(), SAMPLE)
     started = time.perf_counter()
-    for _ in range(n):
+    for _n in range(n):
         db.execute("BEGIN IMMEDIATE")
         db.execute("INSERT INTO t (body) VALUES (?)", (body,))
         db.execute("COMMIT")
@@ -75,7 +75,7 @@ def outbox_enqueues(path: str, n: int, synchronous: str) -> float:
     box = Outbox(path, "bench", max_bytes=1024 * MiB, synchronous=synchronous)
     box.enqueue("telemetry", SAMPLE)
     started = time.perf_counter()
-    for _ in range(n):
+    for _n in range(n):
         box.enqueue("telemetry", SAMPLE)
     spent = time.perf_counter() - started
     box.close()
@@ -114,9 +114,9 @@ def bare_paho(pki: BrokerPKI, broker: Broker, n: int, payload: bytes) -> float:
     client.connect(broker.host, broker.port)
     client.loop_start()
     started = time.perf_counter()
-    for _ in range(n):
+    for _n in range(n):
         client.publish("edgeai/dev-a/telemetry", payload, qos=1)
-    for _ in range(n):
+    for _n in range(n):
         done.acquire()
     spent = time.perf_counter() - started
     client.disconnect()
@@ -128,7 +128,7 @@ def bench_sync(work: Path, pki: BrokerPKI, broker: Broker, n: int, rounds: int) 
     config = device_config(work, pki, broker)
     payload = encode_message("dev-a", "boot", 1, "telemetry", time.time(), SAMPLE)
     rates: Dict[str, List[float]] = {"sync": [], "bare_paho": []}
-    for _ in range(rounds):
+    for _round in range(rounds):
         box = Outbox(str(work / "sync.db"), "dev-a", max_bytes=1024 * MiB)
         box.enqueue_many("telemetry", [SAMPLE] * n)
         sync = MqttSync(config, box)

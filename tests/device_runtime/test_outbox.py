@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
-import os
 import sqlite3
 
 import pytest
@@ -170,7 +169,7 @@ def test_near_a_full_disk_low_priority_is_refused_first_with_one_log_line(small_
     box.enqueue("telemetry", {"first": True})
     leave_free(small_fs, DISK_RESERVE[1] - 2 * MiB)  # below the inference reserve, above telemetry's
     with caplog.at_level(logging.WARNING, logger="edgeai_runtime.device.outbox"):
-        for _ in range(5):
+        for _round in range(5):
             with pytest.raises(OutboxRefused) as low:
                 box.enqueue("inference", {"x": 1})
             assert low.value.reason == "disk_low"

@@ -8,7 +8,6 @@ import json
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -101,8 +100,8 @@ def test_kill_9_during_enqueue_and_sync_loses_no_acknowledged_record(tmp_path):
         assert box.status()["records"] == 0
         last_seq = box.status()["last_seq"]
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and (enqueued | pubacked) - {json.loads(p)["seq"]
-                                                                       for _, p in subscriber.received()}:
+        while time.monotonic() < deadline and (enqueued | pubacked) - {json.loads(message[1])["seq"]
+                                                                       for message in subscriber.received()}:
             time.sleep(0.1)
         time.sleep(0.3)
         received = subscriber.received()

@@ -22,12 +22,12 @@ def test_confidence_is_the_top_probability_of_the_first_floating_output():
     probabilities = np.array([[0.1, 0.7, 0.2], [0.5, 0.25, 0.25]], dtype=np.float32)
     outputs = {"label": np.array([1, 0], dtype=np.int64), "probabilities": probabilities}
     got = row_confidences(outputs, ["label", "probabilities"])  # the integer label is passed over
-    assert [c for c, _ in got] == [1, 0] and np.allclose([p for _, p in got], [0.7, 0.5])
+    assert [row[0] for row in got] == [1, 0] and np.allclose([row[1] for row in got], [0.7, 0.5])
     logits = {"logits": np.array([[2.0, 0.0, 0.0]])}  # not a distribution: its softmax
     [(cls, p)] = row_confidences(logits, ["logits"])
     assert cls == 0 and p == pytest.approx(np.exp(2) / (np.exp(2) + 2))
     assert row_confidences({"label": np.array([3])}, ["label"]) is None
-    [(_, single)] = row_confidences({"p": np.array([0.2, 0.8])}, ["p"])  # one row without a batch axis
+    [(_cls, single)] = row_confidences({"p": np.array([0.2, 0.8])}, ["p"])  # one row without a batch axis
     assert single == pytest.approx(0.8)
 
 
@@ -131,7 +131,7 @@ def test_a_full_outbox_never_fails_an_inference(digits_service, digits):
     box.enqueue("telemetry", {"i": -1})
     before = box.status()["refused"]["inference"]["outbox_full"]
     x = digits.X_test[:1].astype(np.float32) / 16.0
-    for _ in range(20):
+    for _round in range(20):
         assert infer(base, x).status_code == 200
     deadline = time.monotonic() + 10
     while box.status()["refused"]["inference"]["outbox_full"] == before and time.monotonic() < deadline:

@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from edgeai_runtime.device import sensors
 from edgeai_runtime.device.config import RuntimeConfig, TelemetryConfig
 from edgeai_runtime.device.journal import History
+from edgeai_runtime.device.outbox import Outbox
 from edgeai_runtime.device.exposition import TEXTFILE_NAME, render, write_textfile
 from edgeai_runtime.device.telemetry import Collector
 from edgeai_runtime.service.stats import InferenceStats
@@ -214,7 +215,7 @@ def test_decode_throttled_bits():
 # -- the collector ---------------------------------------------------------------------------------------------
 
 SAMPLE_KEYS = {"schema", "device_id", "hardware_class", "time", "boot_id", "uptime_seconds", "cpu", "memory",
-               "filesystems", "network", "sensors", "service", "inference", "models", "ota"}
+               "filesystems", "network", "sensors", "service", "inference", "models", "ota", "outbox"}
 
 
 @pytest.fixture
@@ -247,8 +248,31 @@ def test_sample_shape_without_a_service(device_root):
     assert sample["inference"] is None  # no service: not zero requests, unknown
     assert sample["models"] == []
     assert sample["ota"] == {"last": None, "readable": True}
+    assert sample["outbox"]["records"] == 0 and sample["outbox"]["evicted_records"] == {
+        "ota": 0, "telemetry": 0, "inference": 0}
+    assert not (device_root / "outbox").exists()  # reading the status creates no outbox
     with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
         assert sample["boot_id"] == f.read().strip()
+
+
+def test_the_outbox_backlog_and_its_evictions_are_in_the_sample_and_the_series(device_root):
+    config = TelemetryConfig(root=str(device_root), device_id="dev-1", outbox_max_bytes=1024 ** 2)
+    outbox = Outbox.from_config(config)
+    big = {"blob": "x" * 100_000}
+    for _record in range(12):  # 1.2 MB of inference results into a 1 MiB cap: the oldest are evicted
+        outbox.enqueue("inference", big)
+    outbox.enqueue("ota", {"outcome": "succeeded"})
+    sample = Collector(config, RuntimeConfig(root=str(device_root))).sample()
+    status = outbox.status()
+    assert sample["outbox"]["records"] == status["records"] and 0 < status["records"] < 13
+    evicted = 13 - status["records"]
+    assert sample["outbox"]["evicted_records"] == {"ota": 0, "telemetry": 0, "inference": evicted}
+    series = {(m.name, s.name, tuple(sorted(s.labels.items()))): s.value
+              for m in text_string_to_metric_families(render(sample).decode()) for s in m.samples}
+    assert series[("edgeai_outbox_records", "edgeai_outbox_records", ())] == status["records"]
+    assert series[("edgeai_outbox_evicted_records", "edgeai_outbox_evicted_records_total",
+                   (("kind", "inference"),))] == evicted
+    assert series[("edgeai_outbox_bytes", "edgeai_outbox_bytes", ())] <= 1024 ** 2
 
 
 def test_cpu_use_is_over_the_time_between_samples(device_root):

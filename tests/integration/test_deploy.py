@@ -4,11 +4,12 @@ Real podman containers from the target image, real ansible-playbook runs.
 """
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import re
 
-from conftest import REPO, podman, write_inventory
+from conftest import REPO, device_json, podman, write_inventory
 
 DEPLOY = REPO / 'deploy.yml'
 KNOWN = 'jetson_nano, jetson_orin, raspberry_pi, coral, generic'
@@ -142,6 +143,41 @@ def test_unreachable_host_fails_alone(make_device, run_playbook, tmp_path):
     run = run_playbook(DEPLOY, inventory)
     assert run.rc != 0
     assert run.stats[missing]['unreachable'] == 1 or run.stats[missing]['failures'] == 1
-    assert run.stats[host]['failures'] == 0 and run.stats[host]['unreachable'] == 0
+    assert run.stats[host]['failures'] == 0 and run.stats[host]['unreachable'] == 0, run.failures(host)
     assert run.changed(host) > 0
     assert read_profile(host)['hardware_class'] == 'generic'
+
+    # The same fleet through playbooks/telemetry.yml: every targeted host is in both files, the unreachable
+    # one as null (JSON) and reachable=false (CSV); the deployed one with its real sample.
+    out = tmp_path / 'telemetry'
+    tele = run_playbook(REPO / 'playbooks' / 'telemetry.yml', inventory, '-e', 'telemetry_dir=%s' % out)
+    assert tele.stats[host]['failures'] == 0 and tele.changed(host) == 0, tele.failures(host)
+    assert tele.stats['localhost']['failures'] == 0, tele.failures('localhost')
+    samples = json.loads((out / 'fleet-telemetry.json').read_text())
+    assert set(samples) == {host, missing} and samples[missing] is None
+    sample = samples[host]
+    assert sample['device_id'] == host and sample['hardware_class'] == 'generic'
+    assert sample['service']['running'] is True and sample['service']['resident_bytes'] > 0
+    assert sample['outbox'] is not None and sample['memory']['total_bytes'] > 0
+    with open(out / 'fleet-telemetry.csv', newline='', encoding='utf-8') as f:
+        rows = {row['host']: row for row in csv.DictReader(f)}
+    assert set(rows) == {host, missing}
+    assert rows[missing]['reachable'] == 'false' and rows[missing]['cpu_count'] == ''
+    assert rows[host]['reachable'] == 'true' and rows[host]['service_running'] == 'true'
+    assert int(rows[host]['cpu_count']) == sample['cpu']['count']
+
+    # The telemetry daemon runs, and has queued its first sample (no broker is configured: it is kept).
+    assert podman('exec', host, 'systemctl', 'is-active', 'edgeai-telemetry.service', check=False).stdout.strip() \
+        == 'active'
+    outbox = device_json(host, 'outbox', 'status')['outbox']
+    assert outbox['kinds']['telemetry']['records'] >= 1, outbox
+
+    # Plain `setup` shows the device's health and models as the local fact (facts.d/edgeai.fact).
+    play = tmp_path / 'setup.yml'
+    play.write_text(json.dumps([{'hosts': host, 'gather_facts': False, 'tasks': [
+        {'ansible.builtin.setup': {'gather_subset': ['!all', '!min', 'local']}},
+        {'ansible.builtin.debug': {'var': 'ansible_local.edgeai'}}]}]))
+    setup = run_playbook(play, inventory)
+    assert setup.stats[host]['failures'] == 0, setup.failures(host)
+    local = setup.tasks(host)[-1][1]['ansible_local.edgeai']
+    assert local['device_id'] == host and local['service']['running'] is True and 'models' in local, local

@@ -242,8 +242,8 @@ class Broker:
                 return self
             time.sleep(0.02)
         self.kill()
-        raise RuntimeError("mosquitto did not listen on %s:%d within %ss:\n%s" % (self.host, self.port, timeout,
-                                                                                 self.log()[mark:]))
+        raise RuntimeError("mosquitto did not listen on %s:%d within %ss:\n%s"
+                           % (self.host, self.port, timeout, self.log()[mark:]))
 
     def _listens(self) -> bool:
         try:

@@ -176,8 +176,9 @@ class TelemetryConfig:
     evidence_root: str = "/"               # where sysfs/procfs sensor files are read (sim devices: their evidence)
     textfile_dir: Optional[str] = None     # node_exporter's textfile collector directory, when it runs here
     outbox_max_bytes: int = 64 * 1024 ** 2
-    outbox_synchronous: str = "FULL"       # SQLite PRAGMA synchronous: FULL loses nothing acknowledged to a power cut,
-                                           # NORMAL its last commits (docs/telemetry.md, measured there)
+    # SQLite PRAGMA synchronous: FULL loses nothing acknowledged to a power cut, NORMAL its last commits
+    # (docs/telemetry.md, measured there)
+    outbox_synchronous: str = "FULL"
     mqtt_host: Optional[str] = None
     mqtt_port: int = 8883
     mqtt_topic_prefix: str = "edgeai"      # topics are <prefix>/<device id>/<kind>

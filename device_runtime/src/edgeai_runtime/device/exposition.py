@@ -192,7 +192,29 @@ def _service_series(sample: Sample, out: _Families) -> None:
                  "outcome": last.get("outcome") or "", "reason": last.get("reason") or ""})
         out.set("edgeai_ota_last_finished_timestamp_seconds", "When the newest OTA history row ended (Unix time).",
                 last.get("finished"))
+    _outbox_series(sample.get("outbox"), out)
     out.set("edgeai_telemetry_sample_timestamp_seconds", "When this sample was taken (Unix time).", sample.get("time"))
+
+
+def _outbox_series(outbox: Optional[Dict[str, Any]], out: _Families) -> None:
+    """The outbox's backlog, and what it evicted (byte cap), refused (disk, cap, broker) and delivered."""
+    if not outbox:
+        return
+    out.set("edgeai_outbox_records", "Records waiting in the outbox for the broker.", outbox.get("records"))
+    out.set("edgeai_outbox_bytes", "Bytes the waiting records take (counted against the cap).", outbox.get("bytes"))
+    out.set("edgeai_outbox_max_bytes", "The outbox's byte cap.", outbox.get("max_bytes"))
+    out.set("edgeai_outbox_oldest_record_age_seconds", "Age of the oldest waiting record.", outbox.get("oldest_age_s"))
+    for name, key, doc in (
+            ("edgeai_outbox_evicted_records", "evicted_records",
+             "Records evicted to stay under the byte cap (lowest priority, oldest first)."),
+            ("edgeai_outbox_refused_records", "refused_records",
+             "Records refused: disk low, outbox full, or refused by the broker.")):
+        family = out.counter(name, doc, ["kind"])
+        for kind, count in sorted((outbox.get(key) or {}).items()):
+            family.add_metric([kind], count)
+    if isinstance(outbox.get("delivered_records"), int):
+        out.counter("edgeai_outbox_delivered_records", "Records the broker acknowledged (PUBACK) and the outbox "
+                    "deleted.").add_metric([], outbox["delivered_records"])
 
 
 def families(sample: Sample, include_node: bool = True) -> List[Metric]:

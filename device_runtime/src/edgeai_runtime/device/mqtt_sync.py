@@ -276,7 +276,7 @@ class MqttSync:
     def _refused(self, kind: str, refusals: List[Tuple[int, ReasonCode]]) -> None:
         reason = refusals[0][1]
         why = "%s (0x%02x)" % (reason, reason.value)
-        self.outbox.refused([seq for seq, _ in refusals], kind, why)
+        self.outbox.refused([refusal[0] for refusal in refusals], kind, why)
         self.held[kind] = time.monotonic() + self.config.backoff_max_s
         log.error("mqtt sync: the broker refused %d %s records on %s: %s; they stay queued, and %s records are "
                   "tried again in %ss (a certificate or ACL that does not fit this device id?)",

@@ -144,6 +144,15 @@ def _is_disk_full(exc: BaseException, path: str) -> bool:
         return False
 
 
+def summary(status: Dict[str, Any]) -> Dict[str, Any]:
+    """What a telemetry record says of the outbox: its backlog and what it had to drop."""
+    return {"records": status["records"], "bytes": status["bytes"], "max_bytes": status["max_bytes"],
+            "oldest_age_s": status["oldest_age_s"],
+            "evicted_records": {k: v["records"] for k, v in status["evicted"].items()},
+            "refused_records": {k: sum(v.values()) for k, v in status["refused"].items()},
+            "delivered_records": status["delivered"]}
+
+
 class Outbox:
     """The outbox database at ``path`` (created when first written). Safe to share between threads;
     several processes may each open their own."""

@@ -23,6 +23,7 @@ from edgeai_runtime.device import sensors
 from edgeai_runtime.device.client import ServiceClient, ServiceDown, ServiceError, announced
 from edgeai_runtime.device.config import RuntimeConfig, TelemetryConfig
 from edgeai_runtime.device.journal import History, HistoryError
+from edgeai_runtime.device.outbox import Outbox, OutboxError, summary
 from edgeai_runtime.device.store import ModelStore, StoreError
 from edgeai_runtime.fsutil import mount_point
 
@@ -73,6 +74,7 @@ class Collector:
             "inference": self.inference(),
             "models": self.models(),
             "ota": self.ota(),
+            "outbox": self.outbox(),
         }
 
     # -- psutil ----------------------------------------------------------------------------
@@ -190,6 +192,11 @@ class Collector:
             return None
         return answer if isinstance(answer.get("model_stats"), list) else None
 
+    def outbox(self) -> Optional[Dict[str, Any]]:
+        """The outbox's backlog (records, bytes, oldest age) and what it evicted or refused, per kind;
+        None when it cannot be read. It reads only: a device without an outbox reports it empty."""
+        return _outbox_status(self.config)
+
     # -- the store and the OTA history -----------------------------------------------------
 
     def models(self) -> Optional[List[Dict[str, Any]]]:
@@ -211,6 +218,13 @@ class Collector:
         row = rows[0]
         return {"readable": True, "last": {key: row.get(key) for key in (
             "name", "version", "from_version", "outcome", "reason", "phase", "started", "finished", "duration_s")}}
+
+
+def _outbox_status(config: TelemetryConfig) -> Optional[Dict[str, Any]]:
+    try:
+        return summary(Outbox.from_config(config, timeout=2.0).status())
+    except OutboxError:  # locked past the timeout, or unreadable: null, as any sensor
+        return None
 
 
 def _count(totals: Dict[str, Any], which: str, field: str = "count") -> int:

@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, Optional
 
 from edgeai_runtime.device.config import TelemetryConfig
 from edgeai_runtime.device.mqtt_sync import MqttSync
-from edgeai_runtime.device.outbox import Outbox, OutboxError
+from edgeai_runtime.device.outbox import Outbox, OutboxError, summary
 
 log = logging.getLogger(__name__)
 
@@ -25,20 +25,12 @@ Sample = Callable[[], Dict[str, Any]]
 Textfile = Callable[[Dict[str, Any]], Any]
 
 
-def outbox_summary(status: Dict[str, Any]) -> Dict[str, Any]:
-    """What a telemetry record says of the outbox: its backlog and what it had to drop."""
-    return {"records": status["records"], "bytes": status["bytes"], "max_bytes": status["max_bytes"],
-            "oldest_age_s": status["oldest_age_s"],
-            "evicted_records": {k: v["records"] for k, v in status["evicted"].items()},
-            "refused_records": {k: sum(v.values()) for k, v in status["refused"].items()}}
-
-
 def run(config: TelemetryConfig, sample: Sample, textfile: Optional[Textfile] = None,
         stop: Optional[threading.Event] = None) -> int:
     """Run until ``stop`` is set (or SIGTERM / SIGINT, when called in the main thread). Returns 0.
 
     ``sample`` makes one telemetry sample (edgeai_runtime.device.telemetry.Collector.sample); the record
-    gets ``outbox`` (outbox_summary) beside it unless the sample has one. ``textfile`` is called with
+    gets ``outbox`` (outbox.summary) beside it unless the sample has one. ``textfile`` is called with
     each sample (e.g. the node_exporter textfile writer)."""
     stop = stop or threading.Event()
     wake = threading.Event()
@@ -86,7 +78,7 @@ def _tick(config: TelemetryConfig, outbox: Outbox, sample: Sample, textfile: Opt
     record = dict(data)
     if "outbox" not in record:
         try:
-            record["outbox"] = outbox_summary(outbox.status())
+            record["outbox"] = summary(outbox.status())
         except OutboxError as exc:
             log.warning("telemetry: reading the outbox's status failed: %s", exc)
     try:

@@ -102,7 +102,7 @@ class ResultRecorder:
         """The record of one offered result; None when its policy does not keep it."""
         model, version, outputs, order, request_id, latency_s, when = item
         rows = row_confidences(outputs, order)
-        confidence = min(c for _, c in rows) if rows else None
+        confidence = min(row[1] for row in rows) if rows else None
         policy = self.policies[model]
         if policy["mode"] == "below_confidence" and (confidence is None
                                                      or confidence >= float(policy.get("confidence_below", 1.0))):
