@@ -30,6 +30,7 @@ from paho.mqtt.properties import Properties
 
 CLIENT_ID = "offline-scenario-subscriber"
 SESSION_EXPIRY_S = 86400
+CONNECT_RETRY_S = 30.0
 
 
 class Session:
@@ -80,6 +81,21 @@ class Session:
             if key is not None:
                 self.seen.add(key)
 
+    def connect(self, props: Properties) -> List[str]:
+        """Connect, retrying for CONNECT_RETRY_S: aardvark-dns answers nothing for a moment while podman
+        reconfigures the network (a container connected or disconnected). The errors met on the way."""
+        errors: List[str] = []
+        deadline = time.monotonic() + CONNECT_RETRY_S
+        while True:
+            try:
+                self.client.connect(self.args.host, self.args.port, keepalive=30, clean_start=False, properties=props)
+                return errors
+            except OSError as exc:  # socket.gaierror included
+                errors.append("%s: %s" % (type(exc).__name__, exc))
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.5)
+
     def run(self) -> Dict[str, Any]:
         args = self.args
         expected = None
@@ -89,7 +105,7 @@ class Session:
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = SESSION_EXPIRY_S
         started = time.monotonic()
-        self.client.connect(args.host, args.port, keepalive=30, clean_start=False, properties=props)
+        connect_errors = self.connect(props)
         self.client.loop_start()
         try:
             if not self.subscribed.wait(30) or self.failed:
@@ -107,7 +123,7 @@ class Session:
             self.client.disconnect()
             self.client.loop_stop()
             self.out.close()
-        result: Dict[str, Any] = {"failed": False, "received_now": self.received,
+        result: Dict[str, Any] = {"failed": False, "received_now": self.received, "connect_errors": connect_errors,
                                   "session_present": getattr(self, "session_present", False),
                                   "seconds": round(time.monotonic() - started, 3)}
         if expected is not None:
@@ -161,7 +177,7 @@ def report(lines: List[Dict[str, Any]], device: str, boot: str, last_seq: int, p
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--host", required=True)
     parser.add_argument("--port", type=int, default=8883)
     parser.add_argument("--ca", required=True)
