@@ -142,6 +142,15 @@ ansible_facts:
           type: dict
           returned: always
           sample: {readable: true, last: {name: digits, version: 2.0.0, outcome: committed, reason: null}}
+        outbox:
+          description: The telemetry outbox's backlog (C(records), C(bytes), C(max_bytes), C(oldest_age_s)) and, per
+            kind, the records it evicted under its byte cap (C(evicted_records)) and refused (C(refused_records)),
+            and C(delivered_records) the broker acknowledged; null when the outbox cannot be read.
+          type: dict
+          returned: always
+          sample: {records: 3, bytes: 6144, max_bytes: 67108864, oldest_age_s: 120.5, delivered_records: 812,
+                   evicted_records: {ota: 0, telemetry: 0, inference: 0},
+                   refused_records: {ota: 0, telemetry: 0, inference: 0}}
 """
 
 from ansible.module_utils.basic import AnsibleModule

@@ -289,6 +289,7 @@ ROUTES = [("/v2/health/live", "GET"), ("/v2/health/ready", "GET"), ("/v2", "GET"
           ("/v2/models/digits/versions/1.0.0", "GET"), ("/v2/models/digits/ready", "GET"),
           ("/v2/models/digits/versions/1.0.0/ready", "GET"), ("/v2/models/digits/infer", "POST"),
           ("/v2/models/digits/versions/1.0.0/infer", "POST"), ("/metrics", "GET"), ("/openapi.json", "GET"),
+          ("/v2/models/stats", "GET"),
           ("/v2/admin/status", "GET"), ("/v2/admin/reload", "POST"), ("/v2/admin/models/digits/prepare", "POST"),
           ("/v2/admin/models/digits/activate", "POST"), ("/v2/admin/models/digits/rollback", "POST"),
           ("/v2/admin/models/digits/discard", "POST")]

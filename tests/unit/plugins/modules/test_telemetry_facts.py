@@ -21,7 +21,7 @@ pytest.importorskip('edgeai_runtime')
 
 EVIDENCE = Path(__file__).resolve().parents[4] / 'sim' / 'evidence'
 SAMPLE_KEYS = {'schema', 'device_id', 'hardware_class', 'time', 'boot_id', 'uptime_seconds', 'cpu', 'memory',
-               'filesystems', 'network', 'sensors', 'service', 'inference', 'models', 'ota'}
+               'filesystems', 'network', 'sensors', 'service', 'inference', 'models', 'ota', 'outbox'}
 
 
 @pytest.fixture
