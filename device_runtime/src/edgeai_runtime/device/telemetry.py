@@ -56,6 +56,9 @@ class Collector:
         self._cpu_at: Optional[float] = None
         self._store = ModelStore(runtime.root, keep=runtime.keep_versions, hardware_class=runtime.hardware_class)
         self._history = History(os.path.join(runtime.root, "state", "history.sqlite"))
+        # One outbox handle for every sample: its connection is opened once, at the first status read
+        # of an outbox that exists, instead of once per sample.
+        self._outbox = Outbox.from_config(config, timeout=2.0)
 
     def sample(self) -> Sample:
         return {
@@ -195,7 +198,10 @@ class Collector:
     def outbox(self) -> Optional[Dict[str, Any]]:
         """The outbox's backlog (records, bytes, oldest age) and what it evicted or refused, per kind;
         None when it cannot be read. It reads only: a device without an outbox reports it empty."""
-        return _outbox_status(self.config)
+        try:
+            return summary(self._outbox.status())
+        except OutboxError:  # locked past the timeout, or unreadable: null, as any sensor
+            return None
 
     # -- the store and the OTA history -----------------------------------------------------
 
@@ -218,13 +224,6 @@ class Collector:
         row = rows[0]
         return {"readable": True, "last": {key: row.get(key) for key in (
             "name", "version", "from_version", "outcome", "reason", "phase", "started", "finished", "duration_s")}}
-
-
-def _outbox_status(config: TelemetryConfig) -> Optional[Dict[str, Any]]:
-    try:
-        return summary(Outbox.from_config(config, timeout=2.0).status())
-    except OutboxError:  # locked past the timeout, or unreadable: null, as any sensor
-        return None
 
 
 def _count(totals: Dict[str, Any], which: str, field: str = "count") -> int:
