@@ -12,7 +12,7 @@ The collector samples when it is collected, that is on a scrape: no timer, nothi
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Type, TypeVar
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -28,25 +28,27 @@ _HWMON_SERIES = {"temp": ("node_hwmon_temp_celsius", "celsius", "Hardware monito
                  "fan": ("node_hwmon_fan_rpm", "rpm", "Hardware monitor for fan revolutions per minute (input).")}
 
 
+_F = TypeVar("_F", GaugeMetricFamily, CounterMetricFamily)
+
+
 class _Families:
     """Gauges and counters by name, created on first use and yielded in that order."""
 
     def __init__(self) -> None:
         self._made: Dict[str, Metric] = {}
 
-    def gauge(self, name: str, doc: str, labels: Sequence[str] = ()) -> GaugeMetricFamily:
+    def _family(self, kind: Type[_F], name: str, doc: str, labels: Sequence[str]) -> _F:
         made = self._made.get(name)
         if made is None:
-            made = self._made[name] = GaugeMetricFamily(name, doc, labels=list(labels))
-        assert isinstance(made, GaugeMetricFamily)
+            made = self._made[name] = kind(name, doc, labels=list(labels))
+        assert isinstance(made, kind)
         return made
 
+    def gauge(self, name: str, doc: str, labels: Sequence[str] = ()) -> GaugeMetricFamily:
+        return self._family(GaugeMetricFamily, name, doc, labels)
+
     def counter(self, name: str, doc: str, labels: Sequence[str] = ()) -> CounterMetricFamily:
-        made = self._made.get(name)
-        if made is None:
-            made = self._made[name] = CounterMetricFamily(name, doc, labels=list(labels))
-        assert isinstance(made, CounterMetricFamily)
-        return made
+        return self._family(CounterMetricFamily, name, doc, labels)
 
     def set(self, name: str, doc: str, value: Any, labels: Optional[Dict[str, str]] = None) -> None:
         """A gauge sample; a None value (an absent sensor) adds no sample."""
