@@ -13,6 +13,7 @@ Result: {"attempts": {name: {"connected": bool, "connect_reason": str, "puback_r
 from __future__ import annotations
 
 import json
+import socket
 import sys
 import threading
 import time
@@ -21,6 +22,7 @@ import uuid
 import paho.mqtt.client as mqtt
 
 WAIT_S = 10.0
+RESOLVE_S = 30.0
 
 
 class Probe:
@@ -91,8 +93,23 @@ def attempt(host, port, spec):
     return result
 
 
+def resolve(host, port):
+    """Wait until the broker's name resolves. aardvark-dns answers nothing for a moment while podman reconfigures
+    the network (the broker's container restarted, or another one joined); that is not what the probe tests, and
+    its refusals (TLS, CONNACK) come only once the name is known."""
+    deadline = time.monotonic() + RESOLVE_S
+    while True:
+        try:
+            return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except socket.gaierror:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.5)
+
+
 def main():
     args = json.loads(sys.argv[1])
+    resolve(args["host"], args["port"])
     sub = args["subscriber"]
     subscriber = Probe(args["host"], args["port"], sub["ca"], sub["cert"], sub["key"])
     if not subscriber.connect():
