@@ -1,8 +1,9 @@
 """Build the demo model release the simulated fleet serves, offline.
 
-  python scripts/build-demo-models.py OUTDIR
+  python scripts/build-demo-models.py OUTDIR [--version V ...]
 
-Writes the release OUTDIR/digits-1.0.0/, one variant (build) of digits 1.0.0 per runtime:
+Writes the release OUTDIR/digits-1.0.0/ (and one per --version: the staged rollout scenario rolls out 1.1.0 and
+1.2.0, each a network trained from another seed, so each version is another build), one variant of it per runtime:
   onnxruntime-fp32/  an ONNX MLP trained on scikit-learn's bundled digits (any class that runs
                      ONNX Runtime: generic, and the Jetsons through ONNX Runtime)
   tflite-int8/       the same network as a .tflite flatbuffer with int8 weights (raspberry_pi, and
@@ -13,6 +14,7 @@ alone, so deploys stay unchanged on a re-run.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
@@ -41,17 +43,30 @@ def write_package(target: str, manifest, model: bytes, files) -> None:
           % (target, manifest.name, manifest.version, manifest.runtime, manifest.precision, len(model)))
 
 
-def main() -> int:
-    release = os.path.join(sys.argv[1], "digits-%s" % VERSION)
+def build_release(outdir: str, version: str, seed: int) -> None:
+    release = os.path.join(outdir, "digits-%s" % version)
+    if all(os.path.exists(os.path.join(release, v, "manifest.json")) for v in ("onnxruntime-fp32", "tflite-int8")):
+        print("%s: up to date" % release)
+        return
     os.makedirs(release, exist_ok=True)
-    digits = modelgen.train_digits_mlp(seed=0)
+    digits = modelgen.train_digits_mlp(seed=seed)
     onnx = modelgen.digits_onnx(digits)
-    manifest, files = digits_manifest(VERSION, onnx, digits)
+    manifest, files = digits_manifest(version, onnx, digits)
     write_package(os.path.join(release, "onnxruntime-fp32"), manifest, onnx, files)
     tflite = modelgen.digits_tflite(digits, quantize="int8")
-    manifest, files = digits_manifest(VERSION, tflite, digits, runtime="tflite", precision="int8",
+    manifest, files = digits_manifest(version, tflite, digits, runtime="tflite", precision="int8",
                                       hardware_classes=["raspberry_pi", "coral"])
     write_package(os.path.join(release, "tflite-int8"), manifest, tflite, files)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("outdir")
+    parser.add_argument("--version", action="append", default=[], help="another version to build (repeatable)")
+    args = parser.parse_args()
+    versions = [VERSION] + [v for v in args.version if v != VERSION]
+    for seed, version in enumerate(versions):
+        build_release(args.outdir, version, seed)
     return 0
 
 

@@ -327,10 +327,19 @@ def test_window_percentiles_and_expiry():
     assert entry["window"]["latency_p50_seconds"] == pytest.approx(0.050)  # nearest rank: the 50th of 100
     assert entry["window"]["latency_p95_seconds"] == pytest.approx(0.095)
     assert entry["inference_count"] == 100 and entry["inference_stats"]["fail"] == {"count": 1, "ns": 500000000}
+    now[0] += 30
+    stats.record("digits", "1.0.0", 0.2, True)
+    narrow = stats.snapshot(window_s=10.0)  # a soak's window: only what came since it began
+    assert narrow["window_seconds"] == 10.0
+    assert narrow["model_stats"][0]["window"]["requests"] == 1
+    assert narrow["model_stats"][0]["window"]["latency_p95_seconds"] == pytest.approx(0.2)
+    for bad in (0.0, -1.0, 61.0):
+        with pytest.raises(ValueError, match="the window must be within 0-60 seconds"):
+            stats.snapshot(window_s=bad)
     now[0] += 61  # the window has passed; the totals stay
     entry = stats.snapshot()["model_stats"][0]
     assert entry["window"]["requests"] == 0 and entry["window"]["latency_p95_seconds"] is None
-    assert entry["inference_count"] == 100
+    assert entry["inference_count"] == 101
 
 
 def test_window_is_bounded_and_forgets_unloaded_versions():
@@ -407,6 +416,11 @@ def test_models_stats_counts_the_window(served, digits):
     assert window["requests"] >= 13 and window["errors"] >= 1
     assert 0 < window["latency_p50_seconds"] <= window["latency_p95_seconds"] < 10
     assert entry["last_inference"] > 0
+    narrow = served.client.get("/v2/models/stats", params={"window": "60"}).json()
+    assert narrow["window_seconds"] == 60
+    for bad in ("0", "121", "soon"):
+        refused = served.client.get("/v2/models/stats", params={"window": bad})
+        assert refused.status_code == 400 and refused.json()["error"].startswith("window: "), refused.text
 
 
 def test_metrics_carry_the_telemetry_and_pass_promtool(served, digits):

@@ -220,8 +220,11 @@ def test_the_demo_release_builds_and_fits_every_sim_class(tmp_path):
     script = os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "build-demo-models.py")
     import subprocess
     import sys
-    subprocess.run([sys.executable, script, str(tmp_path)], check=True, capture_output=True)
+    subprocess.run([sys.executable, script, str(tmp_path), "--version", "1.1.0"], check=True, capture_output=True)
+    newer = publisher.Release.read(str(tmp_path / "digits-1.1.0"))
+    assert {v.fields["version"] for v in newer.variants} == {"1.1.0"}
     rel = publisher.Release.read(str(tmp_path / "digits-1.0.0"))
+    assert {v.sha256 for v in newer.variants}.isdisjoint(v.sha256 for v in rel.variants)  # another build
     assert sorted(os.path.basename(v.path) for v in rel.variants) == ["onnxruntime-fp32", "tflite-int8"]
     for profile in (GENERIC, NANO, PI, CORAL):
         rel.select(profile)

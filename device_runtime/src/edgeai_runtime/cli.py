@@ -23,6 +23,12 @@
   edgeai-runtime probe
   edgeai-runtime [--root DIR] telemetry collect [--textfile DIR]
   edgeai-runtime [--root DIR] telemetry run
+  edgeai-runtime [--root DIR] rollout status --rollout ID --name N --version V
+  edgeai-runtime [--root DIR] rollout mark --rollout ID --attempt A --name N --version V --mark M [--from-version F]
+                                           [--reason R] [--details JSON]
+  edgeai-runtime [--root DIR] rollout soak --rollout ID --attempt A --name N --version V [--from-version F]
+                                           --seconds S [--p95-ms X] [--max-error-rate R] [--max-restarts K]
+                                           [--min-requests M] [--interval I]
 
 Every command but ``serve`` prints one JSON object. Exit status 0 means success,
 1 a refused or failed operation (the JSON has ``failed: true``, ``msg`` and, where there is one,
@@ -366,6 +372,69 @@ def add_outbox_parser(sub: Any) -> None:
 # -- end of the outbox -------------------------------------------------------------------------------------------
 
 
+# -- staged rollouts (issue 16: the device's side; edgeai_runtime.device.rollout) ----------------------------------
+
+def add_rollout_parser(sub: Any) -> None:
+    rollout = sub.add_parser("rollout", help="the device's side of a staged rollout: its marks, and the soak")
+    actions = rollout.add_subparsers(dest="action", required=True)
+    parsers = {
+        "status": actions.add_parser("status", help="this device's marks for a rollout, what serves, the update"),
+        "mark": actions.add_parser("mark", help="record what the rollout did or found here"),
+        "soak": actions.add_parser("soak", help="watch the serving version under real traffic; record the verdict"),
+    }
+    for action, parser in parsers.items():
+        parser.add_argument("--rollout", required=True, help="the rollout's id (<model>-<version>)")
+        parser.add_argument("--name", required=True)
+        parser.add_argument("--version", required=True)
+        if action != "status":
+            parser.add_argument("--attempt", type=int, required=True)
+            parser.add_argument("--from-version", help="the version that served before the rollout")
+    mark = parsers["mark"]
+    mark.add_argument("--mark", required=True, choices=["installed", "rolled_back", "deferred", "failed"])
+    mark.add_argument("--reason")
+    mark.add_argument("--details", default="{}", help="a JSON object kept with the mark")
+    soak = parsers["soak"]
+    soak.add_argument("--seconds", type=float, required=True)
+    soak.add_argument("--p95-ms", type=float, default=100.0)
+    soak.add_argument("--max-error-rate", type=float, default=0.05)
+    soak.add_argument("--max-restarts", type=int, default=0)
+    soak.add_argument("--min-requests", type=int, default=20)
+    soak.add_argument("--interval", type=float, default=5.0)
+
+
+def cmd_rollout(args: argparse.Namespace, config: RuntimeConfig, store: ModelStore) -> Dict[str, Any]:
+    """``rollout status`` reads; ``rollout mark`` and ``rollout soak`` record one mark (changed: true)."""
+    import os
+    from edgeai_runtime.device import rollout
+    from edgeai_runtime.device.client import ServiceClient
+    from edgeai_runtime.device.journal import History
+    history = History(os.path.join(config.root, "state", "history.sqlite"))
+    client = ServiceClient(config, timeout=60)
+    if args.action == "status":
+        return dict(rollout.status(history, store, client, args.rollout, args.name, args.version), changed=False)
+    if args.action == "mark":
+        details = json.loads(args.details)
+        if not isinstance(details, dict):
+            raise CommandFailed("--details takes a JSON object, got %r" % args.details)
+        row = history.mark_rollout(args.rollout, args.attempt, args.name, args.version, args.from_version,
+                                   args.mark, args.reason, details)
+        return {"changed": True, "mark": row}
+    limits = rollout.SoakLimits(seconds=args.seconds, p95_ms=args.p95_ms, max_error_rate=args.max_error_rate,
+                                max_restarts=args.max_restarts, min_requests=args.min_requests,
+                                interval_s=args.interval)
+    try:
+        limits.check()
+    except ValueError as exc:
+        raise CommandFailed(str(exc)) from None
+    verdict = rollout.Soak(client).run(args.name, args.version, limits)
+    mark = "soaked" if verdict["passed"] else "soak_failed"
+    row = history.mark_rollout(args.rollout, args.attempt, args.name, args.version, args.from_version, mark,
+                               "; ".join(verdict["reasons"]) or None, verdict)
+    return {"changed": True, "soak": verdict, "mark": dict(row, details={})}
+
+# -- end of staged rollouts ---------------------------------------------------------------------------------------
+
+
 # -- serving ------------------------------------------------------------------------------------------------------
 
 def cmd_serve(args: argparse.Namespace, config: RuntimeConfig) -> int:
@@ -470,6 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
     art.add_argument("action", choices=["verify"])
     art.add_argument("artifact")
     add_telemetry_parser(sub)
+    add_rollout_parser(sub)
     return parser
 
 
@@ -513,7 +583,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             return cmd_telemetry_run(config)
         store = open_store(config)  # sweeps what dead writers left; every command reports it in "swept"
         commands = {"probe": cmd_probe, "model": cmd_model, "keys": cmd_keys, "artifact": cmd_artifact,
-                    "ota": cmd_ota, "agent": cmd_agent, "telemetry": cmd_telemetry, "outbox": cmd_outbox}
+                    "ota": cmd_ota, "agent": cmd_agent, "telemetry": cmd_telemetry, "outbox": cmd_outbox,
+                    "rollout": cmd_rollout}
         result = commands[args.command](args, config, store)
     except Exception as exc:  # CommandFailed, ConfigError, StoreError, UpdateFailed, OSError ...: one line each
         print(json.dumps(_failure(exc, args, store), default=str))

@@ -40,6 +40,24 @@ CREATE TABLE IF NOT EXISTS deployments (
 CREATE INDEX IF NOT EXISTS deployments_by_name ON deployments (name, started);
 """
 
+#: What a staged rollout (the controller's edgeai.fleet.rollout) recorded about this device: one row per mark,
+#: newest last. The controller's ledger is a cache; these rows, with the deployments above, are the truth it is
+#: rebuilt from (edgeai_runtime.device.rollout).
+_ROLLOUT_SCHEMA = """
+CREATE TABLE IF NOT EXISTS rollout_marks (
+    rollout TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    version TEXT NOT NULL,
+    from_version TEXT,
+    mark TEXT NOT NULL,
+    reason TEXT,
+    details TEXT NOT NULL DEFAULT '{}',
+    time REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS rollout_marks_by_rollout ON rollout_marks (rollout, attempt, time);
+"""
+
 
 class HistoryError(EdgeAIError, RuntimeError):
     """The deployment history could not be read or written (a full disk is a DiskFull instead)."""
@@ -74,8 +92,11 @@ class History:
             if db.execute("PRAGMA journal_mode").fetchone()[0] != "delete":
                 db.execute("PRAGMA journal_mode=DELETE")  # a database an older runtime made in WAL mode
             db.execute("PRAGMA synchronous=FULL")
-            if db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'deployments'").fetchone()[0] == 0:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if "deployments" not in tables:
                 db.executescript(_SCHEMA)
+            if "rollout_marks" not in tables:  # a history an older runtime made
+                db.executescript(_ROLLOUT_SCHEMA)
             with db:
                 yield db
         except (OSError, sqlite3.Error) as exc:
@@ -159,6 +180,29 @@ class History:
         self.finish(txid, outcome, phase, reason, timings, bytes_transferred,
                     row=(name, version, from_version, mode, time.time() - sum(timings.values())))
         return txid
+
+    def mark_rollout(self, rollout: str, attempt: int, name: str, version: str, from_version: Optional[str],
+                     mark: str, reason: Optional[str], details: Mapping[str, Any]) -> Dict[str, Any]:
+        """Record what a staged rollout did or found here (see edgeai_runtime.device.rollout.MARKS)."""
+        row = dict(rollout=rollout, attempt=attempt, name=name, version=version, from_version=from_version,
+                   mark=mark, reason=reason, details=dict(details), time=time.time())
+        fsutil.write_point("history: rollout mark (%s)" % mark)
+        with self._db("recording the rollout mark %s in the history" % mark) as db:
+            db.execute("INSERT INTO rollout_marks (rollout, attempt, name, version, from_version, mark, reason,"
+                       " details, time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       (rollout, attempt, name, version, from_version, mark, reason,
+                        json.dumps(row["details"], sort_keys=True), row["time"]))
+        return row
+
+    def rollout_marks(self, rollout: str) -> List[Dict[str, Any]]:
+        """Every mark of ``rollout`` (all attempts), oldest first."""
+        if not os.path.exists(self.path):
+            return []
+        with self._db("reading the rollout marks") as db:
+            db.row_factory = sqlite3.Row
+            found = db.execute("SELECT * FROM rollout_marks WHERE rollout = ? ORDER BY time, rowid",
+                               (rollout,)).fetchall()
+        return [dict(dict(row), details=json.loads(row["details"] or "{}")) for row in found]
 
     def rows(self, name: Optional[str] = None, limit: int = 20) -> List[Dict[str, Any]]:
         if not os.path.exists(self.path):
@@ -294,5 +338,6 @@ class Journal:
         lock = os.path.join(self.state_dir, "ota.lock")
         with fsutil.exclusive_lock(lock, wait=False) as held:
             if not held:
-                raise StoreError("another model update is running on this device (%s is locked)" % lock)
+                raise StoreError("another model update is running on this device (%s is locked)" % lock,
+                                 reason="update_in_progress")
             yield

@@ -527,8 +527,13 @@ async def infer(request: Request) -> Response:
 
 
 async def model_statistics(request: Request) -> Response:
-    """Per model version statistics: Triton's statistics extension's fields, plus the window (service/stats.py)."""
-    return JSONResponse(_service(request).stats.snapshot())
+    """Per model version statistics: Triton's statistics extension's fields, plus the window (service/stats.py);
+    ``?window=SECONDS`` narrows the window."""
+    raw = request.query_params.get("window")
+    try:
+        return JSONResponse(_service(request).stats.snapshot(None if raw is None else float(raw)))
+    except ValueError as exc:
+        return error(400, "window: %s" % exc)
 
 
 async def metrics_endpoint(request: Request) -> Response:

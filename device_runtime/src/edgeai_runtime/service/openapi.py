@@ -298,7 +298,10 @@ def document(server_version: str, manifests: Sequence[Manifest] = (), token_requ
         "model_statistics", "Inference statistics per loaded model version (Triton's statistics extension's "
         "fields, plus p50/p95 latency over a window)",
         {"200": _json("Counts since the service started, and the window's requests, errors and latencies.",
-                      "ModelStatistics")})}
+                      "ModelStatistics"), **_errors(400)},
+        parameters=[{"name": "window", "in": "query", "required": False,
+                     "description": "Seconds of the window, at most the service's (default: the service's).",
+                     "schema": {"type": "number", "exclusiveMinimum": 0}}])}
     paths["/metrics"] = {"get": operation("metrics", "Prometheus metrics", {"200": {
         "description": "Exposition in the format the Accept header asks for.",
         "content": {"text/plain": {"schema": {"type": "string"}},

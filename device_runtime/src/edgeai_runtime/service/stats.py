@@ -80,10 +80,14 @@ class InferenceStats:
             for key in [k for k in self._versions if k not in keep]:
                 del self._versions[key]
 
-    def snapshot(self) -> Dict[str, Any]:
-        """The ``GET /v2/models/stats`` body."""
+    def snapshot(self, window_s: Optional[float] = None) -> Dict[str, Any]:
+        """The ``GET /v2/models/stats`` body; ``window_s`` (at most the service's window) narrows the window, e.g. to
+        the requests since a rollout's soak began."""
+        if window_s is not None and not 0 < window_s <= self.window_s:
+            raise ValueError("the window must be within 0-%g seconds, got %r" % (self.window_s, window_s))
+        window_s = self.window_s if window_s is None else window_s
         now = self._clock()
-        since = now - self.window_s
+        since = now - window_s
         with self._lock:
             copied = [(key, list(s.outcomes), s.success_count, s.success_ns, s.fail_count, s.fail_ns,
                        s.last_inference_ms) for key, s in sorted(self._versions.items())]
@@ -99,6 +103,6 @@ class InferenceStats:
                 "window": {"requests": len(recent), "errors": len(recent) - len(latencies),
                            "latency_p50_seconds": percentile(latencies, 0.50),
                            "latency_p95_seconds": percentile(latencies, 0.95),
-                           "covered_seconds": round(min(self.window_s, now - oldest), 3),
+                           "covered_seconds": round(min(window_s, now - oldest), 3),
                            "truncated": len(outcomes) == self.max_samples and outcomes[0][0] >= since}})
-        return {"window_seconds": self.window_s, "max_samples": self.max_samples, "model_stats": model_stats}
+        return {"window_seconds": window_s, "max_samples": self.max_samples, "model_stats": model_stats}
