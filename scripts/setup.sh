@@ -4,6 +4,7 @@
 #   - Debian packages: podman, runc, debootstrap, qemu-user-static + binfmt (arm64 targets),
 #     prometheus (promtool), mosquitto (the MQTT broker the telemetry tests start), netavark and
 #     aardvark-dns (containers on a test network, --internal too, reach each other by name)
+#     chromium (headless: tests/integration/test_fleet_report_browser.py opens the rollout report in it)
 #   - .venv with the pinned controller/test toolchain (requirements-dev.txt)
 #   - the target images, amd64 and arm64, and the MQTT broker image (debootstrap + podman import; no registry)
 #   - the .collections link that lets ansible find this collection
@@ -11,7 +12,7 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 cd "$EDGEAI_ROOT"
 
-APT_PACKAGES=(podman runc debootstrap qemu-user-static binfmt-support uidmap rsync python3 python3-venv ca-certificates git shellcheck prometheus mosquitto mosquitto-clients netavark aardvark-dns)
+APT_PACKAGES=(podman runc debootstrap qemu-user-static binfmt-support uidmap rsync python3 python3-venv ca-certificates git shellcheck prometheus mosquitto mosquitto-clients netavark aardvark-dns chromium)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
