@@ -40,6 +40,9 @@ def test_galaxy_build_installs_and_every_plugin_renders(tmp_path):
     for name in modules:
         doc = run(['ansible-doc', name], **env)
         assert doc.returncode == 0 and 'EXAMPLES' in doc.stdout and not doc.stderr.strip(), doc.stderr
+    inventory = run(['ansible-doc', '-t', 'inventory', 'edgeai.fleet.fleet'], **env)
+    assert inventory.returncode == 0 and 'EXAMPLES' in inventory.stdout and not inventory.stderr.strip(), \
+        inventory.stderr
     role = run(['ansible-doc', '-t', 'role', 'edgeai.fleet.provision'], **env)
     assert role.returncode == 0 and 'provision_profile_overrides' in role.stdout, role.stderr
 

@@ -5,6 +5,8 @@ The repository root is the collection root. The committed link
 import path Ansible expects, so ``.collections`` goes on ``sys.path`` (first,
 so that no other copy of the collection wins). ``ansible_collections`` is a
 namespace package, so collections installed in the venv stay importable too.
+Ansible's collection loader is installed over the same path before any test imports the
+collection, so that the plugin loader finds our plugins by name too (``edgeai.fleet.fleet``).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from ansible.plugins.loader import init_plugin_loader
 
 REPO = Path(__file__).resolve().parents[2]
 COLLECTIONS = REPO / '.collections'
@@ -22,6 +25,8 @@ FIXTURES = Path(__file__).resolve().parent / 'fixtures'
 
 if str(COLLECTIONS) not in sys.path:
     sys.path.insert(0, str(COLLECTIONS))
+
+init_plugin_loader([str(COLLECTIONS)])
 
 
 @pytest.fixture(scope='session')
