@@ -81,3 +81,39 @@ def controller_only(module_class, spec, name, **kwargs):
     module = module_class(argument_spec=spec, supports_check_mode=True, **kwargs)
     module.fail_json(msg='edgeai.fleet.%s runs on the controller through its action plugin; it cannot run as a '
                          'module on a target' % name)
+
+
+#: The soak's limits: edgeai.fleet.device_rollout runs it on the device, edgeai.fleet.rollout keeps it in the ledger.
+SOAK_SPEC = dict(
+    seconds=dict(type='float', default=60),
+    p95_ms=dict(type='float', default=100),
+    max_error_rate=dict(type='float', default=0.05),
+    max_restarts=dict(type='int', default=0),
+    min_requests=dict(type='int', default=20),
+    interval=dict(type='float', default=5),
+)
+
+#: edgeai.fleet.rollout (the controller's ledger of a staged rollout; roles/rollout drives it).
+ROLLOUT_STATES = ['planned', 'wave_started', 'device', 'gated', 'finished']
+ROLLOUT_SPEC = dict(
+    state=dict(type='str', required=True, choices=ROLLOUT_STATES),
+    rollout_dir=dict(type='path', default='~/.local/state/edgeai-fleet/rollouts'),
+    src=dict(type='path'),
+    rollout=dict(type='str'),
+    action=dict(type='str', default='', choices=['', 'resume', 'restart', 'rollback']),
+    waves=dict(type='raw'),
+    thresholds=dict(type='dict', options=dict(
+        wave_max_failure_pct=dict(type='float', default=20),
+        wave_min_finished=dict(type='int', default=1),
+        total_max_failure_pct=dict(type='float', default=10),
+        unreachable_is_failure=dict(type='bool', default=True),
+    )),
+    soak=dict(type='dict', options=SOAK_SPEC),
+    wave=dict(type='str'),
+    device_state=dict(type='str', choices=['pending', 'deferred', 'transferring', 'installing', 'soaking',
+                                           'succeeded', 'failed', 'rolled_back', 'unreachable']),
+    fields=dict(type='dict', default={}),
+)
+ROLLOUT_REQUIRED_IF = [('state', 'planned', ('src',)), ('state', 'wave_started', ('rollout', 'wave')),
+                       ('state', 'gated', ('rollout', 'wave')), ('state', 'device', ('rollout', 'device_state')),
+                       ('state', 'finished', ('rollout',))]

@@ -166,6 +166,27 @@ class RuntimeClient(object):
         """``telemetry collect``: one telemetry sample (``telemetry``), read-only (no ``--textfile``)."""
         return self._run(('telemetry', 'collect'))
 
+    # -- staged rollouts (the device's side) ---------------------------------------------------------
+
+    def rollout_status(self, rollout, name, version):
+        """``rollout status``: this device's marks for the rollout, what serves, the committed update."""
+        return self._run(('rollout', 'status'), ['--rollout', rollout, '--name', name, '--version', version])
+
+    def rollout_mark(self, rollout, attempt, name, version, mark, from_version=None, reason=None, details='{}'):
+        """``rollout mark``: record what the rollout did or found on the device."""
+        args = ['--rollout', rollout, '--attempt', str(attempt), '--name', name, '--version', version, '--mark', mark,
+                '--details', details]
+        args += (['--from-version', from_version] if from_version else []) + (['--reason', reason] if reason else [])
+        return self._run(('rollout', 'mark'), args)
+
+    def rollout_soak(self, rollout, attempt, name, version, limits, from_version=None):
+        """``rollout soak``: watch the serving version under real traffic, record the verdict."""
+        args = ['--rollout', rollout, '--attempt', str(attempt), '--name', name, '--version', version]
+        args += ['--from-version', from_version] if from_version else []
+        for option in ('seconds', 'p95_ms', 'max_error_rate', 'max_restarts', 'min_requests', 'interval'):
+            args += ['--' + option.replace('_', '-'), str(limits[option])]
+        return self._run(('rollout', 'soak'), args)
+
     # -- running it ----------------------------------------------------------------------------------
 
     @contextlib.contextmanager

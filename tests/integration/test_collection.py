@@ -35,8 +35,8 @@ def test_galaxy_build_installs_and_every_plugin_renders(tmp_path):
     assert listed.returncode == 0, listed.stderr
     modules = sorted(json.loads(listed.stdout))
     assert modules == ['edgeai.fleet.' + m for m in ('device_facts', 'device_files', 'device_key', 'device_layout',
-                                                     'device_venv', 'fleet_keys', 'model', 'model_artifact',
-                                                     'model_store', 'telemetry_facts')]
+                                                     'device_rollout', 'device_venv', 'fleet_keys', 'model',
+                                                     'model_artifact', 'model_store', 'rollout', 'telemetry_facts')]
     for name in modules:
         doc = run(['ansible-doc', name], **env)
         assert doc.returncode == 0 and 'EXAMPLES' in doc.stdout and not doc.stderr.strip(), doc.stderr
