@@ -1,8 +1,9 @@
 """awx/: the controller objects awx/configure.yml creates, read from its vars files as Ansible reads them.
 
-The workflow's graph, the surveys against the controller's survey rules and the playbooks they feed, the
-job templates' playbooks in this repository, and every task's arguments against the awx.awx module that
-takes them (each task is run against a closed loopback port: it must get as far as calling the controller).
+The workflow's graph, the surveys against the controller's survey rules and the playbooks they feed, what
+configure.yml sends for the job templates and the workflow (its tasks' arguments rendered as Ansible renders
+them), the job templates' playbooks in this repository, and every task's arguments against the awx.awx module
+that takes them (each task is run against a closed loopback port: it must get as far as calling the controller).
 """
 from __future__ import annotations
 
@@ -19,11 +20,13 @@ import pytest
 import yaml
 from ansible.parsing.dataloader import DataLoader
 from ansible.parsing.plugin_docs import read_docstring
+from ansible.template import Templar
 
 REPO = Path(__file__).resolve().parents[2]
 AWX = REPO / 'awx'
 # Paths other parts of issue 16 add; until they land a check that needs one is skipped, naming who adds it.
 PENDING = {'playbooks/rollout.yml': 'the lead (playbooks/rollout.yml)',
+           'roles/rollout/meta/argument_specs.yml': 'the lead (the edgeai.fleet.rollout role)',
            'inventories/factory/fleet.yml': 'the inventory helper (the fleet inventory plugin config)'}
 # The controller's survey question types (awx/api/views: JobTemplateSurveySpec).
 SURVEY_TYPES = {'text', 'textarea', 'password', 'integer', 'float', 'multiplechoice', 'multiselect'}
@@ -37,6 +40,7 @@ def load(name: str) -> dict:
 CONTROLLER = load('controller.yml')
 TEMPLATES = {t['name']: t for t in load('templates.yml')['edgeai_awx_job_templates']}
 SURVEYS = {'rollout': load('survey_rollout.yml')['edgeai_awx_survey_rollout'],
+           'rollout_rollback': load('survey_rollout.yml')['edgeai_awx_survey_rollout_rollback'],
            'rollback': load('survey_rollback.yml')['edgeai_awx_survey_rollback']}
 WORKFLOW = load('workflow.yml')['edgeai_awx_workflow']
 NODES = {n['identifier']: n for n in WORKFLOW['nodes']}
@@ -60,6 +64,34 @@ def template_of(identifier: str) -> dict:
     assert job['name'] in TEMPLATES, 'workflow node %s runs %s, which awx/vars/templates.yml lacks' % (
         identifier, job['name'])
     return TEMPLATES[job['name']]
+
+
+def configure_play() -> dict:
+    """The play of awx/configure.yml, its strings trusted as templates (as ansible-playbook trusts them)."""
+    [play] = DataLoader().load_from_file(str(AWX / 'configure.yml'), trusted_as_template=True)
+    return play
+
+
+def rendered_arguments(module: str, item: dict | None = None) -> dict:
+    """What configure.yml's task of ``module`` sends: its arguments templated with the play's vars files and vars
+    (and ``item``, for a task that loops), omitted ones left out."""
+    play = configure_play()
+    variables: dict = {}
+    for name in play['vars_files']:
+        variables.update(DataLoader().load_from_file(str(AWX / name), trusted_as_template=True))
+    variables.update(play['vars'])
+    if item is not None:
+        variables['item'] = item
+    [task] = [t for t in play['tasks'] if module in t]
+    return Templar(loader=DataLoader(), variables=variables).template(task[module])
+
+
+def sent_job_template(name: str) -> dict:
+    return rendered_arguments('awx.awx.job_template', TEMPLATES[name])
+
+
+def sent_workflow_survey() -> list[dict]:
+    return rendered_arguments('awx.awx.workflow_job_template')['survey_spec']['spec']
 
 
 def check_survey_rules(spec: list[dict]) -> None:
@@ -88,19 +120,55 @@ def test_the_workflow_runs_canary_then_approval_then_the_waves():
     assert not next_nodes('waves', 'success_nodes')
 
 
-def test_every_failure_leads_to_the_fleet_rollback():
+def test_every_failure_leads_to_the_rollout_rollback():
     for identifier in ('canary', 'approve', 'waves'):
         assert next_nodes(identifier, 'failure_nodes') == ['rollback'], identifier
     rollback = template_of('rollback')
-    assert rollback['playbook'] == 'playbooks/rollback.yml'
+    assert rollback['name'] == 'edgeai.fleet rollout rollback'
+    assert rollback['playbook'] == 'playbooks/rollout.yml' and 'limit' not in rollback
+    assert rollback['survey'] == 'rollout_rollback'
+    assert NODES['rollback']['extra_data'] == {'rollout_action': 'rollback'}
     assert not any(NODES['rollback'].get('related', {}).values())
-    # Node extra_data reaches the job only when its template prompts for those variables or asks them.
-    asked = {q['variable'] for q in SURVEYS[rollback['survey']]['spec']}
-    assert set(NODES['rollback'].get('extra_data', {})) <= asked
     # Every identifier a branch names is a node; every node but the first is reached from another.
     linked = {i for node in NODES for branch in ('success_nodes', 'failure_nodes', 'always_nodes')
               for i in next_nodes(node, branch)}
     assert linked <= set(NODES) and set(NODES) - linked == {'canary'}
+
+
+@pytest.mark.parametrize('identifier', sorted(i for i, n in NODES.items() if n.get('extra_data')))
+def test_node_extra_data_reaches_the_job(identifier):
+    """The controller keeps a node's extra_data only where the template's survey asks the variable and accepts the
+    value (or the template asks for variables on launch, which none does). The workflow's survey answers, defaults
+    included, go to every job of the workflow over the node's extra_data, so the workflow must not ask them."""
+    extra_data = NODES[identifier]['extra_data']
+    survey = {q['variable']: q for q in SURVEYS[template_of(identifier)['survey']]['spec']}
+    for variable, value in extra_data.items():
+        assert variable in survey, variable
+        if survey[variable]['type'] == 'multiplechoice':
+            assert value in survey[variable]['choices'], (variable, value)
+    assert not set(extra_data) & {q['variable'] for q in sent_workflow_survey()}
+
+
+def test_the_rollout_rollback_template_only_rolls_back():
+    sent = sent_job_template('edgeai.fleet rollout rollback')
+    assert sent['playbook'] == 'playbooks/rollout.yml' and 'limit' not in sent and not sent['ask_limit_on_launch']
+    # The machine credential and the controller state of the other rollout jobs; no passphrase: it signs nothing.
+    assert sent['credentials'] == [CONTROLLER['edgeai_awx_machine_credential']]
+    waves = sent_job_template('edgeai.fleet rollout waves')
+    assert sent['extra_vars'] == waves['extra_vars'] and sent['extra_vars']['rollout_dir']
+    assert sent['inventory'] == waves['inventory'] and sent['execution_environment'] == waves['execution_environment']
+    assert sent['survey_enabled'] is True
+    spec = {q['variable']: q for q in sent['survey_spec']['spec']}
+    assert list(spec) == ['rollout_release', 'rollout_action']
+    # The release question is the rollout's; launched alone, the template can do nothing but roll back.
+    assert spec['rollout_release'] == {q['variable']: q for q in SURVEYS['rollout']['spec']}['rollout_release']
+    assert spec['rollout_action']['choices'] == ['rollback'] and spec['rollout_action']['default'] == 'rollback'
+
+
+def test_the_manual_rollback_template_stays():
+    sent = sent_job_template('edgeai.fleet rollback')
+    assert sent['playbook'] == 'playbooks/rollback.yml' and sent['ask_limit_on_launch'] is True
+    assert [q['variable'] for q in sent['survey_spec']['spec']] == ['model', 'version', 'reason']
 
 
 def test_the_rollout_survey_asks_release_waves_soak_and_action():
@@ -108,22 +176,47 @@ def test_the_rollout_survey_asks_release_waves_soak_and_action():
     assert list(spec) == ['rollout_release', 'rollout_waves', 'rollout_soak', 'rollout_action']
     assert spec['rollout_release']['type'] == 'text' and spec['rollout_release']['required']
     assert 'default' not in spec['rollout_release']
-    assert spec['rollout_waves']['type'] == 'text' and spec['rollout_waves']['default'] == '10,50,100'
+    # Empty: the inventory's plan, whose rollout_canary group the canary job is limited to.
+    assert spec['rollout_waves']['type'] == 'text' and spec['rollout_waves']['default'] == ''
+    assert not spec['rollout_waves']['required'] and spec['rollout_waves']['min'] == 0
+    assert 'rollout_canary' in spec['rollout_waves']['question_description']
     assert spec['rollout_soak']['type'] == 'integer' and spec['rollout_soak']['default'] == 60
     assert spec['rollout_action']['type'] == 'multiplechoice'
-    assert spec['rollout_action']['choices'] == ['', 'resume', 'restart'] and spec['rollout_action']['default'] == ''
-    check_survey_rules(SURVEYS['rollout']['spec'])
+    assert spec['rollout_action']['choices'] == ['', 'resume', 'restart', 'rollback']
+    assert spec['rollout_action']['default'] == ''
+    for choice in ('resume', 'restart', 'rollback'):
+        assert '"%s"' % choice in spec['rollout_action']['question_description'], choice
 
 
-def test_the_workflow_survey_is_the_rollout_survey_and_what_the_rollback_needs():
-    workflow_spec = SURVEYS['rollout']['spec'] + WORKFLOW['failure_path_questions']
-    check_survey_rules(workflow_spec)
-    failure_path = {q['variable']: q for q in WORKFLOW['failure_path_questions']}
-    # The failure path names the version to serve again: a second rollback of a device is then a no-op.
-    assert set(failure_path) == {'model', 'version'} and all(q['required'] for q in failure_path.values())
-    rollback = {q['variable']: q for q in SURVEYS['rollback']['spec']}
-    assert set(failure_path) <= set(rollback)
-    check_survey_rules(SURVEYS['rollback']['spec'])
+@pytest.mark.parametrize('survey', sorted(SURVEYS))
+def test_every_survey_keeps_the_controller_rules(survey):
+    check_survey_rules(SURVEYS[survey]['spec'])
+    assert SURVEYS[survey]['name'] and SURVEYS[survey]['description']
+
+
+def test_the_workflow_survey_is_the_rollout_survey_without_the_action():
+    sent = rendered_arguments('awx.awx.workflow_job_template')
+    assert sent['survey_enabled'] is True and sent['survey_spec']['name'] == SURVEYS['rollout']['name']
+    spec = sent_workflow_survey()
+    assert spec == [q for q in SURVEYS['rollout']['spec'] if q['variable'] != 'rollout_action']
+    assert WORKFLOW['survey_leaves_out'] == ['rollout_action']
+    check_survey_rules(spec)
+    assert 'failure_path_questions' not in WORKFLOW
+
+
+def test_the_rollout_survey_matches_the_rollout_role():
+    """The role's argument spec checks what the survey sends: the same choices, the same default plan."""
+    options = yaml.safe_load(existing('roles/rollout/meta/argument_specs.yml').read_text())[
+        'argument_specs']['main']['options']
+    for survey in ('rollout', 'rollout_rollback'):
+        for question in SURVEYS[survey]['spec']:
+            option = options[question['variable']]
+            if question['type'] == 'multiplechoice':
+                assert set(question['choices']) <= set(option['choices']), question['variable']
+    spec = {q['variable']: q for q in SURVEYS['rollout']['spec']}
+    assert spec['rollout_action']['choices'] == options['rollout_action']['choices']
+    assert spec['rollout_waves']['default'] == options['rollout_waves']['default']
+    assert spec['rollout_soak']['default'] == options['rollout_soak']['default']
 
 
 @pytest.mark.parametrize('survey', sorted(SURVEYS))
