@@ -3,7 +3,8 @@
 # when everything is in place:
 #   - Debian packages: podman, runc, debootstrap, qemu-user-static + binfmt (arm64 targets),
 #     prometheus (promtool), mosquitto (the MQTT broker the telemetry tests start), netavark and
-#     aardvark-dns (containers on a test network, --internal too, reach each other by name)
+#     aardvark-dns (containers on a test network, --internal too, reach each other by name; netavark runs
+#     iptables, which a minimal Debian lacks)
 #     chromium (headless: tests/integration/test_fleet_report_browser.py opens the rollout report in it)
 #   - .venv with the pinned controller/test toolchain (requirements-dev.txt)
 #   - the target images, amd64 and arm64, and the MQTT broker image (debootstrap + podman import; no registry)
@@ -12,7 +13,7 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 cd "$EDGEAI_ROOT"
 
-APT_PACKAGES=(podman runc debootstrap qemu-user-static binfmt-support uidmap rsync python3 python3-venv ca-certificates git shellcheck prometheus mosquitto mosquitto-clients netavark aardvark-dns chromium)
+APT_PACKAGES=(podman runc debootstrap qemu-user-static binfmt-support uidmap rsync python3 python3-venv ca-certificates git shellcheck prometheus mosquitto mosquitto-clients netavark aardvark-dns iptables chromium)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

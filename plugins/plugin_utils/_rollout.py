@@ -304,12 +304,12 @@ def gate(ledger, name, lost=(), now=None):
     finished, failed = tally(wave['hosts'])
     reason = None
     if finished >= thresholds['wave_min_finished'] and failed * 100.0 > thresholds['wave_max_failure_pct'] * finished:
-        reason = 'wave %s: %d of %d finished devices failed (%.0f%% > %s%%)' % (
+        reason = 'wave %s: %d of %d finished devices failed (%.0f%% > %g%%)' % (
             name, failed, finished, failed * 100.0 / finished, thresholds['wave_max_failure_pct'])
     all_finished, all_failed = tally(list(ledger['devices']))
     if reason is None and all_finished >= thresholds['wave_min_finished'] and \
             all_failed * 100.0 > thresholds['total_max_failure_pct'] * all_finished:
-        reason = 'the rollout: %d of %d finished devices failed (%.0f%% > %s%% cumulative), after wave %s' % (
+        reason = 'the rollout: %d of %d finished devices failed (%.0f%% > %g%% cumulative), after wave %s' % (
             all_failed, all_finished, all_failed * 100.0 / all_finished, thresholds['total_max_failure_pct'], name)
     wave['finished'] = now
     wave['status'] = 'breached' if reason else 'passed'

@@ -163,6 +163,9 @@ def test_marks_and_status_through_the_cli(device):
     assert before["serving"] == before["active"] == "2.0.0" and before["service_up"]
     assert before["committed"]["from_version"] == "1.0.0"
 
+    for every in ("installing", "installed", "rolled_back", "deferred", "failed"):  # what the module may ask for
+        assert every in cli.build_parser().parse_args(
+            ["rollout", "mark", *ident, "--attempt", "1", "--mark", every]).mark
     rc, marked = run_cli(device.root, "rollout", "mark", *ident, "--attempt", "1", "--from-version", "1.0.0",
                          "--mark", "installed", "--details", '{"updated": true}')
     assert rc == 0 and marked["changed"] and marked["mark"]["mark"] == "installed"

@@ -390,7 +390,7 @@ def add_rollout_parser(sub: Any) -> None:
             parser.add_argument("--attempt", type=int, required=True)
             parser.add_argument("--from-version", help="the version that served before the rollout")
     mark = parsers["mark"]
-    mark.add_argument("--mark", required=True, choices=["installed", "rolled_back", "deferred", "failed"])
+    mark.add_argument("--mark", required=True, choices=["installing", "installed", "rolled_back", "deferred", "failed"])
     mark.add_argument("--reason")
     mark.add_argument("--details", default="{}", help="a JSON object kept with the mark")
     soak = parsers["soak"]
