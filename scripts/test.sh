@@ -60,6 +60,9 @@ molecule test --scenario-name ota
 stage "molecule test (offline: network cut, queued, synced, deduplicated at the subscriber; generic amd64)"
 molecule test --scenario-name offline
 
+stage "molecule test (rollout: staged rollouts - canary breach, wave breach, green, SIGKILL and resume; 6 x generic amd64)"
+molecule test --scenario-name rollout
+
 stage "pytest: unit and integration"
 # Exit code 5 (no tests collected) is a failure here: the suite must never be empty.
 set +e

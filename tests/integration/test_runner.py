@@ -108,3 +108,36 @@ def test_deploy_through_ansible_runner(private_data_dir):
     assert command['command'][command['command'].index('-i') + 1] == str(pdd / 'inventory')
     assert 'ANSIBLE_CONFIG' not in command['env']
     assert command['env']['CONTAINERS_CONF'] == str(pdd / 'project' / 'scripts' / 'containers.conf')  # env/envvars
+
+    # The staged rollout as an AWX job template runs it: playbooks/rollout.yml on the same device, a new release.
+    # No traffic reaches this device, so the soak judges no requests (min_requests 0); a short soak and watch.
+    releases = project_state / 'demo-models'
+    subprocess.run(['python3', str(REPO / 'scripts' / 'build-demo-models.py'), str(releases), '--version', '1.1.0'],
+                   check=True, capture_output=True)
+    ledgers = pdd / 'ledgers'
+    rollout = ansible_runner.run(private_data_dir=str(pdd), playbook='playbooks/rollout.yml', limit=host, quiet=True,
+                                 timeout=900, extravars={
+                                     'rollout_release': str(releases / 'digits-1.1.0'), 'rollout_soak': 3,
+                                     'rollout_soak_interval': 1, 'rollout_soak_min_requests': 0, 'rollout_watch': 1,
+                                     'rollout_dir': str(ledgers)})
+    events = list(rollout.events)
+    failed = [(e['event_data'].get('task'), e['event_data'].get('res', {}).get('msg'))
+              for e in events if e['event'] in ('runner_on_failed', 'runner_on_unreachable')]
+    assert (rollout.status, rollout.rc) == ('successful', 0), (failed, rollout.stdout.read()[-4000:])
+    results = {}
+    for event in events:
+        if event['event'] == 'runner_on_ok':
+            results.setdefault(event['event_data']['task'], []).append(event['event_data']['res'])
+    [planned] = results['Plan the rollout - check the input, rebuild the ledger from the devices, choose the waves '
+                        'still to run']
+    assert [w['hosts'] for w in planned['waves']] == [[host]] and planned['blocked'] is None
+    [update] = results['Update the model (stage, verify, load, gate, activate, watch, commit)']
+    assert update['changed'] and (update['previous_version'], update['active_version']) == ('1.0.0', '1.1.0')
+    [soaked] = results['Soak the new version under the device\'s real traffic']
+    assert soaked['soak']['passed'] and soaked['soak']['restarts'] == 0 and soaked['soak']['seconds'] >= 3
+    [closed] = results['Close the ledger']
+    assert closed['ledger']['status'] == 'succeeded' and closed['ledger']['devices'][host]['state'] == 'succeeded'
+    on_disk = json.loads((ledgers / 'digits-1.1.0' / 'ledger.json').read_text())
+    assert on_disk['devices'][host]['version_before'] == '1.0.0'
+    assert [h['state'] for h in on_disk['devices'][host]['history']] == [
+        'transferring', 'installing', 'soaking', 'succeeded']
