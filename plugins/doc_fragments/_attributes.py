@@ -77,3 +77,40 @@ options:
     choices: [1, 2, 3, 4]
     default: 4
 """
+
+    # The soak's limits (edgeai.fleet.device_rollout runs the soak, edgeai.fleet.rollout keeps them in its ledger).
+    SOAK = r"""
+options:
+  soak:
+    description:
+      - The soak's limits. The device is watched under its real traffic for I(seconds); it fails at the first sample
+        at which it does not serve the version, its p95 latency since the soak began is over I(p95_ms), its error
+        rate is over I(max_error_rate) (judged from I(min_requests) requests on), or the service restarted more than
+        I(max_restarts) times; and at the end when it answered fewer than I(min_requests) requests.
+    type: dict
+    suboptions:
+      seconds:
+        description: How long to watch.
+        type: float
+        default: 60
+      p95_ms:
+        description: The p95 latency limit, in milliseconds.
+        type: float
+        default: 100
+      max_error_rate:
+        description: The highest share (0-1) of failed requests since the soak began.
+        type: float
+        default: 0.05
+      max_restarts:
+        description: How many restarts of the inference service are tolerated.
+        type: int
+        default: 0
+      min_requests:
+        description: Requests needed to judge latency and errors; fewer at the end fail the soak.
+        type: int
+        default: 20
+      interval:
+        description: Seconds between samples.
+        type: float
+        default: 5
+"""

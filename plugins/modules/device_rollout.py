@@ -24,6 +24,7 @@ author:
   - edgeai.fleet contributors (@edgeai)
 extends_documentation_fragment:
   - edgeai.fleet._attributes
+  - edgeai.fleet._attributes.soak
   - edgeai.fleet._attributes.device_runtime
 attributes:
   check_mode:
@@ -73,34 +74,6 @@ options:
     description: Kept with the mark (for instance C(updated), or a rollback's C(cause)).
     type: dict
     default: {}
-  soak:
-    description: The soak's limits, with C(state=soaked).
-    type: dict
-    suboptions:
-      seconds:
-        description: How long to watch.
-        type: float
-        default: 60
-      p95_ms:
-        description: The p95 latency limit, in milliseconds, at every sample.
-        type: float
-        default: 100
-      max_error_rate:
-        description: The highest share (0-1) of failed requests since the soak began.
-        type: float
-        default: 0.05
-      max_restarts:
-        description: How many restarts of the inference service are tolerated.
-        type: int
-        default: 0
-      min_requests:
-        description: Requests needed to judge latency and errors; fewer at the end fail the soak.
-        type: int
-        default: 20
-      interval:
-        description: Seconds between samples.
-        type: float
-        default: 5
 requirements:
   - The device runtime, installed by the C(edgeai.fleet.inference_service) role.
 seealso:

@@ -30,6 +30,7 @@ author:
   - edgeai.fleet contributors (@edgeai)
 extends_documentation_fragment:
   - edgeai.fleet._attributes
+  - edgeai.fleet._attributes.soak
 attributes:
   check_mode:
     support: full
@@ -94,34 +95,6 @@ options:
         description: Count unreachable devices as failures.
         type: bool
         default: true
-  soak:
-    description: The soak's limits kept in the ledger (the options of M(edgeai.fleet.device_rollout)'s I(soak)).
-    type: dict
-    suboptions:
-      seconds:
-        description: How long each device soaks.
-        type: float
-        default: 60
-      p95_ms:
-        description: The p95 latency limit.
-        type: float
-        default: 100
-      max_error_rate:
-        description: The highest share of failed requests.
-        type: float
-        default: 0.05
-      max_restarts:
-        description: Restarts of the inference service tolerated.
-        type: int
-        default: 0
-      min_requests:
-        description: Requests needed to judge.
-        type: int
-        default: 20
-      interval:
-        description: Seconds between samples.
-        type: float
-        default: 5
   wave:
     description: The wave, with C(state=wave_started) and C(state=gated).
     type: str
