@@ -32,15 +32,18 @@ TARBALL = 'edgeai-fleet-%s.tar.gz' % VERSION
 @pytest.fixture(scope='module')
 def run(tmp_path_factory):
     """Runs a tool of this venv with the venv alone on PATH (no podman, no docker), every proxy at a loopback
-    port that is bound but not listening (a connection is refused), and an empty ansible.cfg."""
+    port that is bound but not listening (a connection is refused), an empty ansible.cfg and an empty ANSIBLE_HOME:
+    no ANSIBLE_* setting of the caller (scripts/test.sh's ANSIBLE_HOME holds the copy of this collection that
+    Molecule installed, and ansible-galaxy would find it there and install nothing)."""
+    home = tmp_path_factory.mktemp('ansible-home')
     config = tmp_path_factory.mktemp('config') / 'ansible.cfg'
     config.write_text('[defaults]\n')
     sock = socket.socket()
     sock.bind(('127.0.0.1', 0))
     proxy = 'http://127.0.0.1:%d' % sock.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if not k.lower().endswith('_proxy')}
+    env = {k: v for k, v in os.environ.items() if not k.lower().endswith('_proxy') and not k.startswith('ANSIBLE_')}
     env.update(PATH=str(Path(sys.executable).parent), HTTP_PROXY=proxy, HTTPS_PROXY=proxy, http_proxy=proxy,
-               https_proxy=proxy, ANSIBLE_CONFIG=str(config))
+               https_proxy=proxy, ANSIBLE_CONFIG=str(config), ANSIBLE_HOME=str(home))
 
     def tool(argv, cwd=REPO):
         return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=300, check=False)
