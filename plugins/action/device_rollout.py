@@ -13,7 +13,7 @@ from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
 
 from ansible_collections.edgeai.fleet.plugins.plugin_utils._device_runtime import publisher
-from ansible_collections.edgeai.fleet.plugins.plugin_utils._transfer import run_store
+from ansible_collections.edgeai.fleet.plugins.plugin_utils._transfer import release_named, run_store
 
 
 class ActionModule(ActionBase):
@@ -40,17 +40,13 @@ class ActionModule(ActionBase):
     def _release_view(self, src, args, task_vars, host):
         """name, version, the variant for this device (or why none fits), its class and active version."""
         pub = publisher()
-        try:
-            release = pub.Release.read(src)
-        except (pub.ArtifactError, OSError) as exc:
-            raise AnsibleActionFail('%s: reading the release %s: %s' % (host, src, exc))
-        first = release.variants[0].fields
-        name, version = first['name'], first['version']
+        release, named = release_named(pub, src, host)
+        name, version = named['name'], named['version']
         args.update(name=name, version=version)
         common = {k: args[k] for k in ('root', 'user') if k in args}
         status = run_store(self, dict(common, state='status'), task_vars, host)
         profile = status.get('profile') or {}
-        view = dict(release=dict(name=name, version=version, src=release.path), variant=None,
+        view = dict(release=named, variant=None,
                     **{'class': profile.get('hardware_class')})
         try:
             view['variant'] = release.select(profile).path if profile else None

@@ -16,6 +16,7 @@ from ansible.plugins.action import ActionBase
 from ansible_collections.edgeai.fleet.plugins.module_utils._controller_args import ROLLOUT_REQUIRED_IF, ROLLOUT_SPEC
 from ansible_collections.edgeai.fleet.plugins.plugin_utils import _rollout, _waves
 from ansible_collections.edgeai.fleet.plugins.plugin_utils._device_runtime import publisher
+from ansible_collections.edgeai.fleet.plugins.plugin_utils._transfer import release_named
 
 #: Where the role registers each host's edgeai.fleet.device_rollout report (state=query, src=the release).
 REPORT_VAR = 'rollout_device_report'
@@ -47,13 +48,7 @@ class ActionModule(ActionBase):
     # -- planned: validate, rebuild from the devices' reports, decide what runs ----------------------------------
 
     def _planned(self, args, task_vars):
-        pub = publisher()
-        try:
-            release = pub.Release.read(args['src'])
-        except (pub.ArtifactError, OSError) as exc:
-            raise AnsibleActionFail('reading the release %s: %s' % (args['src'], exc))
-        fields = release.variants[0].fields
-        info = dict(name=fields['name'], version=fields['version'], src=release.path)
+        info = release_named(publisher(), args['src'])[1]
         hosts = list(task_vars.get('ansible_play_hosts_all') or [])
         hostvars = task_vars.get('hostvars') or {}
         waves = self._waves(args['waves'], hosts, hostvars)

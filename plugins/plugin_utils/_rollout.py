@@ -200,14 +200,12 @@ def plan(cached, reports, waves, release, thresholds, soak, action, now=None):
         for wave in ledger['waves']:
             if wave['status'] in ('pending', 'running'):
                 wave['status'] = 'stopped'
-        rollback = sorted(set(rollback) | {h for h, e in ledger['devices'].items()
-                                           if e['updated'] and e['state'] != 'rolled_back' and h in states})
+        rollback = sorted(set(rollback) | _still_updated(ledger, states))
         return ledger, {'waves': [], 'rollback': rollback, 'attempt': attempt, 'blocked': None,
                         'abort': ledger['breach']['reason']}
     if breach:
         ledger['status'], ledger['breach'] = 'breached', breach
-        rollback = sorted(set(rollback) | {h for h, e in ledger['devices'].items()
-                                           if e['updated'] and e['state'] not in ('rolled_back',) and h in states})
+        rollback = sorted(set(rollback) | _still_updated(ledger, states))
         return ledger, {'waves': [], 'rollback': rollback, 'attempt': attempt, 'abort': None,
                         'blocked': 'the rollout %s breached (attempt %d): %s; re-run with -e rollout_action=resume '
                                    'to try again, or -e rollout_action=restart to start over'
@@ -218,6 +216,11 @@ def plan(cached, reports, waves, release, thresholds, soak, action, now=None):
     todo = [w for w in todo if w['hosts']]
     ledger['status'] = 'running' if todo else _final_status(ledger)
     return ledger, {'waves': todo, 'rollback': rollback, 'attempt': attempt, 'blocked': None, 'abort': None}
+
+
+def _still_updated(ledger, reachable):
+    """The reachable hosts that serve what this attempt put there, and have not been rolled back."""
+    return {h for h, e in ledger['devices'].items() if e['updated'] and e['state'] != 'rolled_back' and h in reachable}
 
 
 def _waves(ledger, waves):
@@ -293,8 +296,7 @@ def gate(ledger, name, lost=(), now=None):
             record(ledger, host, 'unreachable', now, reason='unreachable during wave %s (was %s)'
                    % (name, entry['state']))
     thresholds = ledger['thresholds']
-    counted = ('succeeded', 'failed', 'unreachable') if thresholds.get('unreachable_is_failure', True) \
-        else ('succeeded', 'failed')
+    counted = FINISHED if thresholds.get('unreachable_is_failure', True) else ('succeeded', 'failed')
     failing = ('failed', 'unreachable') if thresholds.get('unreachable_is_failure', True) else ('failed',)
 
     def tally(hosts):

@@ -73,6 +73,17 @@ def read_release(pub, args, host):
         raise AnsibleActionFail('%s: %s' % (host, exc), result=dict(reason=getattr(exc, 'reason', None)))
 
 
+def release_named(pub, src, host=None):
+    """The release at ``src`` alone (no keys needed) and what it is, {name, version, src}; a task failure naming
+    the host, when given, otherwise."""
+    try:
+        release = pub.Release.read(src)
+    except (pub.ArtifactError, OSError) as exc:
+        raise AnsibleActionFail('%sreading the release %s: %s' % ('%s: ' % host if host else '', src, exc))
+    fields = release.variants[0].fields
+    return release, dict(name=fields['name'], version=fields['version'], src=release.path)
+
+
 def store_status(action, args, task_vars, host):
     return run_store(action, dict(root=args['root'], user=args['user'], state='status'), task_vars, host)
 
