@@ -187,6 +187,14 @@ class RuntimeClient(object):
             args += ['--' + option.replace('_', '-'), str(limits[option])]
         return self._run(('rollout', 'soak'), args)
 
+    def rollout_ready(self, windows, hook=None, hook_timeout=30.0, max_wait=600.0, interval=15.0, check=False,
+                      fail_module=True):
+        """``rollout ready``: may the device be updated now (its maintenance windows, then its defer hook)."""
+        args = ['--windows', json.dumps(windows or []), '--hook-timeout', str(hook_timeout), '--max-wait',
+                str(max_wait), '--interval', str(interval)]
+        args += (['--hook', hook] if hook else []) + (['--check'] if check else [])
+        return self._run(('rollout', 'ready'), args, fail_module=fail_module)
+
     # -- running it ----------------------------------------------------------------------------------
 
     @contextlib.contextmanager

@@ -17,6 +17,9 @@ description:
   - C(state=query) reads the marks of a rollout, the version the service serves and the newest committed update to
     the rollout's version. With I(src), the release on the controller, it also says which variant of the release
     fits the device's class profile, or why none does.
+  - C(state=ready) asks whether the device may be updated now, and changes nothing. Outside all of its
+    I(windows) it is deferred at once. Inside one, its I(defer_hook) is run (as I(user)) until the hook says go,
+    the window closes (deferred), or I(defer_max_wait) passes (failed). The verdict is C(ready.verdict).
   - C(state=marked) records one mark. C(state=soaked) watches the serving version for I(soak.seconds) under the
     device's real traffic and records the verdict (C(soaked) or C(soak_failed)); the task does not fail on a failed
     soak, its C(soak.passed) says.
@@ -29,19 +32,20 @@ extends_documentation_fragment:
 attributes:
   check_mode:
     support: full
-    details: C(state=query) only reads. In check mode C(state=marked) and C(state=soaked) write nothing and do not
+    details: C(state=query) only reads. C(state=ready) changes nothing; in check mode it reads the windows and does
+      not run the hook. In check mode C(state=marked) and C(state=soaked) write nothing and do not
       wait; they report C(changed=true), the mark they would record.
   diff_mode:
     support: none
   idempotent:
     support: partial
-    details: C(state=query) changes nothing. Every C(state=marked) and C(state=soaked) adds a mark, by design (the
+    details: C(state=query) and C(state=ready) change nothing. Every C(state=marked) and C(state=soaked) adds a mark, by design (the
       marks are a log).
 options:
   state:
-    description: Read the marks, record one, or soak and record the verdict.
+    description: Read the marks, ask whether now is a good time, record a mark, or soak and record the verdict.
     type: str
-    choices: [query, marked, soaked]
+    choices: [query, ready, marked, soaked]
     default: query
   src:
     description:
@@ -74,6 +78,31 @@ options:
     description: Kept with the mark (for instance C(updated), or a rollback's C(cause)).
     type: dict
     default: {}
+  windows:
+    description:
+      - The device's maintenance windows, with C(state=ready) and C(state=query) (which reports C(window) and
+        changes nothing). One mapping, or a list of them; none means always open.
+      - C(cron) is a five-field cron expression. Each time it matches, a window opens for C(duration), given in
+        seconds or as a string such as C(90m) or C(2h). C(timezone) is an IANA zone and defaults to C(UTC).
+    type: raw
+  defer_hook:
+    description:
+      - Absolute path of an executable on the device, with C(state=ready). It runs with no arguments as I(user).
+      - Exit 0 means go ahead and exit 75 (C(EX_TEMPFAIL)) means not now. Any other exit, a hook that cannot run,
+        or one past I(defer_hook_timeout) fails the device.
+    type: path
+  defer_hook_timeout:
+    description: Seconds one run of the defer hook may take.
+    type: float
+    default: 30
+  defer_max_wait:
+    description: The deferral's cap, in seconds. The device fails once its hook has said not now for this long.
+    type: float
+    default: 600
+  defer_interval:
+    description: Seconds between two runs of the defer hook.
+    type: float
+    default: 15
 requirements:
   - The device runtime, installed by the C(edgeai.fleet.inference_service) role.
 seealso:
@@ -106,6 +135,21 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+ready:
+  description:
+    - What C(state=ready) found. C(verdict) is C(go), C(deferred) or C(failed), with a C(reason).
+    - It also holds C(waited_s), C(asked) (how many times the hook ran) and C(hook) (its last answer, exit and output).
+    - C(window) holds C(open), C(opens) and C(closes), in epoch seconds.
+  returned: with state=ready
+  type: dict
+window:
+  description: With state=query and I(windows), the windows' state now (open, opens, closes).
+  returned: with state=query and windows, when they parse
+  type: dict
+window_error:
+  description: Why the I(windows) cannot be used (state=query reports it; the rollout's plan fails on it).
+  returned: with state=query and windows, when they do not parse
+  type: str
 rollout:
   description: The rollout's id.
   returned: always
@@ -163,7 +207,7 @@ from ansible_collections.edgeai.fleet.plugins.module_utils._runtime_client impor
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            state=dict(type='str', default='query', choices=['query', 'marked', 'soaked']),
+            state=dict(type='str', default='query', choices=['query', 'ready', 'marked', 'soaked']),
             src=dict(type='path'),
             name=dict(type='str'),
             version=dict(type='str'),
@@ -174,6 +218,11 @@ def main():
             reason=dict(type='str'),
             details=dict(type='dict', default={}),
             soak=dict(type='dict', options=SOAK_SPEC),
+            windows=dict(type='raw'),
+            defer_hook=dict(type='path'),
+            defer_hook_timeout=dict(type='float', default=30.0),
+            defer_max_wait=dict(type='float', default=600.0),
+            defer_interval=dict(type='float', default=15.0),
             root=dict(type='path', default='/opt/edgeai'),
             user=dict(type='str', default='edgeai'),
         ),
@@ -187,8 +236,18 @@ def main():
     client = RuntimeClient(module, p['root'], p['user'])
     if p['state'] == 'query':
         found = client.rollout_status(rollout, p['name'], p['version'])
-        module.exit_json(changed=False, **{k: found.get(k) for k in
-                                           ('rollout', 'marks', 'serving', 'service_up', 'active', 'committed')})
+        result = {k: found.get(k) for k in ('rollout', 'marks', 'serving', 'service_up', 'active', 'committed')}
+        if p['windows']:
+            window = client.rollout_ready(p['windows'], check=True, fail_module=False)
+            if window.get('failed'):
+                result['window_error'] = window.get('msg')
+            else:
+                result['window'] = window['ready']['window']
+        module.exit_json(changed=False, **result)
+    if p['state'] == 'ready':
+        done = client.rollout_ready(p['windows'], p['defer_hook'], p['defer_hook_timeout'], p['defer_max_wait'],
+                                    p['defer_interval'], check=module.check_mode)
+        module.exit_json(changed=False, rollout=rollout, ready=done['ready'])
     if module.check_mode:
         would = dict(rollout=rollout, attempt=p['attempt'], name=p['name'], version=p['version'],
                      from_version=p['from_version'], reason=p['reason'],

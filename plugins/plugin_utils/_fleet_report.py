@@ -329,7 +329,7 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .s-failed, .s-breached { background: #d62728; }
 .s-rolled_back, .s-stopped { background: #ff7f0e; }
 .s-unreachable { background: #7f7f7f; }
-.s-deferred { background: #9467bd; }
+.s-deferred, .s-held, .s-waiting, .s-incomplete { background: #9467bd; }
 .s-transferring, .s-installing, .s-soaking, .s-running { background: #1f77b4; }
 .s-pending { background: #bbb; color: #222; }
 .breach { border: 2px solid #d62728; background: #fdecea; padding: .6em .9em; border-radius: .3em; }

@@ -151,6 +151,10 @@ def plan(cached, reports, waves, release, thresholds, soak, action, now=None):
         raise RolloutError('the release %s has no variant for %s: %s' % (
             release.get('src'), ', '.join(no_variant),
             '; '.join('%s: %s' % (h, reports[h].get('variant_error') or 'no variant fits') for h in no_variant)))
+    bad_window = sorted(h for h, r in reports.items() if not r.get('unreachable') and r.get('window_error'))
+    if bad_window:
+        raise RolloutError('the maintenance windows of %s cannot be used: %s' % (
+            ', '.join(bad_window), '; '.join('%s: %s' % (h, reports[h]['window_error']) for h in bad_window)))
     ident = rollout_id(release['name'], release['version'])
     if cached is not None and cached.get('id') != ident:
         cached = None
@@ -238,6 +242,8 @@ def _waves(ledger, waves):
 def _final_status(ledger):
     if ledger.get('breach'):
         return 'rolled_back'
+    if any(e['state'] in ('pending', 'deferred') for e in ledger['devices'].values()):
+        return 'incomplete'  # deferred devices (or a held wave's successors): a re-run takes them
     return 'succeeded'
 
 
@@ -304,6 +310,7 @@ def gate(ledger, name, lost=(), now=None):
         return sum(s in counted for s in states), sum(s in failing for s in states)
 
     finished, failed = tally(wave['hosts'])
+    deferred = [h for h in wave['hosts'] if ledger['devices'][h]['state'] in ('deferred', 'pending')]
     reason = None
     if finished >= thresholds['wave_min_finished'] and failed * 100.0 > thresholds['wave_max_failure_pct'] * finished:
         reason = 'wave %s: %d of %d finished devices failed (%.0f%% > %g%%)' % (
@@ -313,11 +320,22 @@ def gate(ledger, name, lost=(), now=None):
             all_failed * 100.0 > thresholds['total_max_failure_pct'] * all_finished:
         reason = 'the rollout: %d of %d finished devices failed (%.0f%% > %g%% cumulative), after wave %s' % (
             all_failed, all_finished, all_failed * 100.0 / all_finished, thresholds['total_max_failure_pct'], name)
+    held = None
+    if reason is None and deferred and finished < thresholds['wave_min_finished']:
+        # Too few devices finished to prove the wave: the next one waits for a run that finds these ready.
+        held = 'wave %s: %d of %d devices finished (%d deferred: %s), fewer than wave_min_finished %d; the later ' \
+               'waves wait for a re-run' % (name, finished, len(wave['hosts']), len(deferred), ', '.join(deferred),
+                                            thresholds['wave_min_finished'])
     wave['finished'] = now
-    wave['status'] = 'breached' if reason else 'passed'
-    _event(ledger, now, 'wave_gated', wave=name, finished=finished, failed=failed, breached=bool(reason))
+    wave['status'] = 'breached' if reason else 'held' if held else 'passed'
+    _event(ledger, now, 'wave_gated', wave=name, finished=finished, failed=failed, deferred=len(deferred),
+           breached=bool(reason), held=bool(held))
     if reason is None:
-        return {'breached': False, 'reason': None, 'rollback': []}
+        if held:
+            for other in ledger['waves']:
+                if other['status'] == 'pending':
+                    other['status'] = 'waiting'
+        return {'breached': False, 'reason': None, 'rollback': [], 'held': held, 'deferred': deferred}
     ledger['status'] = 'breached'
     ledger['breach'] = {'wave': name, 'reason': reason, 'time': now}
     for other in ledger['waves']:
@@ -325,7 +343,7 @@ def gate(ledger, name, lost=(), now=None):
             other['status'] = 'stopped'
     rollback = sorted(h for h, e in ledger['devices'].items()
                       if e['updated'] and e['state'] in ('soaking', 'succeeded', 'installing', 'transferring'))
-    return {'breached': True, 'reason': reason, 'rollback': rollback}
+    return {'breached': True, 'reason': reason, 'rollback': rollback, 'held': None, 'deferred': deferred}
 
 
 def finish(ledger, now=None):

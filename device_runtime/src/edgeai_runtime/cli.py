@@ -29,6 +29,8 @@
   edgeai-runtime [--root DIR] rollout soak --rollout ID --attempt A --name N --version V [--from-version F]
                                            --seconds S [--p95-ms X] [--max-error-rate R] [--max-restarts K]
                                            [--min-requests M] [--interval I]
+  edgeai-runtime [--root DIR] rollout ready [--windows JSON] [--hook PATH] [--hook-timeout S] [--max-wait S]
+                                            [--interval S] [--check]
 
 Every command but ``serve`` prints one JSON object. Exit status 0 means success,
 1 a refused or failed operation (the JSON has ``failed: true``, ``msg`` and, where there is one,
@@ -382,6 +384,15 @@ def add_rollout_parser(sub: Any) -> None:
         "mark": actions.add_parser("mark", help="record what the rollout did or found here"),
         "soak": actions.add_parser("soak", help="watch the serving version under real traffic; record the verdict"),
     }
+    ready = actions.add_parser("ready", help="may this device be updated now? its maintenance windows, then its "
+                                             "defer hook, asked until it says yes or the cap passes")
+    ready.add_argument("--windows", default="[]",
+                       help='JSON: {"cron", "duration", "timezone"} or a list of them; none: always open')
+    ready.add_argument("--hook", help="the defer hook: exit 0 go, exit 75 not now, anything else broken")
+    ready.add_argument("--hook-timeout", type=float, default=30.0, help="seconds one run of the hook may take")
+    ready.add_argument("--max-wait", type=float, default=600.0, help="the cap: seconds of not now before failing")
+    ready.add_argument("--interval", type=float, default=15.0, help="seconds between two runs of the hook")
+    ready.add_argument("--check", action="store_true", help="read the windows only; never run the hook")
     for action, parser in parsers.items():
         parser.add_argument("--rollout", required=True, help="the rollout's id (<model>-<version>)")
         parser.add_argument("--name", required=True)
@@ -403,9 +414,19 @@ def add_rollout_parser(sub: Any) -> None:
 
 
 def cmd_rollout(args: argparse.Namespace, config: RuntimeConfig, store: ModelStore) -> Dict[str, Any]:
-    """``rollout status`` reads; ``rollout mark`` and ``rollout soak`` record one mark (changed: true)."""
+    """``rollout status`` and ``rollout ready`` read; ``rollout mark`` and ``rollout soak`` record one mark
+    (changed: true)."""
     import os
-    from edgeai_runtime.device import rollout
+    from edgeai_runtime.device import readiness, rollout
+    if args.action == "ready":
+        try:
+            check = readiness.Readiness(readiness.parse_windows(json.loads(args.windows)),
+                                        readiness.Hook(args.hook, args.hook_timeout) if args.hook else None,
+                                        args.max_wait, args.interval)
+            check.check()
+        except ValueError as exc:  # json's errors and ReadinessError
+            raise CommandFailed("rollout ready: %s" % exc) from None
+        return {"changed": False, "ready": check.wait(ask=not args.check)}
     from edgeai_runtime.device.client import ServiceClient
     from edgeai_runtime.device.journal import History
     history = History(os.path.join(config.root, "state", "history.sqlite"))

@@ -235,8 +235,64 @@ def test_finish_says_how_it_ended():
     assert r.finish(ledger, now=2000.0)['status'] == 'rolled_back'
     ledger, _todo = fresh()
     run_wave(ledger, 'canary', {'a': 'succeeded'})
-    assert r.finish(ledger, now=2000.0)['status'] == 'succeeded'
+    assert r.finish(ledger, now=2000.0)['status'] == 'incomplete'  # b, c and d never started
     assert r.summary(ledger) == {'succeeded': 1, 'pending': 3}
+    run_wave(ledger, 'wave1', {'b': 'succeeded', 'c': 'succeeded'})
+    run_wave(ledger, 'wave3', {'d': 'succeeded'})
+    assert r.finish(ledger, now=2000.0)['status'] == 'succeeded'
+
+
+def test_windows_that_cannot_be_used_fail_the_plan_naming_the_devices():
+    reports = {h: report() for h in WAVES}
+    reports['c'] = dict(report(), window_error="maintenance window 1: the cron expression '61 2 * * *' does not parse")
+    reports['a'] = dict(report(), window_error="maintenance window 1: unknown time zone 'Mars/Base'")
+    with pytest.raises(r.RolloutError) as exc:
+        fresh(reports)
+    assert str(exc.value) == ("the maintenance windows of a, c cannot be used: a: maintenance window 1: unknown time "
+                              "zone 'Mars/Base'; c: maintenance window 1: the cron expression '61 2 * * *' does not "
+                              "parse")
+
+
+def defer(ledger, wave, host, reason='outside its maintenance window'):
+    r.record(ledger, host, 'deferred', now=1003.0, reason=reason)
+
+
+def test_a_deferred_canary_holds_the_later_waves_and_a_rerun_takes_it():
+    ledger, _todo = fresh()
+    r.start_wave(ledger, 'canary', now=1001.0)
+    defer(ledger, 'canary', 'a')
+    gated = r.gate(ledger, 'canary', now=1004.0)
+    assert not gated['breached'] and gated['deferred'] == ['a']
+    assert gated['held'].startswith('wave canary: 0 of 1 devices finished (1 deferred: a), fewer than '
+                                    'wave_min_finished 1')
+    assert [w['status'] for w in ledger['waves']] == ['held', 'waiting', 'waiting']
+    assert r.finish(ledger, now=1005.0)['status'] == 'incomplete'
+    # The next run: the device's own marks say deferred; the canary is the first wave still to run.
+    reports = {h: report() for h in WAVES}
+    reports['a'] = report(marks=[mark('deferred', reason='outside its maintenance window')])
+    again, todo = fresh(reports, cached=ledger)
+    assert [(w['name'], w['hosts']) for w in todo['waves']] == [('canary', ['a']), ('wave1', ['b', 'c']),
+                                                                ('wave3', ['d'])]
+    assert again['devices']['a']['state'] == 'deferred' and todo['blocked'] is None
+
+
+def test_a_deferred_device_does_not_hold_a_wave_that_proved_itself():
+    ledger, _todo = fresh()
+    run_wave(ledger, 'canary', {'a': 'succeeded'})
+    r.start_wave(ledger, 'wave1', now=1001.0)
+    defer(ledger, 'wave1', 'b')
+    r.record(ledger, 'c', 'succeeded', now=1070.0)
+    gated = r.gate(ledger, 'wave1', now=1071.0)
+    assert not gated['breached'] and gated['held'] is None and gated['deferred'] == ['b']
+    assert ledger['waves'][1]['status'] == 'passed' and ledger['waves'][2]['status'] == 'pending'
+
+
+def test_a_device_whose_hook_never_said_yes_counts_as_a_failure():
+    ledger, _todo = fresh()
+    r.start_wave(ledger, 'canary', now=1001.0)
+    r.record(ledger, 'a', 'failed', now=1600.0, reason='deferred past the cap: the defer hook said not now 40 times')
+    gated = r.gate(ledger, 'canary', now=1601.0)
+    assert gated['breached'] and gated['rollback'] == []  # nothing went in
 
 
 def test_unknown_states_and_hosts_are_refused():
