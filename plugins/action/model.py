@@ -19,7 +19,7 @@ from ansible_collections.edgeai.fleet.plugins.module_utils._controller_args impo
 from ansible_collections.edgeai.fleet.plugins.module_utils._keyslot import keyslot_internal_args
 from ansible_collections.edgeai.fleet.plugins.plugin_utils._device_runtime import publisher
 from ansible_collections.edgeai.fleet.plugins.plugin_utils._transfer import (
-    artifact_for, device_public_key, device_view, run_store, send)
+    artifact_for, device_public_key, device_view, remove_remote_dir, run_store, send)
 
 
 class ActionModule(ActionBase):
@@ -51,7 +51,7 @@ class ActionModule(ActionBase):
                 done = self._full_after_delta(device_args, remote_dir, done, task_vars, host)
         finally:
             if remote_dir:
-                self._remove_tmp_path(remote_dir, force=True)
+                remove_remote_dir(self, remote_dir)
         result.update(done)
         if done.get('failed'):
             result['msg'] = '%s: %s' % (host, done.get('msg'))
@@ -97,7 +97,7 @@ class ActionModule(ActionBase):
         try:
             remote, sent, seconds = send(self, remote_dir, dict(model_dir.files, **{os.path.basename(payload): payload}))
         except Exception:
-            self._remove_tmp_path(remote_dir, force=True)
+            remove_remote_dir(self, remote_dir)
             raise
         # The module's internal options (MODEL_INTERNAL_SPEC): only this plugin sets them.
         device_args.update({'_delta_file' if payload != path else '_artifact': remote[os.path.basename(payload)]})

@@ -17,7 +17,7 @@ from ansible_collections.edgeai.fleet.plugins.module_utils._controller_args impo
     MODEL_ARTIFACT_REQUIRED_IF, MODEL_ARTIFACT_SPEC)
 from ansible_collections.edgeai.fleet.plugins.plugin_utils._device_runtime import publisher
 from ansible_collections.edgeai.fleet.plugins.plugin_utils._transfer import (
-    artifact_for, device_public_key, device_view, run_store, send)
+    artifact_for, device_public_key, device_view, remove_remote_dir, run_store, send)
 
 
 class ActionModule(ActionBase):
@@ -88,7 +88,7 @@ class ActionModule(ActionBase):
                                         keyslot=slot, files={f: remote[f] for f in model_dir.files},
                                         activate=args['activate'], force=args['force']), task_vars, host)
         finally:
-            self._remove_tmp_path(remote_dir, force=True)
+            remove_remote_dir(self, remote_dir)
         result.update(changed=done['changed'], sent=True, msg=done.get('msg'), models=done.get('models'))
         if 'activation' in done:
             result['activation'] = done['activation']

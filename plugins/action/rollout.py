@@ -48,6 +48,7 @@ class ActionModule(ActionBase):
     # -- planned: validate, rebuild from the devices' reports, decide what runs ----------------------------------
 
     def _planned(self, args, task_vars):
+        self._check_strategy()
         info = release_named(publisher(), args['src'])[1]
         hosts = list(task_vars.get('ansible_play_hosts_all') or [])
         hostvars = task_vars.get('hostvars') or {}
@@ -68,6 +69,17 @@ class ActionModule(ActionBase):
         return dict(rollout=ledger['id'], attempt=todo['attempt'], rollout_dir=ledger_file.dir, ledger=ledger,
                     waves=todo['waves'], rollback=todo['rollback'], blocked=todo['blocked'], abort=todo['abort'],
                     summary=_rollout.summary(ledger), release=info)
+
+    def _check_strategy(self):
+        """The waves, gates and ledger steps run once for the play between the devices' tasks (run_once). Strategies
+        that let every host run ahead on its own (free, host_pinned, mitogen_free) ignore run_once: every host
+        would plan and gate alone, and nothing would be staged. Refused before anything changes."""
+        play = self._task.get_play()
+        strategy = str(getattr(play, 'strategy', None) or 'linear')
+        if strategy.rsplit('.', maxsplit=1)[-1] in ('free', 'host_pinned', 'mitogen_free', 'mitogen_host_pinned'):
+            raise _rollout.RolloutError(
+                'the rollout needs a strategy that keeps the hosts together (linear, or mitogen_linear); the play '
+                'runs with %s, under which run_once is ignored and the waves would not be staged' % strategy)
 
     @staticmethod
     def _report(host, hostvars):

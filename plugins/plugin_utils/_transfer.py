@@ -12,6 +12,7 @@ import os
 import time
 
 from ansible.errors import AnsibleActionFail
+from ansible.utils.display import Display
 
 from ansible_collections.edgeai.fleet.plugins.plugin_utils._device_runtime import plan
 
@@ -23,6 +24,18 @@ def run_store(action, module_args, task_vars, host):
     if done.get('failed'):
         raise AnsibleActionFail('%s: %s' % (host, done.get('msg')), result=dict(reason=done.get('reason')))
     return done
+
+
+def remove_remote_dir(action, remote_dir):
+    """Remove the remote directory the transfer used, always: it held the artifact and its key slot, which are
+    not kept even under ANSIBLE_KEEP_REMOTE_FILES. What ActionBase._remove_tmp_path(force=True) does, through
+    the connection's own shell and command runner, so that connection plugins which replace _remove_tmp_path
+    (mitogen's, without the force argument) remove it too."""
+    done = action._low_level_execute_command(action._connection._shell.remove(remote_dir, recurse=True),
+                                             sudoable=False)
+    if done.get('rc', 0) != 0:  # a warning: this runs in finally blocks, and must not hide the failure before it
+        Display().warning('removing the transfer directory %s on the device: %s'
+                          % (remote_dir, (done.get('stderr') or done.get('stdout') or '').strip()))
 
 
 def artifact_for(pub, artifact_dir, artifact_id):
