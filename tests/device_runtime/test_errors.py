@@ -19,7 +19,7 @@ BUILTIN = {"ArtifactError": ValueError, "ManifestError": ValueError, "ConfigErro
            "UpdateFailed": RuntimeError, "DeltaFailed": RuntimeError, "HistoryError": RuntimeError,
            "GateFailed": RuntimeError, "RegistryError": RuntimeError, "ServiceError": RuntimeError,
            "ServiceDown": ConnectionError, "ModelNotFound": LookupError, "BackendUnavailable": RuntimeError,
-           "ModelLoadError": RuntimeError}
+           "ModelLoadError": RuntimeError, "ReadinessError": ValueError}
 
 
 def runtime_errors():

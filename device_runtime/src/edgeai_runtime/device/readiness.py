@@ -27,14 +27,18 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronsim import CronSim, CronSimError
 
+from edgeai_runtime.format.errors import EdgeAIError
+
 #: The hook's exit code for "not now" (sysexits.h EX_TEMPFAIL).
 NOT_NOW = 75
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-class ReadinessError(ValueError):
+class ReadinessError(EdgeAIError, ValueError):
     """A window or hook setting that cannot be used; the message names it and why."""
+
+    default_reason = "bad_readiness"
 
 
 def parse_duration(value: Union[int, float, str]) -> float:

@@ -27,6 +27,11 @@ class                             default ``reason``      raised for
                                                           ``outbox_full``, ``record_too_large``
 ``mqtt_sync.SyncFailed``          ``sync``                the broker unreachable, refusing or dropping
                                                           (``tls``, ``connect``, ``dropped``, ``ack_timeout``)
+``outcomes.OutcomesError``        ``outcomes``            the controller's outcome reader: the broker or
+                                                          its spool fails (``tls``, ``connect``, ``refused``,
+                                                          ``subscribe``, ``spool``, ``busy``, ``usage``)
+``readiness.ReadinessError``      ``bad_readiness``       a maintenance window or defer hook setting
+                                                          that cannot be used
 ``gate.GateFailed``               ``gate``                a version fails its gate
 ``agent.RegistryError``           (always given)          the pull registry fails or is refused
 ``client.ServiceError``           ``service``             the service answers with an error
