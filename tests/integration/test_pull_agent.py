@@ -31,10 +31,21 @@ def test_publish_and_pull_through_the_agent_timer(deployed, run_playbook, tmp_pa
     v2 = version_of(DEMO_MODEL, tmp_path / 'v2', '2.0.0')
     registry = tmp_path / 'registry'
 
-    # 1. Publish on the controller: the artifact and a signed update document for this device.
+    # 0. publish_wave (a wave of the fleet inventory) is checked before anything is written.
     extra = tmp_path / 'publish.json'
     extra.write_text(json.dumps({'publish_registry_dir': str(registry), 'publish_models': [str(v2)]}))
-    published = run_playbook(PUBLISH, inventory, '-e', '@%s' % extra)
+    unplaced = run_playbook(PUBLISH, inventory, '-e', '@%s' % extra, '-e', 'publish_wave=canary')
+    assert unplaced.rc != 0 and 'publish_wave needs every device placed in a wave' in str(unplaced.failures(host))
+    placed = tmp_path / 'placed.json'
+    placed.write_text(json.dumps({'edgeai_wave_name': 'wave1'}))
+    unknown = run_playbook(PUBLISH, inventory, '-e', '@%s' % extra, '-e', '@%s' % placed, '-e', 'publish_wave=canary')
+    assert unknown.rc != 0
+    assert 'the fleet has no wave canary in this play; its waves: wave1' in str(unknown.failures(host))
+    assert not registry.exists()
+
+    # 1. Publish on the controller, for the device's wave: the artifact and a signed update document for it.
+    published = run_playbook(PUBLISH, inventory, '-e', '@%s' % extra, '-e', '@%s' % placed,
+                             '-e', 'publish_wave=wave1')
     assert published.rc == 0, published.failures(host)
     key_id = device_json(host, 'keys', 'show')['current']['key_id']
     assert (registry / 'updates' / ('%s.json' % key_id)).is_file()
