@@ -149,8 +149,8 @@ ansible_facts:
           type: dict
           returned: always
           sample: {records: 3, bytes: 6144, max_bytes: 67108864, oldest_age_s: 120.5, delivered_records: 812,
-                   evicted_records: {ota: 0, telemetry: 0, inference: 0},
-                   refused_records: {ota: 0, telemetry: 0, inference: 0}}
+                   evicted_records: {ota: 0, rollout: 0, telemetry: 0, inference: 0},
+                   refused_records: {ota: 0, rollout: 0, telemetry: 0, inference: 0}}
 """
 
 from ansible.module_utils.basic import AnsibleModule

@@ -36,6 +36,22 @@ def test_records_carry_device_boot_and_sequence_and_leave_highest_priority_first
     assert box.pending(10, after={PRIORITIES["telemetry"]: 2})[1].seq == 4
 
 
+def test_kinds_of_one_priority_leave_together_once_each_in_queue_order(tmp_path):
+    """``ota`` and ``rollout`` share the top priority: neither is read twice, and holding one back (a broker that
+    refuses its topic) holds back only that one."""
+    box = Outbox(str(tmp_path / "outbox.sqlite3"), "dev-a")
+    assert PRIORITIES["rollout"] == PRIORITIES["ota"] > PRIORITIES["telemetry"]
+    box.enqueue("telemetry", {"n": 1})
+    box.enqueue("ota", {"n": 2})
+    box.enqueue("rollout", {"n": 3})
+    box.enqueue("ota", {"n": 4})
+    assert [(m["kind"], m["data"]["n"]) for m in messages(box)] == [("ota", 2), ("rollout", 3), ("ota", 4),
+                                                                    ("telemetry", 1)]
+    assert [r.kind for r in box.pending(10, skip_kinds=("ota",))] == ["rollout", "telemetry"]
+    assert [r.seq for r in box.pending(10, after={PRIORITIES["ota"]: 3})] == [4, 1]
+    assert box.status()["kinds"]["rollout"] == dict(box.status()["kinds"]["rollout"], records=1, priority=3)
+
+
 def test_a_sequence_number_is_never_reused_and_bytes_add_up(tmp_path):
     path = str(tmp_path / "outbox.sqlite3")
     box = Outbox(path, "dev-a")

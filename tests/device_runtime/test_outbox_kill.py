@@ -43,9 +43,9 @@ class Zygote:
 
 
 def read_acks(path):
-    enqueued, pubacked, tails = set(), set(), []
-    if not path.exists():
-        return enqueued, pubacked, tails
+    enqueued, pubacked = set(), set()
+    if not path.exists():  # killed before its first note (still starting)
+        return enqueued, pubacked, [""]
     lines = path.read_text().splitlines()
     for line in lines:
         if line.startswith("E "):

@@ -9,8 +9,6 @@ import signal
 import threading
 import time
 
-import httpx
-import numpy as np
 import pytest
 
 from edgeai_runtime import cli
@@ -18,33 +16,9 @@ from edgeai_runtime.device.client import ServiceClient
 from edgeai_runtime.device.config import load_config
 from edgeai_runtime.device.rollout import Soak, SoakLimits
 from support import modelgen
+from support.traffic import traffic
 
 QUICK = dict(interval_s=0.2, min_requests=5)
-
-
-@contextlib.contextmanager
-def traffic(device, version=None, every_s=0.01):
-    """Real requests to the model, as a camera would send them, until the block ends."""
-    x = device.digits.X_test[:1].astype(np.float32)
-    body = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": x.ravel().tolist()}]}
-    path = "/v2/models/digits/versions/%s/infer" % version if version else "/v2/models/digits/infer"
-    stop = threading.Event()
-
-    def send():
-        while not stop.is_set():
-            try:
-                httpx.post(device.base + path, json=body, timeout=30)
-            except httpx.TransportError:  # the service restarting
-                pass
-            time.sleep(every_s)
-
-    sender = threading.Thread(target=send)
-    sender.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        sender.join()
 
 
 def soak(device, version, **limits):

@@ -249,7 +249,7 @@ def test_sample_shape_without_a_service(device_root):
     assert sample["models"] == []
     assert sample["ota"] == {"last": None, "readable": True}
     assert sample["outbox"]["records"] == 0 and sample["outbox"]["evicted_records"] == {
-        "ota": 0, "telemetry": 0, "inference": 0}
+        "ota": 0, "rollout": 0, "telemetry": 0, "inference": 0}
     assert not (device_root / "outbox").exists()  # reading the status creates no outbox
     with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
         assert sample["boot_id"] == f.read().strip()
@@ -266,7 +266,7 @@ def test_the_outbox_backlog_and_its_evictions_are_in_the_sample_and_the_series(d
     status = outbox.status()
     assert sample["outbox"]["records"] == status["records"] and 0 < status["records"] < 13
     evicted = 13 - status["records"]
-    assert sample["outbox"]["evicted_records"] == {"ota": 0, "telemetry": 0, "inference": evicted}
+    assert sample["outbox"]["evicted_records"] == {"ota": 0, "rollout": 0, "telemetry": 0, "inference": evicted}
     series = {(m.name, s.name, tuple(sorted(s.labels.items()))): s.value
               for m in text_string_to_metric_families(render(sample).decode()) for s in m.samples}
     assert series[("edgeai_outbox_records", "edgeai_outbox_records", ())] == status["records"]

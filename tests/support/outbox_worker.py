@@ -25,7 +25,7 @@ from edgeai_runtime.device.config import TelemetryConfig
 from edgeai_runtime.device.mqtt_sync import MqttSync, SyncFailed
 from edgeai_runtime.device.outbox import Outbox, OutboxError
 
-KINDS = ("telemetry", "inference", "ota")
+KINDS = ("telemetry", "inference", "ota", "rollout")
 
 
 def _note(fd: int, line: str) -> None:

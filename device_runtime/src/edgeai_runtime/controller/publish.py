@@ -12,7 +12,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 from edgeai_runtime.fsutil import write_atomic
 from edgeai_runtime.format.artifact import read_header, sha256_file
 from edgeai_runtime.format.keys import ArtifactError, key_id, load_public
-from edgeai_runtime.format.updates import DOC_FORMAT, DOC_VERSION, canonical
+from edgeai_runtime.format.updates import DOC_FORMAT, DOC_VERSION, RolloutBlockError, canonical, check_rollout
 
 
 def publish(registry: str, signing_key: Any, releases: List[Dict[str, Any]], devices: Mapping[str, str],
@@ -22,19 +22,24 @@ def publish(registry: str, signing_key: Any, releases: List[Dict[str, Any]], dev
     device (key id -> public key PEM) a signed update document with its own key slots.
 
     ``releases``: [{"artifact": path, "files": {name: path}, "force": bool, "deltas": [{"path": delta file,
-    "base_version": v, "base_sha256": sha}]}]; ``per_device`` (key id -> releases) gives a device
+    "base_version": v, "base_sha256": sha}], "rollout": {...}}]; ``rollout`` (optional) is copied into the
+    release's entry as its rollout block (edgeai_runtime.format.updates; checked first: a bad block fails the
+    publication, naming the release, before anything is written); ``per_device`` (key id -> releases) gives a device
     releases of its own instead (the variants that fit it); ``wrap(artifact, pem)``
     returns the artifact's key slot for one device. ``sequence`` defaults to the time in seconds,
     so a later publication always supersedes an earlier one. A device whose document would say the
-    same (same models, versions, artifacts and files, key slots for the same key) keeps its
-    document: publishing again changes nothing."""
+    same (same models, versions, artifacts and files, rollout blocks, key slots for the same key) keeps
+    its document: publishing again changes nothing."""
     sequence = int(time.time()) if sequence is None else sequence
+    per_device = per_device or {}
+    everything = list(releases) + [r for device in sorted(per_device) for r in per_device[device]]
+    for release in everything:
+        _check_rollout_of(release)
     os.makedirs(os.path.join(registry, "artifacts"), exist_ok=True)
     os.makedirs(os.path.join(registry, "updates"), exist_ok=True)
-    per_device = per_device or {}
     entries: Dict[str, Dict[str, Any]] = {}
     copied = False
-    for release in list(releases) + [r for device in sorted(per_device) for r in per_device[device]]:
+    for release in everything:
         if release["artifact"] not in entries:
             entries[release["artifact"]], did_copy = _entry(registry, release)
             copied |= did_copy
@@ -44,8 +49,11 @@ def publish(registry: str, signing_key: Any, releases: List[Dict[str, Any]], dev
             raise ArtifactError("bad_key", "the public key given for device %s has key id %s"
                                 % (device, key_id(load_public(pem))))
         path = os.path.join(registry, "updates", device + ".json")
-        mine = [entries[r["artifact"]] for r in per_device.get(device, releases)]
-        wanted = [{k: v for k, v in e.items() if k != "source"} for e in mine]
+        theirs = per_device.get(device, releases)
+        mine = [entries[r["artifact"]] for r in theirs]
+        wanted = [dict({k: v for k, v in e.items() if k != "source"},
+                       **({"rollout": dict(r["rollout"])} if r.get("rollout") is not None else {}))
+                  for r, e in zip(theirs, mine)]
         if _same_document(path, wanted, device):
             continue
         models = [dict(w, keyslot=wrap(e["source"], pem)) for w, e in zip(wanted, mine)]
@@ -57,6 +65,18 @@ def publish(registry: str, signing_key: Any, releases: List[Dict[str, Any]], dev
         written.append(path)
     return {"changed": copied or bool(written), "registry": registry, "sequence": sequence, "documents": written,
             "models": list(dict.fromkeys("%s %s" % (e["name"], e["version"]) for e in entries.values()))}
+
+
+def _check_rollout_of(release: Mapping[str, Any]) -> None:
+    """Refuse a release whose rollout block the devices would refuse (the same check as theirs)."""
+    if release.get("rollout") is None:
+        return
+    manifest = read_header(release["artifact"])["manifest"]
+    try:
+        check_rollout(release["rollout"], manifest["name"], manifest["version"])
+    except RolloutBlockError as exc:
+        raise RolloutBlockError("publishing %s %s (%s): %s"
+                                % (manifest["name"], manifest["version"], release["artifact"], exc)) from None
 
 
 def _entry(registry: str, release: Dict[str, Any]) -> Tuple[Dict[str, Any], bool]:

@@ -7,7 +7,8 @@ an old document), downloads what it lacks with resume (HTTP Range) into ``<root>
 checks each file's sha256, and installs through the same OTA installer as push mode. When the
 device holds the base of one of the entry's deltas (edgeai_runtime.format.delta), it fetches that delta
 instead of the artifact; a delta that does not give the artifact changes nothing, and the agent
-then fetches the artifact.
+then fetches the artifact. An entry with a ``rollout`` block (a staged rollout's wave) is followed by
+edgeai_runtime.device.pull_rollout: marks, the install, the soak, a rollback, and one ``rollout`` record.
 """
 from __future__ import annotations
 
@@ -27,10 +28,13 @@ from cryptography.exceptions import InvalidSignature
 
 from edgeai_runtime.format.errors import EdgeAIError
 from edgeai_runtime.format.artifact import sha256_file
-from edgeai_runtime.format.updates import DOC_FORMAT, DOC_VERSION
-from edgeai_runtime.fsutil import write_atomic
+from edgeai_runtime.format.updates import DOC_FORMAT, DOC_VERSION, RolloutBlockError, check_rollout
+from edgeai_runtime.fsutil import exclusive_lock, write_atomic
+from edgeai_runtime.device.client import ServiceClient
 from edgeai_runtime.device.ota import Policy, UpdateFailed, Updater
 from edgeai_runtime.device.plan import PlanRefused, Want, plan
+from edgeai_runtime.device.pull_rollout import Follower
+from edgeai_runtime.device.store import StoreError
 
 BLOCK = 1 << 20
 
@@ -157,7 +161,8 @@ class _Retry(Exception):
 
 class Agent:
     """One poll of the registry: fetch and check this device's update document, then bring every
-    model in it to its version through the OTA installer (mode ``pull``)."""
+    model in it to its version through the OTA installer (mode ``pull``), following the rollout of
+    those entries that carry one. One run at a time (``state/agent.lock``)."""
 
     def __init__(self, config: Any, downloader: Downloader, policy: Optional[Policy] = None) -> None:
         self.config = config
@@ -167,15 +172,27 @@ class Agent:
         self.policy = policy or Policy()
         self.state_path = os.path.join(config.root, "state", "agent.json")
         self.downloads = os.path.join(config.root, "cache", "downloads")
+        self.follower = Follower(self.updater, ServiceClient(config, timeout=60), self._bring)
 
     def run_once(self) -> Dict[str, Any]:
+        """One poll. Each model's result says what happened to it; an entry with a rollout block has
+        ``rollout`` (edgeai_runtime.device.pull_rollout.Follower.follow)."""
+        lock = os.path.join(os.path.dirname(self.state_path), "agent.lock")
+        os.makedirs(os.path.dirname(lock), exist_ok=True)
+        with exclusive_lock(lock, wait=False) as held:
+            if not held:
+                raise StoreError("another agent run is in progress on this device (%s is locked)" % lock,
+                                 reason="update_in_progress")
+            return self._run_once()
+
+    def _run_once(self) -> Dict[str, Any]:
         device = self.store.keyring.current_id()
         if device is None:
             raise RegistryError("format", "this device has no key pair yet (edgeai-runtime keys ensure)")
         doc = self._document(device)
         results = []
         for entry in doc["models"]:
-            results.append(self._bring(entry))
+            results.append(self.follower.follow(entry) if entry.get("rollout") is not None else self._bring(entry))
         self._save_state({"sequence": doc["sequence"], "checked": time.time()})
         failed = [r for r in results if r.get("failed")]
         return {"changed": any(r.get("changed") for r in results), "failed": bool(failed), "device": device,
@@ -204,11 +221,24 @@ class Agent:
                 or not isinstance(doc.get("sequence"), int) or not isinstance(doc.get("models"), list):
             raise RegistryError("format", "%s is not an update document for device %s"
                                 % (self.downloader.url(path), device))
+        for index, entry in enumerate(doc["models"]):
+            self._check_entry(path, device, index, entry)
         last = self._load_state().get("sequence", -1)
         if doc["sequence"] < last:
             raise RegistryError("replay", "%s has sequence %d, older than the %d already applied (a replayed "
                                 "document)" % (self.downloader.url(path), doc["sequence"], last))
         return doc
+
+    def _check_entry(self, path: str, device: str, index: int, entry: Any) -> None:
+        """Refuse, before anything is installed, an entry whose rollout block does not check."""
+        if not isinstance(entry, dict) or entry.get("rollout") is None:
+            return
+        try:
+            check_rollout(entry["rollout"], str(entry.get("name")), str(entry.get("version")))
+        except RolloutBlockError as exc:
+            raise RegistryError("format", "%s, the update document for device %s: models[%d] (%s %s): %s"
+                                % (self.downloader.url(path), device, index, entry.get("name"),
+                                   entry.get("version"), exc)) from None
 
     def _bring(self, entry: Dict[str, Any]) -> Dict[str, Any]:
         name, version = entry["name"], entry["version"]
@@ -258,7 +288,8 @@ class Agent:
             return dict(exc.result, failed=True, msg=str(exc))
         except Exception as exc:  # a store refusal before the transaction: report it, go on with the others
             return {"name": name, "version": version, "changed": False, "failed": True, "outcome": "refused",
-                    "msg": "%s %s: %s" % (name, version, exc), "bytes_transferred": received[0]}
+                    "msg": "%s %s: %s" % (name, version, exc), "bytes_transferred": received[0],
+                    **({"reason_code": exc.reason} if isinstance(exc, EdgeAIError) else {})}
         return result
 
     def _usable_delta(self, name: str, entry: Dict[str, Any]) -> Optional[Dict[str, Any]]:

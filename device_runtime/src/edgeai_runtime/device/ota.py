@@ -115,13 +115,9 @@ class Updater:
     def _report(self, row: Dict[str, Any]) -> None:
         """Queue an ended transaction's history row for the fleet's broker (the outbox's ``ota`` kind),
         where telemetry is configured (``etc/telemetry.json``). Never fails the update: a failure is logged."""
-        if not os.path.exists(os.path.join(self.config.root, "etc", "telemetry.json")):
-            return
         try:
-            from edgeai_runtime.device.config import load_telemetry_config
-            from edgeai_runtime.device.outbox import Outbox
-            with Outbox.from_config(load_telemetry_config(self.config.root), timeout=2.0) as outbox:
-                outbox.enqueue("ota", row)
+            from edgeai_runtime.device.outbox import queue_where_configured
+            queue_where_configured(self.config.root, "ota", row)
         except Exception as exc:  # noqa: BLE001 - the outcome stands in the history; only its report is lost
             log.warning("the outcome %s of %s %s (transaction %s) is recorded in the history but not queued for "
                         "the broker: %s", row.get("outcome"), row.get("name"), row.get("version"), row.get("txid"),

@@ -9,8 +9,8 @@ crashes, reboots and days offline (docs/telemetry.md, "The outbox").
 - Every record is the exact message that will be sent: JSON with ``device_id``, ``boot_id`` (the
   kernel's, per boot) and ``seq`` (the outbox's own counter, never reused), so that a receiver can
   drop duplicates by (device_id, boot_id, seq); plus ``kind``, ``time`` and the caller's ``data``.
-- Priorities: ``ota`` > ``telemetry`` > ``inference``. The sync sends the highest first, oldest
-  first within one.
+- Priorities: ``ota`` and ``rollout`` > ``telemetry`` > ``inference``. The sync sends the highest first,
+  oldest first within one (kinds of one priority together, in the order they were queued).
 - A byte cap (``TelemetryConfig.outbox_max_bytes``; a record counts its message plus
   RECORD_OVERHEAD): a record that does not fit evicts the lowest priority, oldest first, but never a
   record of a higher priority than its own (then it is refused: ``outbox_full``). Evictions are
@@ -35,13 +35,15 @@ from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
 
 from edgeai_runtime import fsutil
-from edgeai_runtime.device.config import TelemetryConfig
+from edgeai_runtime.device.config import TelemetryConfig, load_telemetry_config
 from edgeai_runtime.format.errors import EdgeAIError
 
 log = logging.getLogger(__name__)
 
 #: Kinds of record and their priorities: the higher is sent first and evicted last.
-PRIORITIES: Dict[str, int] = {"ota": 3, "telemetry": 2, "inference": 1}
+#: ``rollout``: a pull-mode device's verdict in a staged rollout (edgeai_runtime.device.pull_rollout), what the
+#: controller's gate reads: as important as the OTA outcome it follows.
+PRIORITIES: Dict[str, int] = {"ota": 3, "rollout": 3, "telemetry": 2, "inference": 1}
 KINDS = tuple(sorted(PRIORITIES, key=lambda k: -PRIORITIES[k]))
 #: Bytes a record counts against the cap beside its message (its row, index entry and page share).
 RECORD_OVERHEAD = 64
@@ -371,15 +373,16 @@ class Outbox:
         with self._lock:
             try:
                 db = self._connect()
-                for kind in KINDS:
+                for p in sorted(set(PRIORITIES.values()), reverse=True):
+                    kinds = [k for k in KINDS if PRIORITIES[k] == p and k not in skip_kinds]
                     if len(out) >= limit:
                         break
-                    if kind in skip_kinds:
+                    if not kinds:
                         continue
-                    p = PRIORITIES[kind]
                     rows = db.execute("SELECT seq, kind, priority, created, message, refusals FROM records "
-                                      "WHERE priority = ? AND seq > ? ORDER BY seq LIMIT ?",
-                                      (p, (after or {}).get(p, 0), limit - len(out))).fetchall()
+                                      "WHERE priority = ? AND kind IN (%s) AND seq > ? ORDER BY seq LIMIT ?"
+                                      % ",".join("?" * len(kinds)),
+                                      (p, *kinds, (after or {}).get(p, 0), limit - len(out))).fetchall()
                     out += [Record(int(r[0]), r[1], int(r[2]), float(r[3]), bytes(r[4]), int(r[5])) for r in rows]
             except (OSError, sqlite3.Error) as exc:
                 raise self._failed(exc, "reading records to send") from None
@@ -449,3 +452,14 @@ class Outbox:
                             "broker": counters.get("broker_refused_%s" % k, 0)} for k in KINDS},
             "delivered": counters.get("delivered", 0), "last_seq": counters.get("seq", 0),
         }
+
+
+def queue_where_configured(root: str, kind: str, data: Mapping[str, Any], timeout: float = 2.0) -> Optional[int]:
+    """Queue one record in the device's outbox where telemetry is configured (``<root>/etc/telemetry.json``
+    exists; ``timeout`` for the outbox's lock): its seq, or None where it is not configured. Raises what
+    reading the configuration or the outbox raises; callers whose own work must not fail on a report (the
+    OTA installer's ``ota`` records, the pull agent's ``rollout`` records) catch and log it."""
+    if not os.path.exists(os.path.join(root, "etc", "telemetry.json")):
+        return None
+    with Outbox.from_config(load_telemetry_config(root), timeout=timeout) as outbox:
+        return outbox.enqueue(kind, data)

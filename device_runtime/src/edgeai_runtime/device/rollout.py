@@ -21,6 +21,7 @@ from typing import Any, Callable, Dict, List, Optional
 from edgeai_runtime.device.client import ServiceClient, ServiceDown, ServiceError
 from edgeai_runtime.device.journal import History
 from edgeai_runtime.device.store import ModelStore
+from edgeai_runtime.format.updates import soak_problems
 
 #: installed: this rollout's version went in (details.updated: whether it changed what serves);
 #: soaked / soak_failed: the soak's verdict (details: its numbers); rolled_back: the version before serves again;
@@ -39,16 +40,11 @@ class SoakLimits:
     interval_s: float = 5.0
 
     def check(self) -> None:
-        if self.seconds < 0:
-            raise ValueError("the soak's seconds must be 0 or more, got %s" % self.seconds)
-        if self.p95_ms <= 0:
-            raise ValueError("the soak's p95_ms must be positive, got %s" % self.p95_ms)
-        if not 0 <= self.max_error_rate <= 1:
-            raise ValueError("the soak's max_error_rate must be within 0-1, got %s" % self.max_error_rate)
-        if self.max_restarts < 0 or self.min_requests < 0:
-            raise ValueError("the soak's max_restarts and min_requests must be 0 or more")
-        if self.interval_s <= 0:
-            raise ValueError("the soak's interval must be positive, got %s" % self.interval_s)
+        """The one rule for the limits (edgeai_runtime.format.updates.soak_problems, which the update document's
+        rollout block is checked by too): ValueError naming the first that does not check."""
+        problems = soak_problems(asdict(self))
+        if problems:
+            raise ValueError("the soak's %s" % problems[0][1])
 
 
 class _Counters:

@@ -34,6 +34,8 @@ class                             default ``reason``      raised for
                                                           that cannot be used
 ``gate.GateFailed``               ``gate``                a version fails its gate
 ``agent.RegistryError``           (always given)          the pull registry fails or is refused
+``updates.RolloutBlockError``     ``bad_rollout``         an update document's rollout block that does not
+                                                          check (the agent refuses the document as ``format``)
 ``client.ServiceError``           ``service``             the service answers with an error
 ``client.ServiceDown``            ``service_down``        the service does not answer
 ``serving.ModelNotFound``         ``not_found``           a model or version the service lacks
