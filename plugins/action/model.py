@@ -19,7 +19,8 @@ from ansible_collections.edgeai.fleet.plugins.module_utils._controller_args impo
 from ansible_collections.edgeai.fleet.plugins.module_utils._keyslot import keyslot_internal_args
 from ansible_collections.edgeai.fleet.plugins.plugin_utils._device_runtime import publisher
 from ansible_collections.edgeai.fleet.plugins.plugin_utils._transfer import (
-    artifact_for, device_public_key, device_view, remove_remote_dir, run_store, send)
+    artifact_for, device_public_key, device_view, remove_remote_dir, run_store, send,
+    transfer_dir)
 
 
 class ActionModule(ActionBase):
@@ -93,7 +94,7 @@ class ActionModule(ActionBase):
         if delta is not None:
             result['delta'] = delta
         payload = delta['path'] if delta and delta.get('path') else path
-        remote_dir = self._make_tmp_path()
+        remote_dir = transfer_dir(self)
         try:
             remote, sent, seconds = send(self, remote_dir, dict(model_dir.files, **{os.path.basename(payload): payload}))
         except Exception:

@@ -17,7 +17,8 @@ from ansible_collections.edgeai.fleet.plugins.module_utils._controller_args impo
     MODEL_ARTIFACT_REQUIRED_IF, MODEL_ARTIFACT_SPEC)
 from ansible_collections.edgeai.fleet.plugins.plugin_utils._device_runtime import publisher
 from ansible_collections.edgeai.fleet.plugins.plugin_utils._transfer import (
-    artifact_for, device_public_key, device_view, remove_remote_dir, run_store, send)
+    artifact_for, device_public_key, device_view, remove_remote_dir, run_store, send,
+    transfer_dir)
 
 
 class ActionModule(ActionBase):
@@ -81,7 +82,7 @@ class ActionModule(ActionBase):
                               msg=done.get('msg'))
             return result
 
-        remote_dir = self._make_tmp_path()
+        remote_dir = transfer_dir(self)
         try:
             remote = send(self, remote_dir, dict(model_dir.files, **{os.path.basename(path): path}))[0]
             done = self._run_store(dict(common, state='installed', artifact=remote[os.path.basename(path)],

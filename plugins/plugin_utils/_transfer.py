@@ -26,6 +26,12 @@ def run_store(action, module_args, task_vars, host):
     return done
 
 
+def transfer_dir(action):
+    """The remote directory to send files into: the task's own, if an earlier module run of the task made one
+    (a second one would replace it as the connection's tmpdir, and the first would be left on the device)."""
+    return action._connection._shell.tmpdir or action._make_tmp_path()
+
+
 def remove_remote_dir(action, remote_dir):
     """Remove the remote directory the transfer used, always: it held the artifact and its key slot, which are
     not kept even under ANSIBLE_KEEP_REMOTE_FILES. What ActionBase._remove_tmp_path(force=True) does, through
@@ -36,6 +42,10 @@ def remove_remote_dir(action, remote_dir):
     if done.get('rc', 0) != 0:  # a warning: this runs in finally blocks, and must not hide the failure before it
         Display().warning('removing the transfer directory %s on the device: %s'
                           % (remote_dir, (done.get('stderr') or done.get('stdout') or '').strip()))
+    elif action._connection._shell.tmpdir == remote_dir:
+        # Gone: a later module run of this task makes a directory of its own (and removes it), as after
+        # _remove_tmp_path, instead of writing into this path again and leaving it behind.
+        action._connection._shell.tmpdir = None
 
 
 def artifact_for(pub, artifact_dir, artifact_id):
