@@ -1,0 +1,121 @@
+"""Staged rollouts in pull mode on a small real fleet (tests/support/pull_fleet.py): two generic amd64 devices on
+an --internal podman network, pulling from a registry container over HTTPS, reporting through the fleet's
+broker (TLS, the fleet CA), which the controller's reader (edgeai_runtime.controller.outcomes) reaches on
+127.0.0.1 through the broker's published port.
+
+The fleet is built once for the module (``pull_fleet``); the tests share its containers, in file order."""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+import pytest
+
+from conftest import DEMO_RELEASE, NAME_PREFIX, WAIT_READY, run_ansible_playbook, start_device, write_inventory
+from support.pull_fleet import READER_TOPIC, start_pull_fleet
+
+#: The soak of the rollout block: short, and judged on what little traffic there is (min_requests 0).
+SOAK = {"seconds": 5, "p95_ms": 100, "max_error_rate": 0.05, "max_restarts": 0, "min_requests": 0, "interval_s": 1}
+
+
+@pytest.fixture(scope='module')
+def pull_fleet(tmp_path_factory):
+    """The fleet (tests/support/pull_fleet.PullFleet): ``inventory``, ``registry_dir``, ``broker``
+    (127.0.0.1:PORT), ``reader_ca`` / ``reader_cert`` / ``reader_key``, ``keys_dir``, ``artifact_dir``, ``hosts``
+    and ``device_ids``, and ``collect`` (the devices' outcome records as the reader gets them from the broker)
+    and ``device_rollout`` (a device's own marks). Removed at the module's end, also after a failure."""
+    if not (DEMO_RELEASE / 'onnxruntime-fp32' / 'manifest.json').exists():
+        pytest.skip('needs the demo models (scripts/build-demo-models.py, run by scripts/test.sh)')
+    fleet = start_pull_fleet(tmp_path_factory.mktemp('pull-fleet'), start_device=start_device,
+                             write_inventory=write_inventory, run_playbook=run_ansible_playbook,
+                             wait_ready=WAIT_READY, prefix=NAME_PREFIX)
+    print('pull_fleet: deploy %.0f s, start %.0f s' % (fleet.timings['deploy'], fleet.timings['start']))
+    try:
+        yield fleet
+    finally:
+        fleet.close()
+
+
+def release_of(version, tmp_path):
+    """digits ``version``, a release directory of variants: the demo models' own when built, else a copy of
+    1.0.0's variants under that version."""
+    built = DEMO_RELEASE.parent / ('digits-%s' % version)
+    variants = sorted(p for p in built.glob('*/manifest.json')) if built.is_dir() else []
+    if variants and all(json.loads(p.read_text())['version'] == version for p in variants):
+        return built
+    dest = tmp_path / ('digits-%s' % version)
+    for variant in DEMO_RELEASE.iterdir():
+        if (variant / 'manifest.json').is_file():
+            shutil.copytree(variant, dest / variant.name)
+            manifest = json.loads((dest / variant.name / 'manifest.json').read_text())
+            manifest['version'] = version
+            (dest / variant.name / 'manifest.json').write_text(json.dumps(manifest))
+    return dest
+
+
+def test_agents_report_rollout_verdicts_through_the_broker(pull_fleet, tmp_path):
+    fleet = pull_fleet
+    rollout = {"id": "digits-1.1.0", "attempt": 1, "action": "update", "soak": SOAK}
+    for host in fleet.hosts:
+        assert fleet.serving(host) == '1.0.0', host
+
+    # 1. The reader's session exists before anything is published (a device drops a record once the broker has it).
+    session = 'digits-1.1.0-%s' % fleet.broker_port
+    registered = fleet.register(session)
+    assert registered['rc'] == 0, registered
+    assert registered['changed'] is True and registered['session_present'] is False, registered
+    assert registered['topic'] == READER_TOPIC and registered['broker'] == fleet.broker, registered
+
+    # 2. Publish digits 1.1.0 for both devices, each entry with the rollout block.
+    published_at = time.time()
+    published = fleet.publish([release_of('1.1.0', tmp_path)], rollout=rollout)
+    assert published['rc'] == 0, published
+    assert published['refused'] == {} and sorted(published['variants']) == sorted(fleet.hosts), published
+    for host in fleet.hosts:
+        key_id = fleet.device_json(host, 'keys', 'show')['current']['key_id']
+        doc = json.loads((fleet.registry_dir / 'updates' / ('%s.json' % key_id)).read_text())
+        assert [(m['name'], m['version'], m.get('rollout')) for m in doc['models']] == [('digits', '1.1.0', rollout)]
+
+    # 3. The agents' timers take it, soak it and report; the reader collects both verdicts from the broker.
+    started = time.monotonic()
+    collected = fleet.collect(session, 'digits-1.1.0', 1, 'update', timeout=240)
+    seconds = time.monotonic() - started
+    print('collect: %.0f s' % seconds)
+    assert collected['rc'] == 0, collected
+    assert collected['complete'] is True and collected['missing'] == [], '%s\n%s' % (
+        json.dumps(collected, indent=1)[-4000:], fleet.diagnose())
+    assert collected['ignored']['topic_mismatch'] == 0 and collected['mismatched'] == [], collected
+    for host in fleet.hosts:
+        envelope = collected['by_host'][host]
+        device_id = fleet.device_ids[host]
+        assert envelope['device_id'] == device_id and envelope['kind'] == 'rollout', envelope
+        verdict = envelope['data']
+        assert verdict['rollout'] == 'digits-1.1.0' and verdict['attempt'] == 1 and verdict['action'] == 'update'
+        assert verdict['name'] == 'digits' and verdict['version'] == '1.1.0', verdict
+        assert verdict['state'] == 'succeeded', verdict
+        assert (verdict['version_before'], verdict['version_after'], verdict['updated']) == ('1.0.0', '1.1.0', True)
+        assert verdict['reason'] is None, verdict
+        assert verdict['soak']['passed'] is True and verdict['soak']['reasons'] == [], verdict['soak']
+        print('%s: verdict %.1f s after the publication' % (host, verdict['time'] - published_at))
+    # What the broker gave the reader: the rollout records of this fleet's devices only (the ACL: nothing else).
+    spooled = fleet.spooled(session)
+    assert spooled and sorted({line['topic'] for line in spooled}) == sorted(
+        'edgeai/%s/rollout' % fleet.device_ids[h] for h in fleet.hosts), spooled
+
+    # 4. On the devices: 1.1.0 serves, it came by pull, and the marks are the rollout's, reported once.
+    for host in fleet.hosts:
+        assert fleet.serving(host) == '1.1.0', host
+        history = fleet.device_json(host, 'ota', 'history', '--name', 'digits')['history']
+        assert (history[0]['version'], history[0]['mode'], history[0]['outcome']) == ('1.1.0', 'pull', 'committed')
+        mine = fleet.device_rollout(host, 'digits-1.1.0')
+        assert [m['mark'] for m in mine['marks']] == ['installing', 'installed', 'soaked'], mine['marks']
+        assert list(mine['reported']) == ['digits-1.1.0#1#update'], mine['reported']
+        seq = collected['by_host'][host]['seq']
+        assert mine['reported']['digits-1.1.0#1#update']['seq'] == seq, (mine['reported'], seq)
+
+    # 5. A second collect has it all in the spool already: it does not connect.
+    again = fleet.collect(session, 'digits-1.1.0', 1, 'update', timeout=30)
+    assert again['rc'] == 0 and again['complete'] is True and again['connected'] is False, again
+    assert {d: v['seq'] for d, v in again['verdicts'].items()} == {
+        d: v['seq'] for d, v in collected['verdicts'].items()}
