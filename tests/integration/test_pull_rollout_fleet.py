@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import DEMO_RELEASE, NAME_PREFIX, WAIT_READY, run_ansible_playbook, start_device, write_inventory
+from conftest import DEMO_RELEASE, NAME_PREFIX, WAIT_READY, podman, run_ansible_playbook, start_device, write_inventory
 from support.pull_fleet import READER_TOPIC, start_pull_fleet
 
 #: The soak of the rollout block: short, and judged on what little traffic there is (min_requests 0).
@@ -59,6 +59,9 @@ def test_agents_report_rollout_verdicts_through_the_broker(pull_fleet, tmp_path)
     rollout = {"id": "digits-1.1.0", "attempt": 1, "action": "update", "soak": SOAK}
     for host in fleet.hosts:
         assert fleet.serving(host) == '1.0.0', host
+        # The agent polls every 5 s: its timer may be late by 1 s, not systemd's default minute.
+        timer = podman('exec', host, 'systemctl', 'show', '-p', 'AccuracyUSec', '--value', 'edgeai-agent.timer')
+        assert timer.stdout.strip() == '1s', timer.stdout
 
     # 1. The reader's session exists before anything is published (a device drops a record once the broker has it).
     session = 'digits-1.1.0-%s' % fleet.broker_port
