@@ -180,7 +180,7 @@ def test_wrapping_is_addressed_by_artifact_id(tmp_path, release, signer_keys):
 
 
 def _pack_and_wrap(args):
-    """One fork of a playbook run: choose the variant for its class, pack it (once), wrap it."""
+    """One fork of a playbook run (a process of its own): choose the variant for its class, pack it (once), wrap it."""
     release, out, keys_dir, pem, profile = args
     fleet = publisher.FleetKeys(keys_dir)
     variant = publisher.Release.read(release).select(profile)
@@ -197,7 +197,9 @@ def test_forks_packing_two_variants_at_once_get_slots_for_their_own_artifact(tmp
     out = str(tmp_path / "artifacts")
     jobs = [(str(release), out, signer_keys.dir, ring.current().public_pem, profile)
             for profile in (GENERIC, PI, NANO, CORAL) * 3]
-    with multiprocessing.get_context("fork").Pool(4) as pool:
+    # spawn, not fork: by now this pytest process runs the threads of earlier tests (servers, MQTT
+    # loops, ONNX Runtime pools), and a fork copies their held locks into children that then hang.
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
         results = pool.map(_pack_and_wrap, jobs)
     assert {r[0] for r in results} == {"onnxruntime", "tflite"}
     assert len({r[1] for r in results}) == 2 and len({r[2] for r in results}) == 2  # one packing per variant
