@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from edgeai_runtime.controller.publish import publish
+from edgeai_runtime.controller.publish import publish, publish_rollback
 from edgeai_runtime.device.agent import Agent, Downloader, RegistryError
 from edgeai_runtime.device.config import load_config, load_telemetry_config
 from edgeai_runtime.device.journal import History
@@ -51,7 +51,7 @@ class Fleet:
         self.sequence = 10
         (device.root / "etc" / "telemetry.json").write_text(json.dumps({"device_id": "cam-01"}))
 
-    def publish(self, version, rollout, seed=3, force=False):
+    def publish(self, version, rollout, seed=3, force=False, keep_before=None):
         model = modelgen.digits_onnx(modelgen.train_digits_mlp(seed=seed) if seed else self.device.digits)
         path, packed, files = self.device.pack(version, model=model)
         for name, data in files.items():
@@ -62,7 +62,8 @@ class Fleet:
         self.sequence += 1
         ring = self.device.ring
         publish(str(self.dir), self.device.signer, [release], {ring.current_id(): ring.current().public_pem},
-                lambda artifact_path, pem: artifacts.slot_for(packed, ring), sequence=self.sequence)
+                lambda artifact_path, pem: artifacts.slot_for(packed, ring), sequence=self.sequence,
+                keep_before=keep_before)
         return path, packed
 
     def agent(self):
@@ -187,6 +188,50 @@ def test_the_fleet_rollback_brings_back_the_version_before(fleet):
 
     again = fleet.agent().run_once()
     assert not again["changed"] and len(fleet.records("rollout")) == 2 and len(fleet.marks()) == 4
+
+
+def test_the_published_fleet_rollback_puts_back_the_document_from_before_the_rollout(fleet, tmp_path):
+    """publish_rollback (what playbooks/rollout.yml publishes after a breach in pull mode): each device's document
+    goes back to the entry it had before the rollout, kept when the rollout's first wave was published."""
+    kept, ring = tmp_path / "before", fleet.device.ring
+    devices = {ring.current_id(): ring.current().public_pem}
+    _path, packed_v1 = fleet.publish("1.0.0", None, seed=None)  # what the device was told before the rollout
+    assert fleet.agent().run_once()["changed"] is False
+    fleet.publish("2.0.0", update_block(), keep_before=str(kept))
+    fleet.publish("2.0.0", update_block(), keep_before=str(kept))  # published again: the kept one stays
+    [kept_file] = kept.iterdir()
+    assert [m["version"] for m in json.loads(kept_file.read_text())["models"]] == ["1.0.0"]
+    with traffic(fleet.device):
+        assert fleet.agent().run_once()["models"][0]["rollout"]["state"] == "succeeded"
+    fleet.device.assert_previous_serves("2.0.0")
+
+    block = {"id": "digits-2.0.0", "attempt": 1, "action": "rollback", "reason": "wave1 breached: 1 of 2 failed"}
+    wrap = lambda artifact_path, pem: artifacts.slot_for(packed_v1, ring)  # noqa: E731
+    done = publish_rollback(str(fleet.dir), fleet.device.signer, devices, block, str(kept), wrap, sequence=5)
+    assert done["changed"] and done["refused"] == {}, done
+    doc = json.loads((fleet.dir / "updates" / kept_file.name).read_text())
+    assert doc["sequence"] > fleet.sequence  # a lower sequence than the update's would be refused as a replay
+    assert [(m["version"], m["force"], m["rollout"]) for m in doc["models"]] == [("1.0.0", True, block)]
+    again = publish_rollback(str(fleet.dir), fleet.device.signer, devices, block, str(kept), wrap)
+    assert not again["changed"] and again["documents"] == []
+
+    result = fleet.agent().run_once()
+    assert not result["failed"] and result["models"][0]["rollout"]["state"] == "rolled_back", result
+    assert fleet.device.serving() == "1.0.0"
+    assert fleet.marks()[-1] == ("rolled_back", 1, "1.0.0", "breach")
+
+
+def test_a_fleet_rollback_is_refused_for_a_device_with_nothing_to_go_back_to(fleet, tmp_path):
+    ring = fleet.device.ring
+    devices = {ring.current_id(): ring.current().public_pem}
+    block = {"id": "digits-2.0.0", "attempt": 1, "action": "rollback", "reason": "canary breached"}
+    wrap = lambda artifact_path, pem: {}  # noqa: E731 - never called: nothing is written
+    nothing = publish_rollback(str(fleet.dir), fleet.device.signer, devices, block, str(tmp_path / "k"), wrap)
+    assert "carries no rollout digits-2.0.0: nothing was published to roll back" in nothing["refused"][ring.current_id()]
+    fleet.publish("2.0.0", update_block(), keep_before=str(tmp_path / "k"))  # it had no document before
+    unkept = publish_rollback(str(fleet.dir), fleet.device.signer, devices, block, str(tmp_path / "k"), wrap)
+    assert not unkept["changed"]
+    assert "no update document from before the rollout digits-2.0.0 is kept" in unkept["refused"][ring.current_id()]
 
 
 def test_a_rollback_reaches_a_device_the_update_never_reached(fleet):

@@ -327,3 +327,53 @@ def test_the_device_reports_its_class_profile_with_its_key(tmp_path):
         done = runtime(root, "keys", action)
         assert done.returncode == 0, done.stderr + done.stdout
         assert json.loads(done.stdout)["profile"] == CORAL
+
+
+def _publisher_cli(*argv):
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-m", "edgeai_runtime.controller.publisher"] + [str(a) for a in argv],
+                          capture_output=True, text=True, check=False)
+    return done.returncode, json.loads(done.stdout)
+
+
+def test_the_published_fleet_rollback_wraps_the_release_before_for_each_device_again(tmp_path, release, digits,
+                                                                                   builds, signer_keys):
+    """edgeai-artifact publish --rollout --keep-before, then rollback (what playbooks/rollout.yml runs after a breach
+    in pull mode): the device's document goes back to 1.0.0 with a key slot its key opens, wrapped through the
+    escrow slot that packing 1.0.0 left in --out-dir; without that artifact directory the rollback is refused,
+    naming the artifact and the directory, and no document is written."""
+    newer = tmp_path / "digits-2.0.0"
+    write_variant(newer / "onnxruntime-fp32", *_manifest(builds["onnx"], digits, version="2.0.0"))
+    ring, device = _device(tmp_path, "amd64", GENERIC)
+    devices_file = tmp_path / "devices.json"
+    devices_file.write_text(json.dumps({"amd64": device}))
+    registry, kept = tmp_path / "registry", tmp_path / "kept"
+    doc = registry / "updates" / (ring.current_id() + ".json")
+    _publish_cli(tmp_path, release, signer_keys.dir, devices_file)
+    update = {"id": "digits-2.0.0", "attempt": 1, "action": "update", "soak": {"seconds": 5}}
+    rc, published = _publisher_cli("publish", "--keys-dir", signer_keys.dir, "--registry", registry, "--out-dir",
+                                   tmp_path / "artifacts", "--devices", devices_file, "--sequence", 8,
+                                   "--model-dir", newer, "--rollout", json.dumps(update), "--keep-before", kept)
+    assert rc == 0 and published["changed"], published
+    assert [m["version"] for m in json.loads(doc.read_text())["models"]] == ["2.0.0"]
+
+    block = {"id": "digits-2.0.0", "attempt": 1, "action": "rollback", "reason": "wave1 breached: 1 of 1 failed"}
+    rollback = ["rollback", "--keys-dir", signer_keys.dir, "--registry", registry, "--devices", devices_file,
+                "--keep-before", kept, "--rollout", json.dumps(block), "--sequence", 9]
+    elsewhere = tmp_path / "fresh-controller-artifacts"
+    elsewhere.mkdir()
+    rc, refused = _publisher_cli(*rollback, "--out-dir", elsewhere)
+    assert rc == 1 and refused["reason"] == "no_escrow", refused
+    assert "digits-2.0.0" in refused["msg"] and str(elsewhere) in refused["msg"] and ".eaf" in refused["msg"], refused
+    assert [m["version"] for m in json.loads(doc.read_text())["models"]] == ["2.0.0"]  # nothing written
+
+    rc, done = _publisher_cli(*rollback, "--out-dir", tmp_path / "artifacts")
+    assert rc == 0 and done["changed"] and done["devices"] == ["amd64"] and done["refused"] == {}, done
+    (model,) = json.loads(doc.read_text())["models"]
+    assert (model["version"], model["force"], model["rollout"]) == ("1.0.0", True, block)
+    header = artifact.read_header(str(registry / model["artifact"]["path"]))
+    assert header["manifest"]["version"] == "1.0.0"
+    assert ring.open_slot(model["keyslot"], header["artifact_id"])
+    rc, again = _publisher_cli(*rollback, "--out-dir", tmp_path / "artifacts")
+    assert rc == 0 and not again["changed"] and again["documents"] == [], again

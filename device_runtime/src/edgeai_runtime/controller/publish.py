@@ -17,7 +17,8 @@ from edgeai_runtime.format.updates import DOC_FORMAT, DOC_VERSION, RolloutBlockE
 
 def publish(registry: str, signing_key: Any, releases: List[Dict[str, Any]], devices: Mapping[str, str],
             wrap: Callable[[str, str], Dict[str, Any]], sequence: Optional[int] = None,
-            per_device: Optional[Mapping[str, List[Dict[str, Any]]]] = None) -> Dict[str, Any]:
+            per_device: Optional[Mapping[str, List[Dict[str, Any]]]] = None,
+            keep_before: Optional[str] = None) -> Dict[str, Any]:
     """Write the registry: each release's artifact and gate files (copied once), and for every
     device (key id -> public key PEM) a signed update document with its own key slots.
 
@@ -29,7 +30,9 @@ def publish(registry: str, signing_key: Any, releases: List[Dict[str, Any]], dev
     returns the artifact's key slot for one device. ``sequence`` defaults to the time in seconds,
     so a later publication always supersedes an earlier one. A device whose document would say the
     same (same models, versions, artifacts and files, rollout blocks, key slots for the same key) keeps
-    its document: publishing again changes nothing."""
+    its document: publishing again changes nothing. ``keep_before`` (a directory): before a device's document is
+    first replaced by one carrying a rollout block, the document it had is kept there (``<key id>.json``, once per
+    rollout: a later publication of the same rollout keeps the first), for publish_rollback."""
     sequence = int(time.time()) if sequence is None else sequence
     per_device = per_device or {}
     everything = list(releases) + [r for device in sorted(per_device) for r in per_device[device]]
@@ -56,6 +59,8 @@ def publish(registry: str, signing_key: Any, releases: List[Dict[str, Any]], dev
                   for r, e in zip(theirs, mine)]
         if _same_document(path, wanted, device):
             continue
+        if keep_before is not None:
+            _keep_before(path, keep_before, device, [w["rollout"]["id"] for w in wanted if "rollout" in w])
         models = [dict(w, keyslot=wrap(e["source"], pem)) for w, e in zip(wanted, mine)]
         doc = {"format": DOC_FORMAT, "format_version": DOC_VERSION, "device": device, "sequence": sequence,
                "issued": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "models": models}
@@ -65,6 +70,84 @@ def publish(registry: str, signing_key: Any, releases: List[Dict[str, Any]], dev
         written.append(path)
     return {"changed": copied or bool(written), "registry": registry, "sequence": sequence, "documents": written,
             "models": list(dict.fromkeys("%s %s" % (e["name"], e["version"]) for e in entries.values()))}
+
+
+def _keep_before(path: str, keep_dir: str, device: str, rollout_ids: List[str]) -> None:
+    """Keep the document at ``path`` in ``keep_dir`` unless one is kept already, or it carries one of these
+    rollouts already (it is not from before them)."""
+    kept = os.path.join(keep_dir, device + ".json")
+    if not rollout_ids or os.path.exists(kept) or not os.path.exists(path):
+        return
+    with open(path, "rb") as f:
+        body = f.read()
+    try:
+        models = json.loads(body).get("models") or []
+    except ValueError:
+        return  # a torn or foreign document is nothing to go back to
+    if any((m.get("rollout") or {}).get("id") in rollout_ids for m in models):
+        return
+    os.makedirs(keep_dir, exist_ok=True)
+    write_atomic(kept, body, 0o644)
+
+
+def publish_rollback(registry: str, signing_key: Any, devices: Mapping[str, str], rollout: Mapping[str, Any],
+                     keep_dir: str, wrap: Callable[[str, str], Dict[str, Any]],
+                     sequence: Optional[int] = None) -> Dict[str, Any]:
+    """The fleet rollback in pull mode: each device's document goes back to the entry it had before the rollout
+    (as ``keep_before`` kept it), carrying ``rollout`` (a block of action ``rollback``: id, attempt, reason), its
+    key slot wrapped again for the device's key. The other models of its current document stay. ``devices``: key
+    id -> public key PEM. A device without a kept document, or whose current document does not carry the rollout,
+    is not written and is listed in ``refused`` with the reason. Publishing the same rollback again changes
+    nothing."""
+    sequence = int(time.time()) if sequence is None else sequence
+    refused: Dict[str, str] = {}
+    written: List[str] = []
+    for device, pem in sorted(devices.items()):
+        path = os.path.join(registry, "updates", device + ".json")
+        current = _read_json(path)
+        models = list((current or {}).get("models") or [])
+        index = next((i for i, m in enumerate(models) if (m.get("rollout") or {}).get("id") == rollout["id"]), None)
+        if index is None:
+            refused[device] = "its update document %s carries no rollout %s: nothing was published to roll back" % (
+                path, rollout["id"])
+            continue
+        name = models[index]["name"]
+        before = next((m for m in (_read_json(os.path.join(keep_dir, device + ".json")) or {}).get("models") or []
+                       if m.get("name") == name), None)
+        if before is None:
+            refused[device] = ("no update document from before the rollout %s is kept in %s (the device had none "
+                               "for %s): roll it back over SSH" % (rollout["id"], keep_dir, name))
+            continue
+        # Forced: the version before is older, and the device must take it whether or not its store still holds it.
+        entry = dict({k: v for k, v in before.items() if k not in ("keyslot", "rollout")}, force=True,
+                     rollout=dict(rollout))
+        try:
+            check_rollout(entry["rollout"], name, entry["version"])
+        except RolloutBlockError as exc:
+            refused[device] = "the rollback of %s cannot be published: %s" % (rollout["id"], exc)
+            continue
+        wanted = [{k: v for k, v in m.items() if k != "keyslot"} for m in models]
+        wanted[index] = entry
+        if _same_document(path, wanted, device):
+            continue
+        models[index] = dict(entry, keyslot=wrap(os.path.join(registry, entry["artifact"]["path"]), pem))
+        doc = {"format": DOC_FORMAT, "format_version": DOC_VERSION, "device": device,
+               "sequence": max(sequence, int((current or {}).get("sequence") or 0) + 1),
+               "issued": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "models": models}
+        body = canonical(doc)
+        write_atomic(path + ".sig", signing_key.sign(body), 0o644)
+        write_atomic(path, body, 0o644)
+        written.append(path)
+    return {"changed": bool(written), "registry": registry, "documents": written, "refused": refused}
+
+
+def _read_json(path: str) -> Optional[Dict[str, Any]]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            found = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return found if isinstance(found, dict) else None
 
 
 def _check_rollout_of(release: Mapping[str, Any]) -> None:

@@ -37,6 +37,7 @@ from edgeai_runtime.fsutil import exclusive_lock, write_atomic
 from edgeai_runtime.controller import packing, variants
 from edgeai_runtime.format.keys import ArtifactError
 from edgeai_runtime.format.manifest import Manifest, ManifestError, version_key
+from edgeai_runtime.format.updates import RolloutBlockError
 
 PASSPHRASE_ENV = "EDGEAI_FLEET_KEY_PASSPHRASE"
 CIPHER_TAGS = {"aes-256-gcm": "aes", "chacha20-poly1305": "chacha"}
@@ -371,7 +372,8 @@ def read_devices(path: str) -> List[Device]:
 
 def publish_registry(registry: str, model_dirs: List[str], out_dir: str, fleet: FleetKeys,
                      devices: Sequence[Union[str, Device]], cipher: str = "aes-256-gcm", force: bool = False,
-                     sequence: Optional[int] = None, delta_bases: int = 2) -> Dict[str, Any]:
+                     sequence: Optional[int] = None, delta_bases: int = 2, rollout: Optional[Dict[str, Any]] = None,
+                     keep_before: Optional[str] = None) -> Dict[str, Any]:
     """Pack the releases (model directories, or release directories of variants), then write the
     pull registry: artifacts, gate files and a signed update document per device
     (edgeai_runtime.controller.publish). Each device gets, of every release, the variant that fits
@@ -379,7 +381,9 @@ def publish_registry(registry: str, model_dirs: List[str], out_dir: str, fleet: 
     variant of a release fits gets no new document (its old one stays) and is listed in
     ``refused``, naming its class and the variants on offer. Each release also gets deltas from
     the ``delta_bases`` newest older versions of that variant packed in ``out_dir`` (where worth it).
-    ``devices``: Device records, or bare public key PEMs (a device reporting no profile)."""
+    ``devices``: Device records, or bare public key PEMs (a device reporting no profile). ``rollout``: the rollout
+    block every release's entry carries (a staged rollout's wave); ``keep_before``: where each device's document
+    from before the rollout is kept (edgeai_runtime.controller.publish.publish)."""
     from edgeai_runtime.controller.publish import publish
     releases = [Release.read(path) for path in model_dirs]
     packed: Dict[str, Dict[str, Any]] = {}
@@ -395,7 +399,8 @@ def publish_registry(registry: str, model_dirs: List[str], out_dir: str, fleet: 
                     continue
                 if delta_path:
                     deltas.append(facts)
-            packed[model_dir.path] = {"artifact": path, "files": model_dir.files, "force": force, "deltas": deltas}
+            packed[model_dir.path] = {"artifact": path, "files": model_dir.files, "force": force, "deltas": deltas,
+                                      **({"rollout": rollout} if rollout is not None else {})}
         return packed[model_dir.path]
 
     pems: Dict[str, str] = {}
@@ -415,8 +420,37 @@ def publish_registry(registry: str, model_dirs: List[str], out_dir: str, fleet: 
         per_device[kid] = [release_of(md) for md in picks]
         chosen[device.name] = [md.identity for md in picks]
     result = publish(registry, fleet.signing, [], pems, lambda path, pem: wrap_for(path, fleet, pem), sequence,
-                     per_device)
+                     per_device, keep_before)
     result.update(refused=refused, variants=chosen)
+    return result
+
+
+def rollback_registry(registry: str, fleet: FleetKeys, devices: Sequence[Device], rollout: Dict[str, Any],
+                      keep_before: str, out_dir: str, sequence: Optional[int] = None) -> Dict[str, Any]:
+    """Publish the fleet rollback of ``rollout`` (a block of action ``rollback``) for ``devices``: each one's
+    document goes back to the entry it had before the rollout (edgeai_runtime.controller.publish.publish_rollback).
+    The key slots are wrapped again through the escrow slots of the artifacts as packed in ``out_dir`` (the
+    registry holds no escrow slots). ``refused`` is keyed by device name, as publish_registry's."""
+    from edgeai_runtime.controller.publish import publish_rollback
+    by_kid = {device.key_id: device for device in devices}
+
+    def wrap(path: str, pem: str) -> Dict[str, str]:
+        artifact_id = artifact.read_header(path).get("artifact_id", "")
+        packed = os.path.join(os.path.abspath(out_dir), os.path.basename(path))
+        try:  # the artifact from before was packed earlier and is never packed again: no lock
+            data_key = _escrow_data_key(packed, artifact_id, fleet)
+        except ArtifactError as exc:
+            raise ArtifactError(exc.reason, "the rollback of %s needs the escrow slot of %s as packed in %s (the "
+                                            "artifact directory the release before was published from): %s" % (
+                                                rollout.get("id"), os.path.basename(path), out_dir, exc)) from None
+        return keys.wrap(data_key, keys.load_public(pem, "the device's public key"), artifact_id)
+
+    result = publish_rollback(registry, fleet.signing, {kid: d.public_pem for kid, d in by_kid.items()}, rollout,
+                              keep_before, wrap, sequence)
+    result["refused"] = {by_kid[kid].name: "%s: %s" % (by_kid[kid].name, why)
+                         for kid, why in result["refused"].items()}
+    result["devices"] = sorted(d.name for kid, d in by_kid.items()
+                               if os.path.join(registry, "updates", kid + ".json") in result["documents"])
     return result
 
 
@@ -471,7 +505,30 @@ def _parser() -> argparse.ArgumentParser:
     publish.add_argument("--sequence", type=int, help="document sequence (default: now, in seconds)")
     publish.add_argument("--delta-bases", type=int, default=2,
                          help="deltas from this many earlier versions packed in --out-dir (0: none)")
+    publish.add_argument("--rollout", type=_json_object, help="a rollout block (JSON) every entry carries: a staged "
+                                                              "rollout's wave (edgeai_runtime.format.updates)")
+    publish.add_argument("--keep-before", help="keep each device's document from before the rollout here (for rollback)")
+    rollback = sub.add_parser("rollback", help="pull mode's fleet rollback: documents back to what they were before "
+                                               "a rollout, with a rollout block of action rollback")
+    rollback.add_argument("--keys-dir", required=True)
+    rollback.add_argument("--registry", required=True)
+    rollback.add_argument("--devices", required=True, help="the devices file, as publish's")
+    rollback.add_argument("--rollout", type=_json_object, required=True, help="the rollback's block (JSON)")
+    rollback.add_argument("--keep-before", required=True, help="where publish --keep-before kept the documents")
+    rollback.add_argument("--out-dir", required=True, help="the artifact directory the releases were packed in "
+                                                           "(publish --out-dir): their escrow slots are there")
+    rollback.add_argument("--sequence", type=int, help="document sequence (default: now, in seconds)")
     return parser
+
+
+def _json_object(text: str) -> Dict[str, Any]:
+    try:
+        found = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError("not JSON: %s" % exc) from None
+    if not isinstance(found, dict):
+        raise argparse.ArgumentTypeError("a JSON object is needed, got %s" % type(found).__name__)
+    return found
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -499,11 +556,14 @@ def main(argv: Optional[List[str]] = None) -> int:
                 if not devices:
                     raise ArtifactError("bad_devices", "publish: give the devices (--devices FILE or --device PEM)")
                 result = publish_registry(args.registry, args.model_dir, args.out_dir, fleet, devices, args.cipher,
-                                          args.force, args.sequence, args.delta_bases)
+                                          args.force, args.sequence, args.delta_bases, args.rollout, args.keep_before)
+            elif args.command == "rollback":
+                result = rollback_registry(args.registry, fleet, read_devices(args.devices), args.rollout,
+                                           args.keep_before, args.out_dir, args.sequence)
             else:
                 with open(args.public_key, encoding="ascii") as f:
                     result = {"changed": False, "keyslot": wrap_for(args.artifact, fleet, f.read())}
-    except (ArtifactError, modelfile.ModelFileError, OSError) as exc:
+    except (ArtifactError, modelfile.ModelFileError, RolloutBlockError, OSError) as exc:
         print(json.dumps({"failed": True, "changed": False, "msg": str(exc),
                           "reason": getattr(exc, "reason", type(exc).__name__)}))
         return 1
