@@ -127,7 +127,15 @@ class ActionModule(ActionBase):
             if args['state'] == 'wave_started':
                 _rollout.start_wave(ledger, args['wave'])
             elif args['state'] == 'device':
-                extra['device'] = _rollout.record(ledger, host, args['device_state'], **dict(args['fields']))
+                for each in args['hosts'] or [host]:  # hosts: pull-mode devices, recorded from the controller
+                    extra['device'] = _rollout.record(ledger, each, args['device_state'], **dict(args['fields']))
+            elif args['state'] == 'reported':
+                fields = args['fields']
+                if not isinstance(fields.get('devices'), dict) or not isinstance(fields.get('outcomes'), dict):
+                    raise _rollout.RolloutError('state=reported needs fields.devices ({host: device id}) and '
+                                                'fields.outcomes (the result of outcomes collect)')
+                extra['states'] = _rollout.record_outcomes(ledger, fields['devices'], fields['outcomes'],
+                                                          refused=fields.get('refused') or {})
             elif args['state'] == 'gated':
                 extra.update(_rollout.gate(ledger, args['wave'], lost=args['fields'].get('lost') or ()))
             else:

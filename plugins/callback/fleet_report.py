@@ -22,7 +22,8 @@ description:
     reasons, charts of soak latency and of progress over time); it loads nothing from anywhere.
   - A report that cannot be written (a malformed ledger, a directory that is not writable) is a warning; it
     never fails the run. Without the Python library pygal only C(report.json) is written, with a warning.
-  - Only the display is written to; the plugin works the same under ansible-runner and AWX.
+  - Only the display is written to, on stderr (a stdout callback such as C(json) keeps its stdout its own); the
+    plugin works the same under ansible-runner and AWX.
   - Enable it with C(callbacks_enabled = edgeai.fleet.fleet_report) in C(ansible.cfg) or
     C(ANSIBLE_CALLBACKS_ENABLED=edgeai.fleet.fleet_report).
 requirements:
@@ -192,5 +193,6 @@ class CallbackModule(CallbackBase):
                 self._display.warning('edgeai.fleet.fleet_report: writing the report of rollout %s: %s'
                                       % (rollout_dir, cause))
             else:
+                # On stderr, as the warnings: a machine-read stdout (the json callback) stays one JSON document.
                 self._display.display('edgeai.fleet.fleet_report: rollout %s: wrote %s'
-                                      % (rollout_dir, ', '.join(written)))
+                                      % (rollout_dir, ', '.join(written)), stderr=True)

@@ -94,7 +94,7 @@ SOAK_SPEC = dict(
 )
 
 #: edgeai.fleet.rollout (the controller's ledger of a staged rollout; roles/rollout drives it).
-ROLLOUT_STATES = ['planned', 'wave_started', 'device', 'gated', 'finished']
+ROLLOUT_STATES = ['planned', 'wave_started', 'device', 'gated', 'reported', 'finished']
 ROLLOUT_SPEC = dict(
     state=dict(type='str', required=True, choices=ROLLOUT_STATES),
     rollout_dir=dict(type='path', default='~/.local/state/edgeai-fleet/rollouts'),
@@ -113,7 +113,9 @@ ROLLOUT_SPEC = dict(
     device_state=dict(type='str', choices=['pending', 'deferred', 'transferring', 'installing', 'soaking',
                                            'succeeded', 'failed', 'rolled_back', 'unreachable']),
     fields=dict(type='dict', default={}),
+    hosts=dict(type='list', elements='str'),
 )
 ROLLOUT_REQUIRED_IF = [('state', 'planned', ('src',)), ('state', 'wave_started', ('rollout', 'wave')),
                        ('state', 'gated', ('rollout', 'wave')), ('state', 'device', ('rollout', 'device_state')),
+                       ('state', 'reported', ('rollout',)),
                        ('state', 'finished', ('rollout',))]

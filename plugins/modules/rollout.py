@@ -49,7 +49,7 @@ options:
     description: The step.
     type: str
     required: true
-    choices: [planned, wave_started, device, gated, finished]
+    choices: [planned, wave_started, device, gated, reported, finished]
   rollout_dir:
     description: The controller directory of the ledgers. Point it at shared storage under AWX, or let each job
       rebuild the ledger from the devices.
@@ -107,8 +107,16 @@ options:
       - With C(state=device) - ledger fields of the host (C(reason), C(version_before), C(version_after), C(updated),
         C(soak); C(stage_seconds) splits C(transferring) from C(installing)).
       - With C(state=gated) - C(lost), the wave's hosts that left the play (unreachable).
+      - With C(state=reported) - C(devices) (pull-mode hosts whose documents were published, each with its device
+        id) and C(outcomes) (what C(python -m edgeai_runtime.controller.outcomes collect) printed); each verdict
+        becomes the host's state, a missing update verdict makes it C(unreachable).
     type: dict
     default: {}
+  hosts:
+    description: With C(state=device) - the hosts to record (pull-mode devices, recorded from the controller)
+      instead of the task's host.
+    type: list
+    elements: str
 notes:
   - The callback plugin C(edgeai.fleet.fleet_report) renders the ledger these tasks return as JSON and HTML.
 seealso:
@@ -188,6 +196,10 @@ reason:
   description: The breach, in words.
   returned: with state=gated
   type: str
+states:
+  description: The state each reported host got ({host - state}).
+  returned: with state=reported
+  type: dict
 """
 
 from ansible.module_utils.basic import AnsibleModule

@@ -341,9 +341,56 @@ def gate(ledger, name, lost=(), now=None):
     for other in ledger['waves']:
         if other['status'] in ('pending',):
             other['status'] = 'stopped'
+    # A pull-mode device without a verdict may have taken the update all the same: it gets the rollback too (its
+    # agent reports a rollback that changed nothing where the update never went in).
     rollback = sorted(h for h, e in ledger['devices'].items()
-                      if e['updated'] and e['state'] in ('soaking', 'succeeded', 'installing', 'transferring'))
+                      if e['updated'] and e['state'] in ('soaking', 'succeeded', 'installing', 'transferring')
+                      or e.get('mode') == 'pull' and e['state'] in ('unreachable', 'transferring', 'soaking'))
     return {'breached': True, 'reason': reason, 'rollback': rollback, 'held': None, 'deferred': deferred}
+
+
+def record_outcomes(ledger, devices, collected, now=None, refused=None):
+    """Take the verdicts that pull-mode devices reported through the broker (the result of
+    ``edgeai_runtime.controller.outcomes collect``) into the ledger. ``devices``: {host: device id}, the hosts whose
+    documents were published. After an update, a device without a verdict is ``unreachable`` (its agent did not
+    report in time); after a rollback it keeps its state, and the reason says the rollback is unconfirmed, or why
+    it could not be published for it (``refused``: {host: why}). Returns {host: the state recorded}."""
+    now = time.time() if now is None else now
+    action = collected.get('action') or 'update'
+    verdicts = collected.get('verdicts') or {}
+    waited = collected.get('seconds')
+    states = {}
+    for host, device_id in sorted(devices.items()):
+        entry = ledger['devices'].get(host)
+        if entry is None:
+            raise RolloutError('%s is not part of the rollout %s' % (host, ledger['id']))
+        data = ((verdicts.get(device_id) or {}).get('data')) or {}
+        if host in (refused or {}):
+            entry['reason'] = '%s; not rolled back: %s' % (entry.get('reason') or entry['state'], refused[host])
+            states[host] = entry['state']
+            continue
+        if not data:
+            why = 'no %s verdict from %s through the broker%s' % (
+                action, device_id, ' within %.0f s' % waited if isinstance(waited, (int, float)) else '')
+            if action == 'update':
+                record(ledger, host, 'unreachable', now, reason=why + ' (its agent did not report)', mode='pull')
+            else:
+                entry['reason'] = '%s; the rollback was published, %s' % (entry.get('reason') or entry['state'], why)
+            states[host] = entry['state']
+            continue
+        state = data.get('state')
+        if state not in ('succeeded', 'failed', 'rolled_back'):
+            raise RolloutError('%s (%s) reported the state %r for %s, not succeeded, failed or rolled_back'
+                               % (host, device_id, state, ledger['id']))
+        if action == 'rollback' and entry['state'] == 'failed':
+            state = 'failed'  # its own soak failed before the breach: it stays a failure, now rolled back
+        at = data.get('time')
+        record(ledger, host, state, now, at=at if isinstance(at, (int, float)) and at < now else None,
+               reason=data.get('reason') or '', version_before=data.get('version_before'),
+               version_after=data.get('version_after'), soak=data.get('soak'), mode='pull',
+               updated=bool(data.get('updated')) and state == 'succeeded')
+        states[host] = state
+    return states
 
 
 def finish(ledger, now=None):

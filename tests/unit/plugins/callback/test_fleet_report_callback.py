@@ -87,8 +87,21 @@ def test_reports_of_each_rollout_from_its_last_result_and_its_ledger_file(tmp_pa
     assert (by_file / 'report.html').exists()
     assert not other.exists()
     assert not list(tmp_path.rglob('.report.*.tmp'))
-    for directory in (by_results, by_file):
-        assert 'edgeai.fleet.fleet_report: rollout %s: wrote %s' % (directory, directory / 'report.json') in proc.stdout
+    for directory in (by_results, by_file):  # on stderr: stdout is the stdout callback's
+        assert 'edgeai.fleet.fleet_report: rollout %s: wrote %s' % (directory, directory / 'report.json') in proc.stderr
+
+
+def test_under_the_json_stdout_callback_stdout_stays_one_json_document(tmp_path):
+    """ANSIBLE_STDOUT_CALLBACK=json, as scripts and the integration tests read a run: the callback's notice
+    goes to stderr, and stdout parses as one JSON document with nothing after it."""
+    directory = tmp_path / 'rollouts' / 'a'
+    proc = run(tmp_path, [{'name': 'Roll out', 'rollout': {'rollout_dir': str(directory),
+                                                          'ledger': ledgers.succeeded()}}],
+               ANSIBLE_STDOUT_CALLBACK='ansible.builtin.json')
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads(proc.stdout)['stats']['localhost']['ok'] == 1
+    assert 'edgeai.fleet.fleet_report: rollout %s: wrote' % directory in proc.stderr
+    assert (directory / 'report.json').exists()
 
 
 def test_configured_action_names_and_report_dir(tmp_path):

@@ -356,3 +356,65 @@ def test_a_fleet_rollback_on_request_returns_every_device_the_rollout_updated():
     assert todo['abort'] == 'rolled back on request (rollout_action=rollback)'
     assert ledger['status'] == 'breached' and ledger['events'][-1]['kind'] == 'rollback'
     assert r.finish(ledger, now=2000.0)['status'] == 'rolled_back'
+
+
+def verdict(state, device, action='update', version_after='1.1.0', updated=True, reason=None, t=1050.0):
+    return {'device_id': device, 'boot_id': 'b', 'seq': 1, 'kind': 'rollout', 'time': t,
+            'data': {'rollout': 'digits-1.1.0', 'attempt': 1, 'action': action, 'state': state, 'version': '1.1.0',
+                     'version_before': '1.0.0', 'version_after': version_after, 'updated': updated,
+                     'reason': reason, 'soak': {'passed': state == 'succeeded', 'p95_ms': 7.5}, 'time': t}}
+
+
+def collected(action='update', seconds=30.0, **verdicts):
+    return {'action': action, 'seconds': seconds, 'verdicts': verdicts,
+            'missing': sorted(k for k, v in verdicts.items() if v is None)}
+
+
+def test_pull_verdicts_from_the_broker_become_the_devices_states():
+    ledger, _todo = fresh()
+    r.start_wave(ledger, 'wave1', now=1001.0)
+    r.record(ledger, 'b', 'transferring', now=1002.0, mode='pull')
+    r.record(ledger, 'c', 'transferring', now=1002.0, mode='pull')
+    states = r.record_outcomes(ledger, {'b': 'cam-b', 'c': 'cam-c'},
+                               collected(**{'cam-b': verdict('succeeded', 'cam-b')}), now=1100.0)
+    assert states == {'b': 'succeeded', 'c': 'unreachable'}
+    b, c = ledger['devices']['b'], ledger['devices']['c']
+    assert (b['version_after'], b['updated'], b['soak']['p95_ms'], b['history'][-1]['time']) == ('1.1.0', True, 7.5,
+                                                                                                 1050.0)
+    assert c['reason'] == 'no update verdict from cam-c through the broker within 30 s (its agent did not report)'
+    gated = r.gate(ledger, 'wave1', now=1101.0)
+    # c may have taken the update without reporting it: the fleet rollback is published to it as well.
+    assert gated['breached'] and gated['rollback'] == ['b', 'c']
+
+
+def test_a_pull_device_that_failed_its_own_soak_is_a_failure_not_updated():
+    ledger, _todo = fresh()
+    r.record(ledger, 'a', 'transferring', now=1002.0, mode='pull')
+    states = r.record_outcomes(ledger, {'a': 'cam-a'}, collected(**{'cam-a': verdict(
+        'failed', 'cam-a', version_after='1.0.0', updated=False, reason='soak failed: p95 latency 250 ms')}),
+        now=1100.0)
+    assert states == {'a': 'failed'}
+    assert (ledger['devices']['a']['version_after'], ledger['devices']['a']['updated']) == ('1.0.0', False)
+    assert 'p95 latency' in ledger['devices']['a']['reason']
+
+
+def test_pull_rollback_verdicts_and_the_devices_that_did_not_confirm():
+    ledger, _todo = fresh()
+    for host, state in (('a', 'succeeded'), ('b', 'failed'), ('c', 'succeeded')):
+        r.record(ledger, host, state, now=1010.0, mode='pull', updated=state == 'succeeded')
+    rolled = verdict('rolled_back', 'cam-a', action='rollback', version_after='1.0.0', updated=False, t=1200.0)
+    own = verdict('rolled_back', 'cam-b', action='rollback', version_after='1.0.0', updated=False, t=1200.0)
+    states = r.record_outcomes(ledger, {'a': 'cam-a', 'b': 'cam-b', 'c': 'cam-c'},
+                               collected('rollback', 60.0, **{'cam-a': rolled, 'cam-b': own}), now=1300.0)
+    assert states == {'a': 'rolled_back', 'b': 'failed', 'c': 'succeeded'}
+    assert ledger['devices']['a']['updated'] is False and ledger['devices']['a']['version_after'] == '1.0.0'
+    assert ledger['devices']['c']['reason'] == ('succeeded; the rollback was published, no rollback verdict from '
+                                                'cam-c through the broker within 60 s')
+
+
+def test_a_verdict_in_a_state_the_ledger_does_not_know_is_refused():
+    ledger, _todo = fresh()
+    with pytest.raises(r.RolloutError, match=r"a \(cam-a\) reported the state 'installed'"):
+        r.record_outcomes(ledger, {'a': 'cam-a'}, collected(**{'cam-a': verdict('installed', 'cam-a')}))
+    with pytest.raises(r.RolloutError, match='zz is not part of the rollout digits-1.1.0'):
+        r.record_outcomes(ledger, {'zz': 'cam-z'}, collected())
