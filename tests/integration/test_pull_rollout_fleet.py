@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import DEMO_RELEASE, NAME_PREFIX, WAIT_READY, podman, run_ansible_playbook, start_device, write_inventory
+from conftest import DEMO_RELEASE, NAME_PREFIX, REPO, WAIT_READY, podman, run_ansible_playbook, start_device, write_inventory
 from support.pull_fleet import READER_TOPIC, start_pull_fleet
 
 #: The soak of the rollout block: short, and judged on what little traffic there is (min_requests 0).
@@ -122,3 +122,70 @@ def test_agents_report_rollout_verdicts_through_the_broker(pull_fleet, tmp_path)
     assert again['rc'] == 0 and again['complete'] is True and again['connected'] is False, again
     assert {d: v['seq'] for d, v in again['verdicts'].items()} == {
         d: v['seq'] for d, v in collected['verdicts'].items()}
+
+
+#: Digits requests to the device's own service, about 5 a second, until the container goes (as
+#: molecule/rollout/files/traffic.py, which a camera stands in for).
+TRAFFIC = r'''
+import json, time, urllib.request
+body = json.dumps({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [8.0] * 64}]}).encode()
+while True:
+    try:
+        urllib.request.urlopen(urllib.request.Request("http://127.0.0.1:8080/v2/models/digits/infer", data=body,
+                               headers={"Content-Type": "application/json"}), timeout=10).read()
+    except OSError:
+        pass
+    time.sleep(0.2)
+'''
+
+
+def test_rollout_yml_in_pull_mode_breaches_in_a_wave_rolls_the_fleet_back_and_resumes(pull_fleet, tmp_path):
+    """playbooks/rollout.yml with every host in rollout_mode pull: the waves publish documents with the rollout
+    block, the gate counts the verdicts the agents report through the broker, and a breach publishes the fleet
+    rollback. Run 1: traffic on the canary only, so the canary passes its soak and wave1's device fails it (too
+    few requests): wave1 breaches and both go back to what they served. Run 2 (resume), traffic on both: green."""
+    fleet = pull_fleet
+    canary, other = fleet.hosts
+    before = {host: fleet.serving(host) for host in fleet.hosts}
+    assert set(before.values()) == {'1.1.0'}, before  # what the first test left (it rolled 1.1.0 out by pull)
+    ledgers = tmp_path / 'ledgers'
+    settings = {
+        'rollout_release': str(release_of('1.2.0', tmp_path)),
+        'rollout_waves': 'canary=%s|100' % fleet.device_ids[canary],
+        'rollout_soak': 8, 'rollout_soak_interval': 1, 'rollout_soak_min_requests': 10, 'rollout_watch': 1,
+        'rollout_dir': str(ledgers), 'rollout_pull_timeout': 240,
+        'rollout_pull_registry_dir': str(fleet.registry_dir), 'rollout_pull_broker': fleet.broker,
+        'rollout_pull_ca': fleet.reader_ca, 'rollout_pull_cert': fleet.reader_cert,
+        'rollout_pull_key': fleet.reader_key}
+    playbook = REPO / 'playbooks' / 'rollout.yml'
+    podman('exec', '-d', canary, '/usr/bin/python3', '-c', TRAFFIC)
+
+    started = time.monotonic()
+    first = run_ansible_playbook(playbook, fleet.inventory, '-e', json.dumps(settings))
+    print('rollout.yml, run 1 (breach): %.0f s' % (time.monotonic() - started))
+    ledger = json.loads((ledgers / 'digits-1.2.0' / 'ledger.json').read_text())
+    states = {host: ledger['devices'][host]['state'] for host in fleet.hosts}
+    assert first.rc != 0, 'run 1 did not fail although wave1 breached: %s' % states
+    assert ledger['breach'] and ledger['breach']['wave'] == 'wave1', (ledger['breach'], fleet.diagnose())
+    assert states[canary] == 'rolled_back', (ledger['devices'][canary], fleet.diagnose())
+    assert states[other] in ('failed', 'rolled_back'), ledger['devices'][other]
+    assert 'requests' in ledger['devices'][other]['reason'], ledger['devices'][other]  # too few: no traffic
+    assert {ledger['devices'][h]['mode'] for h in fleet.hosts} == {'pull'}
+    for host in fleet.hosts:  # the fleet rollback: each is back on what it served before the rollout
+        assert fleet.serving(host) == '1.1.0', (host, fleet.diagnose([host]))
+    rollback = fleet.device_rollout(canary, 'digits-1.2.0')
+    assert 'digits-1.2.0#1#rollback' in rollback['reported'], rollback['reported']
+
+    # Run 2: the cause is gone (traffic on both); resume starts attempt 2 and goes green.
+    podman('exec', '-d', other, '/usr/bin/python3', '-c', TRAFFIC)
+    started = time.monotonic()
+    second = run_ansible_playbook(playbook, fleet.inventory, '-e', json.dumps(dict(settings, rollout_action='resume')))
+    print('rollout.yml, run 2 (resume): %.0f s' % (time.monotonic() - started))
+    ledger = json.loads((ledgers / 'digits-1.2.0' / 'ledger.json').read_text())
+    assert second.rc == 0, ({h: second.failures(h) for h in fleet.hosts}, ledger['devices'], fleet.diagnose())
+    assert ledger['attempt'] == 2 and ledger['status'] == 'succeeded', (ledger['attempt'], ledger['status'])
+    assert {h: ledger['devices'][h]['state'] for h in fleet.hosts} == dict.fromkeys(fleet.hosts, 'succeeded')
+    for host in fleet.hosts:
+        assert fleet.serving(host) == '1.2.0', host
+        history = fleet.device_json(host, 'ota', 'history', '--name', 'digits')['history']
+        assert (history[0]['version'], history[0]['mode']) == ('1.2.0', 'pull'), history[:2]
