@@ -134,8 +134,8 @@ class ActionModule(ActionBase):
                 if not isinstance(fields.get('devices'), dict) or not isinstance(fields.get('outcomes'), dict):
                     raise _rollout.RolloutError('state=reported needs fields.devices ({host: device id}) and '
                                                 'fields.outcomes (the result of outcomes collect)')
-                extra['states'] = _rollout.record_outcomes(ledger, fields['devices'], fields['outcomes'],
-                                                          refused=fields.get('refused') or {})
+                extra['states'] = _rollout.record_outcomes(
+                    ledger, fields['devices'], fields['outcomes'], refused=fields.get('refused') or {})
             elif args['state'] == 'gated':
                 extra.update(_rollout.gate(ledger, args['wave'], lost=args['fields'].get('lost') or ()))
             else:

@@ -206,7 +206,9 @@ def test_the_published_fleet_rollback_puts_back_the_document_from_before_the_rol
     fleet.device.assert_previous_serves("2.0.0")
 
     block = {"id": "digits-2.0.0", "attempt": 1, "action": "rollback", "reason": "wave1 breached: 1 of 2 failed"}
-    wrap = lambda artifact_path, pem: artifacts.slot_for(packed_v1, ring)  # noqa: E731
+
+    def wrap(_path, _pem):
+        return artifacts.slot_for(packed_v1, ring)
     done = publish_rollback(str(fleet.dir), fleet.device.signer, devices, block, str(kept), wrap, sequence=5)
     assert done["changed"] and done["refused"] == {}, done
     doc = json.loads((fleet.dir / "updates" / kept_file.name).read_text())
@@ -225,7 +227,9 @@ def test_a_fleet_rollback_is_refused_for_a_device_with_nothing_to_go_back_to(fle
     ring = fleet.device.ring
     devices = {ring.current_id(): ring.current().public_pem}
     block = {"id": "digits-2.0.0", "attempt": 1, "action": "rollback", "reason": "canary breached"}
-    wrap = lambda artifact_path, pem: {}  # noqa: E731 - never called: nothing is written
+
+    def wrap(_path, _pem):
+        raise AssertionError('never called: nothing is written')
     nothing = publish_rollback(str(fleet.dir), fleet.device.signer, devices, block, str(tmp_path / "k"), wrap)
     assert "carries no rollout digits-2.0.0: nothing was published to roll back" in nothing["refused"][ring.current_id()]
     fleet.publish("2.0.0", update_block(), keep_before=str(tmp_path / "k"))  # it had no document before

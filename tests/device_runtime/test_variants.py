@@ -337,8 +337,8 @@ def _publisher_cli(*argv):
     return done.returncode, json.loads(done.stdout)
 
 
-def test_the_published_fleet_rollback_wraps_the_release_before_for_each_device_again(tmp_path, release, digits,
-                                                                                   builds, signer_keys):
+def test_the_published_fleet_rollback_wraps_the_release_before_for_each_device_again(
+        tmp_path, release, digits, builds, signer_keys):
     """edgeai-artifact publish --rollout --keep-before, then rollback (what playbooks/rollout.yml runs after a breach
     in pull mode): the device's document goes back to 1.0.0 with a key slot its key opens, wrapped through the
     escrow slot that packing 1.0.0 left in --out-dir; without that artifact directory the rollback is refused,

@@ -426,7 +426,7 @@ def _build(fleet: PullFleet, suffix: str, start_device, write_inventory, run_pla
            broker_image(), '/usr/sbin/mosquitto', '-c', '/mosquitto/conf/mosquitto.conf')
     fleet._containers.append(fleet.broker_container)
     published = podman('port', fleet.broker_container, '%d/tcp' % BROKER_PORT).stdout.strip().splitlines()[0]
-    address, _, port = published.rpartition(':')
+    address, port = published.rsplit(':', 1)
     if address != '127.0.0.1':
         raise AssertionError('the broker is published on %s, not on 127.0.0.1 only' % published)
     fleet.broker_port = int(port)

@@ -95,9 +95,8 @@ def test_under_the_json_stdout_callback_stdout_stays_one_json_document(tmp_path)
     """ANSIBLE_STDOUT_CALLBACK=json, as scripts and the integration tests read a run: the callback's notice
     goes to stderr, and stdout parses as one JSON document with nothing after it."""
     directory = tmp_path / 'rollouts' / 'a'
-    proc = run(tmp_path, [{'name': 'Roll out', 'rollout': {'rollout_dir': str(directory),
-                                                          'ledger': ledgers.succeeded()}}],
-               ANSIBLE_STDOUT_CALLBACK='ansible.builtin.json')
+    task = {'name': 'Roll out', 'rollout': {'rollout_dir': str(directory), 'ledger': ledgers.succeeded()}}
+    proc = run(tmp_path, [task], ANSIBLE_STDOUT_CALLBACK='ansible.builtin.json')
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert json.loads(proc.stdout)['stats']['localhost']['ok'] == 1
     assert 'edgeai.fleet.fleet_report: rollout %s: wrote' % directory in proc.stderr
