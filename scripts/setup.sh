@@ -9,9 +9,31 @@
 #   - .venv with the pinned controller/test toolchain (requirements-dev.txt)
 #   - the target images, amd64 and arm64, and the MQTT broker image (debootstrap + podman import; no registry)
 #   - the .collections link that lets ansible find this collection
+# --no-images does all but the images; --images-only builds just them (after a --no-images run):
+# scripts/test.sh builds them while the static checks run.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 cd "$EDGEAI_ROOT"
+
+images=yes others=yes
+case "${1:-}" in
+  "") ;;
+  --no-images) images=no ;;
+  --images-only) others=no ;;
+  *) die "usage: $0 [--no-images | --images-only]" ;;
+esac
+# The target images at once: the arm64 debootstrap runs under qemu and takes longest; the broker image
+# (mosquitto, for the container tests) is built after the amd64 one, meanwhile.
+build_images() {
+  { bash scripts/build-target-image.sh amd64 && bash scripts/build-broker-image.sh; } & amd64_build=$!
+  bash scripts/build-target-image.sh arm64 || die "building the arm64 target image failed"
+  wait "$amd64_build" || die "building the amd64 target image or the broker image failed"
+}
+if [ "$others" = no ]; then
+  build_images
+  log "images complete"
+  exit 0
+fi
 
 APT_PACKAGES=(podman runc debootstrap qemu-user-static binfmt-support uidmap rsync python3 python3-venv ca-certificates git shellcheck prometheus mosquitto mosquitto-clients netavark aardvark-dns iptables chromium)
 
@@ -50,9 +72,5 @@ if [ "$(readlink "$link" 2>/dev/null)" != "../../.." ]; then
 fi
 
 mkdir -p "$ANSIBLE_HOME"
-# The target images at once: the arm64 debootstrap runs under qemu and takes longest; the broker image
-# (mosquitto, for the container tests) is built after the amd64 one, meanwhile.
-{ bash scripts/build-target-image.sh amd64 && bash scripts/build-broker-image.sh; } & amd64_build=$!
-bash scripts/build-target-image.sh arm64 || die "building the arm64 target image failed"
-wait "$amd64_build" || die "building the amd64 target image or the broker image failed"
+[ "$images" = no ] || build_images
 log "setup complete"
