@@ -1,6 +1,9 @@
 """deploy.yml against fresh simulated devices: check mode, idempotence, diff and bad input.
 
-Real podman containers from the target image, real ansible-playbook runs.
+Real podman containers from the target image, real ansible-playbook runs. One generic device
+(``generic_device``) serves the module's tests in file order: test_check_run_check_run deploys it from
+nothing, the later ones start from the device it left (a deploy costs minutes; the bad-input tests need
+devices with nothing on them and start their own).
 """
 from __future__ import annotations
 
@@ -9,13 +12,16 @@ import hashlib
 import json
 import re
 
-from conftest import REPO, device_json, podman, write_inventory
+import pytest
+
+from conftest import REPO, device_json, podman, remove_containers, start_device, write_inventory
 
 DEPLOY = REPO / 'deploy.yml'
 KNOWN = 'jetson_nano, jetson_orin, raspberry_pi, coral, generic'
 MARKER = '/opt/edgeai/venv/.edgeai-installed'
 PIP = 'Install the device runtime and its runtime packages into the venv'
 RECORD = 'Record what the venv was installed from'
+PROFILE = 'Write the resolved profile to etc/profile.json under /opt/edgeai'
 
 
 def device_has(host, *test_args):
@@ -26,9 +32,19 @@ def read_profile(host):
     return json.loads(podman('exec', host, 'cat', '/opt/edgeai/etc/profile.json').stdout)
 
 
-def test_check_run_check_run(make_device, run_playbook, tmp_path):
+@pytest.fixture(scope='module')
+def generic_device():
+    host = start_device('generic')
+    try:
+        yield host
+    finally:
+        remove_containers([host])
+
+
+def test_check_run_check_run(generic_device, run_playbook, tmp_path):
     """community.crypto's pattern: check, run, check, run -> changed, changed, not changed, not changed."""
-    host = make_device('generic')
+    host = generic_device
+    assert not device_has(host, '-e', '/opt/edgeai'), 'the module device is not fresh: this test must run first'
     inventory = write_inventory(tmp_path / 'inventory.json', {host: {'group': 'generic'}})
 
     check1 = run_playbook(DEPLOY, inventory, '--check')
@@ -92,11 +108,10 @@ def changed_tasks(run, host):
     return [n.split(' : ')[-1] for n, r in run.tasks(host) if r.get('changed')]
 
 
-def test_profile_override_diff_is_honest(make_device, run_playbook, tmp_path):
-    host = make_device('raspberry_pi', arch='amd64')  # the class comes from the evidence, not the CPU
-    inventory = write_inventory(tmp_path / 'inventory.json', {host: {'group': 'raspberry_pi'}})
-    assert run_playbook(DEPLOY, inventory).rc == 0
-    assert read_profile(host)['max_batch_size'] == 1
+def test_profile_override_diff_is_honest(generic_device, run_playbook, tmp_path):
+    host = generic_device  # deployed by test_check_run_check_run
+    inventory = write_inventory(tmp_path / 'inventory.json', {host: {'group': 'generic'}})
+    assert read_profile(host)['max_batch_size'] == 8
 
     override = json.dumps({'provision_profile_overrides': {'max_batch_size': 2}})
     check = run_playbook(DEPLOY, inventory, '--check', '--diff', '-e', override)
@@ -104,12 +119,12 @@ def test_profile_override_diff_is_honest(make_device, run_playbook, tmp_path):
     [(name, result)] = [(n, r) for n, r in check.tasks(host) if r.get('changed')]
     assert 'profile.json' in name
     diff = result['diff'][0] if isinstance(result['diff'], list) else result['diff']
-    assert '"max_batch_size": 1' in diff['before'] and '"max_batch_size": 2' in diff['after']
-    assert read_profile(host)['max_batch_size'] == 1, 'check mode changed the device'
+    assert '"max_batch_size": 8' in diff['before'] and '"max_batch_size": 2' in diff['after']
+    assert read_profile(host)['max_batch_size'] == 8, 'check mode changed the device'
 
     run = run_playbook(DEPLOY, inventory, '-e', override)
     assert run.rc == 0 and run.changed(host) == 1
-    assert read_profile(host)['max_batch_size'] == 2
+    assert read_profile(host)['max_batch_size'] == 2  # test_unreachable_host_fails_alone puts the default back
 
 
 def test_unknown_class_fails_before_any_change(make_device, run_playbook, tmp_path):
@@ -135,8 +150,8 @@ def test_invalid_profile_override_fails_before_any_change(make_device, run_playb
     assert not device_has(host, '-e', '/opt/edgeai')
 
 
-def test_unreachable_host_fails_alone(make_device, run_playbook, tmp_path):
-    host = make_device('generic')
+def test_unreachable_host_fails_alone(generic_device, run_playbook, tmp_path):
+    host = generic_device  # deployed by test_check_run_check_run, max_batch_size 2 from the override test
     missing = 'edgeai-it-not-started'
     inventory = write_inventory(tmp_path / 'inventory.json',
                                 {host: {'group': 'generic'}, missing: {'group': 'coral'}})
@@ -144,8 +159,10 @@ def test_unreachable_host_fails_alone(make_device, run_playbook, tmp_path):
     assert run.rc != 0
     assert run.stats[missing]['unreachable'] == 1 or run.stats[missing]['failures'] == 1
     assert run.stats[host]['failures'] == 0 and run.stats[host]['unreachable'] == 0, run.failures(host)
-    assert run.changed(host) > 0
-    assert read_profile(host)['hardware_class'] == 'generic'
+    # The whole play ran for it: without the override the class default came back, and nothing else changed.
+    assert changed_tasks(run, host) == [PROFILE], changed_tasks(run, host)
+    assert task_result(run, host, PIP).get('skipped')
+    assert (read_profile(host)['hardware_class'], read_profile(host)['max_batch_size']) == ('generic', 8)
 
     # The same fleet through playbooks/telemetry.yml: every targeted host is in both files, the unreachable
     # one as null (JSON) and reachable=false (CSV); the deployed one with its real sample.
