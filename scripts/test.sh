@@ -75,6 +75,7 @@ side_log="$EDGEAI_STATE/molecule-side.log" default_log="$EDGEAI_STATE/molecule-d
 : >"$default_log"
 mkdir -p "$EDGEAI_STATE/home-side"
 rm -rf "$EDGEAI_STATE/ansible-side/collections/ansible_collections/edgeai"
+# shellcheck disable=SC2016  # the script's $DEFAULT_LOG is expanded by the inner bash, from its environment
 DEFAULT_LOG="$default_log" HOME="$EDGEAI_STATE/home-side" ANSIBLE_HOME="$EDGEAI_STATE/ansible-side" setsid bash -c '
   set -e
   until grep -q -e "TASK \[edgeai.fleet.inference_service : Checksum the runtime wheel" \
