@@ -342,7 +342,10 @@ def gate(ledger, name, lost=(), now=None):
         if other['status'] in ('pending',):
             other['status'] = 'stopped'
     # A pull-mode device without a verdict may have taken the update all the same: it gets the rollback too (its
-    # agent reports a rollback that changed nothing where the update never went in).
+    # agent reports a rollback that changed nothing where the update never went in). A 'failed' device is not in
+    # the set: a failed soak rolls the device back in its own run (device.yml; its mark 'rolled_back' with
+    # cause failed leaves it 'failed' and no longer updated). Where that was cut short (a killed run), plan()'s
+    # _still_updated and needs_rollback find the device still serving the update on the re-run and roll it back.
     rollback = sorted(h for h, e in ledger['devices'].items()
                       if e['updated'] and e['state'] in ('soaking', 'succeeded', 'installing', 'transferring')
                       or e.get('mode') == 'pull' and e['state'] in ('unreachable', 'transferring', 'soaking'))

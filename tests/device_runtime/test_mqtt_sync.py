@@ -90,23 +90,33 @@ def box_message(payload, kind):
     return payload
 
 
-def test_a_broker_that_is_down_is_retried_with_backoff_and_nothing_is_lost(tmp_path, pki, broker, caplog):
+def test_a_broker_that_is_down_is_retried_with_backoff_and_nothing_is_lost(tmp_path, pki, caplog):
+    """The subscriber's session (and its subscription) is made before the broker goes down and kept in the
+    broker's persistence, so what the device sends the moment the broker is back is queued for the subscriber
+    even if the device reconnects first (without it, that was a race the device could win)."""
+    broker = Broker(tmp_path / "broker", pki, persistence=True)
+    broker.start()
+    sub = Subscriber(broker, pki.identity(SUBSCRIBER)).start()
+    broker.stop()  # SIGTERM: mosquitto saves the subscriber's session
     config, box = device(tmp_path, pki, broker)
     box.enqueue_many("telemetry", [{"i": i} for i in range(30)])
     sync = MqttSync(config, box)
-    with caplog.at_level(logging.WARNING, logger="edgeai_runtime.device.mqtt_sync"):
-        stop, thread = run_in_thread(sync)
-        time.sleep(1.0)  # nothing listens on the port
-        assert sync.backoff.attempt >= 3 and box.status()["records"] == 30
-        assert any("cannot connect to the broker 127.0.0.1:%d" % broker.port in r.getMessage() for r in caplog.records)
-        broker.start()
-        sub = Subscriber(broker, pki.identity(SUBSCRIBER)).start()
-        try:
-            got = sub.wait_for(30, timeout=15)
-        finally:
-            stop.set()
-            thread.join(10)
-            sub.stop()
+    try:
+        with caplog.at_level(logging.WARNING, logger="edgeai_runtime.device.mqtt_sync"):
+            stop, thread = run_in_thread(sync)
+            time.sleep(1.0)  # nothing listens on the port
+            assert sync.backoff.attempt >= 3 and box.status()["records"] == 30
+            assert any("cannot connect to the broker 127.0.0.1:%d" % broker.port in r.getMessage()
+                       for r in caplog.records)
+            broker.start()
+            try:
+                got = sub.wait_for(30, timeout=15)
+            finally:
+                stop.set()
+                thread.join(10)
+    finally:
+        sub.stop()
+        broker.stop()
     assert sorted(set(seqs(got))) == list(range(1, 31)) and box.status()["records"] == 0
 
 

@@ -15,10 +15,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import os
 import signal
 import tempfile
-from typing import BinaryIO, Dict, Iterator, Mapping, Optional, Tuple
+from typing import Any, BinaryIO, Dict, Iterator, Mapping, Optional, Tuple
 
 TRACE_ENV = "EDGEAI_RUNTIME_WRITE_TRACE"
 CRASH_ENV = "EDGEAI_RUNTIME_CRASH_AT"
@@ -118,6 +119,16 @@ def write_atomic(path: str, data: bytes, mode: int, uid: int = -1, gid: int = -1
             os.unlink(tmp)
         raise
     fsync_dir(directory)
+
+
+def read_json_or_none(path: str) -> Any:
+    """The JSON in ``path``, or None when it is missing, unreadable or not JSON (what ``write_atomic``
+    leaves is whole or absent, so None means "not written", never "half written")."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
 
 
 @contextlib.contextmanager

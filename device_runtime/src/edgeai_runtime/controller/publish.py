@@ -9,7 +9,7 @@ import shutil
 import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
-from edgeai_runtime.fsutil import write_atomic
+from edgeai_runtime.fsutil import read_json_or_none, write_atomic
 from edgeai_runtime.format.artifact import read_header, sha256_file
 from edgeai_runtime.format.keys import ArtifactError, key_id, load_public
 from edgeai_runtime.format.updates import DOC_FORMAT, DOC_VERSION, RolloutBlockError, canonical, check_rollout
@@ -142,11 +142,7 @@ def publish_rollback(registry: str, signing_key: Any, devices: Mapping[str, str]
 
 
 def _read_json(path: str) -> Optional[Dict[str, Any]]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            found = json.load(f)
-    except (OSError, ValueError):
-        return None
+    found = read_json_or_none(path)
     return found if isinstance(found, dict) else None
 
 

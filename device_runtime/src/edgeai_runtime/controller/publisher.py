@@ -33,7 +33,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 
 from edgeai_runtime.format import artifact, keys, modelfile
-from edgeai_runtime.fsutil import exclusive_lock, write_atomic
+from edgeai_runtime.fsutil import exclusive_lock, read_json_or_none, write_atomic
 from edgeai_runtime.controller import packing, variants
 from edgeai_runtime.format.keys import ArtifactError
 from edgeai_runtime.format.manifest import Manifest, ManifestError, version_key
@@ -287,7 +287,7 @@ def ensure_delta(base_path: str, target_path: str, fleet: FleetKeys) -> Tuple[Op
                 return out, _delta_facts(out, have.header, made=False)
         except (ArtifactError, OSError):
             pass  # none yet, or not this pair, or damaged: make it (again)
-        if _read_json(out + ".none") == pair:  # not worth it, found before
+        if read_json_or_none(out + ".none") == pair:  # not worth it, found before
             return None, none
         base_model = base.decrypt(_escrow_data_key(base_path, base.artifact_id, fleet))
         made = deltas.make(base_model, base.manifest.to_dict(), target_path,
@@ -298,14 +298,6 @@ def ensure_delta(base_path: str, target_path: str, fleet: FleetKeys) -> Tuple[Op
                 os.unlink(out)
             return None, none
     return out, dict(_delta_facts(out, made.header, made=True), seconds=round(made.seconds, 3))
-
-
-def _read_json(path: str) -> Any:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
 
 
 def older_artifacts(out_dir: str, fields: Dict[str, Any], cipher: str) -> List[str]:
